@@ -1,0 +1,63 @@
+"""The exceptions scope raises for user errors.
+
+Every message names the offending file, argument or name and says how to fix it. Each class
+also derives from the builtin a caller would naturally catch (ValueError, FileNotFoundError,
+KeyError) so generic handlers keep working.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class ScopeError(Exception):
+    """Base class of every error scope raises on purpose."""
+
+
+class UnknownModelError(ScopeError, ValueError):
+    """A model name, id or path that scope cannot resolve."""
+
+
+class UnknownSAEError(ScopeError, KeyError):
+    """A release, SAE id or SAE path that scope cannot resolve."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class HubUnavailableError(ScopeError, ConnectionError):
+    """The Hugging Face hub cannot be reached and the file is not in the local cache."""
+
+
+class SAEFormatError(ScopeError, ValueError):
+    """An SAE file that is truncated, corrupt, missing a key, mis-shaped or holds NaN/inf."""
+
+
+class ShapeMismatchError(ScopeError, ValueError):
+    """An SAE whose width does not match the activation it is asked to read."""
+
+
+class HookNameError(ScopeError, KeyError):
+    """A hook name the model does not have."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class CorpusError(ScopeError, ValueError):
+    """A corpus that is empty, unreadable or malformed."""
+
+
+class StoreError(ScopeError, ValueError):
+    """A feature store that is missing, corrupt, or made with a different configuration."""
+
+
+class SteeringError(ScopeError, ValueError):
+    """A steering request that cannot be applied (unknown feature, bad strength, foreign SAE)."""
+
+
+def suggest(name: str, choices: Iterable[str], n: int = 3) -> str:
+    """Return ' Did you mean: a, b?' for the closest of `choices`, or '' when none is close."""
+    close = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)
+    return f" Did you mean: {', '.join(close)}?" if close else ""
