@@ -1,0 +1,184 @@
+"""SAE evaluation: L0, fraction of variance unexplained, and delta LM loss.
+
+Definitions follow the Gemma Scope reports (REFERENCE.md §5). Statistics are sums over every
+evaluated token accumulated in float64, and ratios are taken once at the end, so the result does
+not depend on how the tokens were batched. BOS, EOS and padding positions are excluded
+everywhere and keep their original activation when the reconstruction is spliced in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from scope.activations import splice_hooks
+from scope.errors import ScopeError, ShapeMismatchError
+from scope.hooks import attached
+from scope.sae import JumpReLUSAE
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """What `evaluate` measured.
+
+    Attributes:
+        l0: mean number of nonzero features per evaluated token.
+        fvu: sum ||y - y_hat||^2 / sum ||y - mean(y)||^2 over evaluated tokens (y is the SAE's
+            target: its input, or a transcoder's output site).
+        delta_lm_loss: spliced cross-entropy minus clean cross-entropy (nats per token).
+        clean_loss: next-token cross-entropy of the unmodified model.
+        spliced_loss: the same with the SAE's reconstruction replacing the site's activation.
+        dead_fraction: fraction of features that never fired on the evaluated tokens.
+        n_tokens: evaluated (non-special) positions.
+        n_sequences: sequences evaluated.
+    """
+
+    l0: float
+    fvu: float
+    delta_lm_loss: float
+    clean_loss: float
+    spliced_loss: float
+    dead_fraction: float
+    n_tokens: int
+    n_sequences: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@torch.inference_mode()
+def evaluate(
+    model: HookedTransformer,
+    sae: JumpReLUSAE,
+    tokens: torch.Tensor | Iterable[torch.Tensor],
+    *,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> EvalReport:
+    """Evaluate `sae` on `model` over token sequences.
+
+    L0 = mean over tokens of #{i : f_i(x) > 0}.
+    FVU = sum_t ||y_t - y_hat_t||^2 / sum_t ||y_t - mean_t(y)||^2.
+    delta LM loss = CE(next token | SAE output spliced in at its site) - CE(clean), where the
+    splice keeps the original activation at BOS/EOS/pad positions and CE averages over
+    targets that are not special tokens.
+
+    Args:
+        model: the model the SAE reads.
+        sae: the SAE (or transcoder) to evaluate.
+        tokens: `[batch, pos]` token ids with BOS first, or an iterable of such batches.
+        batch_size: sequences per forward pass when `tokens` is one tensor.
+        progress: show a progress bar.
+
+    Returns:
+        An `EvalReport`.
+    """
+    batches = tokens.split(batch_size) if isinstance(tokens, torch.Tensor) else tokens
+    device = next(model.parameters()).device
+    special = _special_ids(model)
+    sums = dict(sq_err=0.0, sq_norm=0.0, l0=0.0, ce_clean=0.0, ce_spliced=0.0)
+    y_sum = torch.zeros(sae.cfg.d_out, dtype=torch.float64)
+    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
+    n_tokens = n_targets = n_seq = 0
+    bar = tqdm(batches, desc="evaluate", unit="batch", disable=not progress)
+    for batch in bar:
+        batch = batch.to(device)
+        keep = ~torch.isin(batch, special.to(device))  # [batch, pos]
+        got: dict[str, torch.Tensor] = {}
+        with attached(model, _record(model, sae, got)):
+            clean = model(batch)  # [batch, pos, d_vocab]
+        targets, target_keep = batch[:, 1:], keep[:, 1:]
+        sums["ce_clean"] += _ce_sum(clean, targets, target_keep)
+        del clean
+        x = got["in"]
+        y = got.get("out", x)
+        _check_width(sae, x, y)
+        f, y_hat = sae.run(x)  # [batch, pos, d_sae], [batch, pos, d_out]
+        y_hat = y_hat.to(y.device, y.dtype)
+        kept_y, kept_err = y[keep].double(), (y - y_hat)[keep].double()
+        sums["sq_err"] += float((kept_err**2).sum())
+        sums["sq_norm"] += float((kept_y**2).sum())
+        y_sum += kept_y.sum(0).cpu()
+        sums["l0"] += float((f[keep.to(f.device)] != 0).sum())
+        fired |= (f[keep.to(f.device)] != 0).any(0).cpu()
+        replacement = torch.where(keep[..., None], y_hat, y)
+        with attached(model, _replace(model, sae, replacement)):
+            spliced = model(batch)
+        sums["ce_spliced"] += _ce_sum(spliced, targets, target_keep)
+        del spliced
+        n_tokens += int(keep.sum())
+        n_targets += int(target_keep.sum())
+        n_seq += batch.shape[0]
+    if n_tokens == 0 or n_targets == 0:
+        raise ScopeError("evaluate: no tokens to evaluate (empty input or only special tokens)")
+    mean = y_sum / n_tokens
+    total_var = sums["sq_norm"] - n_tokens * float((mean**2).sum())
+    clean_loss, spliced_loss = sums["ce_clean"] / n_targets, sums["ce_spliced"] / n_targets
+    return EvalReport(
+        l0=sums["l0"] / n_tokens,
+        fvu=sums["sq_err"] / total_var,
+        delta_lm_loss=spliced_loss - clean_loss,
+        clean_loss=clean_loss,
+        spliced_loss=spliced_loss,
+        dead_fraction=float((~fired).float().mean()),
+        n_tokens=n_tokens,
+        n_sequences=n_seq,
+    )
+
+
+def _special_ids(model: HookedTransformer) -> torch.Tensor:
+    tok = model.tokenizer
+    ids = {tok.bos_token_id, tok.eos_token_id, tok.pad_token_id}
+    return torch.tensor(sorted(i for i in ids if i is not None), dtype=torch.long)
+
+
+def _out_site(sae: JumpReLUSAE) -> str:
+    return sae.cfg.hook_name_out or sae.cfg.hook_name
+
+
+def _record(model, sae: JumpReLUSAE, got: dict) -> list:
+    """Hooks that record the SAE's input ("in") and, for transcoders, target ("out") unchanged."""
+
+    def keeper(key):
+        def fn(a):
+            got[key] = a
+            return a
+
+        return fn
+
+    hooks = splice_hooks(model, sae.cfg.hook_name, keeper("in"))
+    if _out_site(sae) != sae.cfg.hook_name:
+        hooks += splice_hooks(model, _out_site(sae), keeper("out"))
+    return hooks
+
+
+def _replace(model, sae: JumpReLUSAE, replacement: torch.Tensor) -> list:
+    """Hooks that put `replacement` (already masked to special positions) at the SAE's output."""
+    return splice_hooks(model, _out_site(sae), lambda a: replacement.to(a.dtype))
+
+
+def _check_width(sae: JumpReLUSAE, x: torch.Tensor, y: torch.Tensor) -> None:
+    if x.shape[-1] != sae.cfg.d_in or y.shape[-1] != sae.cfg.d_out:
+        raise ShapeMismatchError(
+            f"SAE {sae.cfg.name} maps width {sae.cfg.d_in} -> {sae.cfg.d_out} but the model's "
+            f"{sae.cfg.hook_name} has width {x.shape[-1]}: load the SAE made for this model"
+        )
+
+
+def _ce_sum(logits: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor) -> float:
+    """Sum of next-token cross-entropies over kept targets; logits [batch, pos, d_vocab].
+
+    One sequence at a time: a [pos, d_vocab] log-softmax of Gemma's 262k vocabulary is already
+    ~130 MB at 128 positions.
+    """
+    total = 0.0
+    for row_logits, row_targets, row_keep in zip(logits[:, :-1], targets, keep, strict=True):
+        nll = torch.nn.functional.cross_entropy(
+            row_logits.float(), row_targets, reduction="none"
+        )  # [pos-1]
+        total += float(nll[row_keep].double().sum())
+    return total
