@@ -41,12 +41,121 @@ def _subparser(sub, name: str, help: str, example: str, run: Callable) -> argpar
 # --------------------------------------------------------------------------------------------
 
 _ADDERS: list[Callable] = []
+# the order `scope --help` lists the commands in: the data flow, then the extras
+ORDER = ["models", "saes", "extract", "merge", "eval", "steer", "dashboard", "train", "demo"]
 
 
 def subcommand(fn: Callable) -> Callable:
-    """Register an `_add_<name>(sub)` function; order of registration is the order in --help."""
+    """Register an `_add_<name>(sub)` function (listed in --help in the order of ORDER)."""
     _ADDERS.append(fn)
     return fn
+
+
+def _feature_arg(text: str) -> tuple[int, float]:
+    """Parse `--feature 123:8.0` into (123, 8.0)."""
+    index, sep, value = text.partition(":")
+    try:
+        return int(index), float(value) if sep else 1.0
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--feature {text!r}: expected INDEX:STRENGTH, e.g. 1234:8.0"
+        ) from None
+
+
+def _load_model_and_sae(args):
+    import scope
+
+    model = scope.load_model(args.model, device=getattr(args, "device", None))
+    sae = scope.load_sae(args.sae, model=model)
+    return model, sae
+
+
+@subcommand
+def _add_eval(sub) -> None:
+    p = _subparser(
+        sub,
+        "eval",
+        "Evaluate an SAE on a corpus: L0, fraction of variance unexplained, delta LM loss.",
+        "scope eval --model bundled --sae bundled --tokens 32768 --split heldout",
+        _run_eval,
+    )
+    p.add_argument("--model", default="bundled", help="model name, hub id, local dir, .gguf or "
+                   "'bundled' (default)")
+    p.add_argument("--sae", default="bundled", help="RELEASE/SAE_ID, a local path, or 'bundled'")
+    p.add_argument("--corpus", default="default", help="'default' (the Python standard library's "
+                   "text), a file or folder of .txt/.jsonl/.parquet, or hf:DATASET")
+    p.add_argument("--split", default="heldout", choices=["all", "train", "heldout"],
+                   help="split of the default corpus (default: heldout, unseen by `scope train`)")
+    p.add_argument("--tokens", type=int, default=32768, help="token budget (default 32768)")
+    p.add_argument("--ctx", type=int, default=128, help="context length incl. BOS (default 128)")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
+    p.add_argument("--json", type=Path, help="also write the report to this JSON file")
+
+
+def _run_eval(args) -> int:
+    import json
+
+    from scope.corpus import Corpus, token_windows
+    from scope.evals import evaluate
+
+    model, sae = _load_model_and_sae(args)
+    corpus = Corpus(source=args.corpus, split=args.split)
+    batches = token_windows(corpus, model.tokenizer, ctx=args.ctx, max_tokens=args.tokens,
+                            batch_size=args.batch_size)
+    report = evaluate(model, sae, batches)
+    for key, value in report.as_dict().items():
+        print(f"{key:>14}  {value:.6g}" if isinstance(value, float) else f"{key:>14}  {value}")
+    if args.json:
+        args.json.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+    return 0
+
+
+@subcommand
+def _add_steer(sub) -> None:
+    p = _subparser(
+        sub,
+        "steer",
+        "Generate text with and without steering by SAE features, side by side.",
+        'scope steer --model bundled --sae bundled --feature 123:8.0 --prompt "The weather is"',
+        _run_steer,
+    )
+    p.add_argument("--model", default="bundled", help="model spec (default 'bundled')")
+    p.add_argument("--sae", default="bundled", help="RELEASE/SAE_ID, a local path, or 'bundled'")
+    p.add_argument("--feature", type=_feature_arg, action="append", required=True,
+                   metavar="INDEX:STRENGTH", help="feature and strength; repeat for several")
+    p.add_argument("--prompt", required=True, help="text to continue")
+    p.add_argument("--mode", choices=["add", "clamp"], default="add",
+                   help="add STRENGTH x the decoder direction, or clamp the feature to STRENGTH")
+    p.add_argument("--relative", type=Path, metavar="STORE",
+                   help="add strengths as multiples of each feature's max activation in STORE")
+    p.add_argument("--max-new-tokens", type=int, default=40)
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--seed", type=int, default=0, help="same seed, same text (default 0)")
+
+
+def _run_steer(args) -> int:
+    import textwrap
+
+    import scope
+
+    model, sae = _load_model_and_sae(args)
+    store = scope.open_store(args.relative) if args.relative else None
+    features = dict(args.feature)
+    gen = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+    default = scope.generate(model, args.prompt, **gen)
+    with scope.steering(model, sae, features, mode=args.mode, relative_to=store):
+        steered = scope.generate(model, args.prompt, **gen)
+    what = ", ".join(f"{i}:{v:g}" for i, v in features.items())
+    width = 48
+    left = textwrap.wrap(args.prompt + default, width) or [""]
+    right = textwrap.wrap(args.prompt + steered, width) or [""]
+    print(f"{'default':<{width}} | steered ({args.mode} {what} on {sae.cfg.name})")
+    print(f"{'-' * width}-+-{'-' * width}")
+    for i in range(max(len(left), len(right))):
+        a = left[i] if i < len(left) else ""
+        b = right[i] if i < len(right) else ""
+        print(f"{a:<{width}} | {b}")
+    return 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -62,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in _ADDERS:
+    rank = {name: i for i, name in enumerate(ORDER)}
+    for add in sorted(_ADDERS, key=lambda f: rank.get(f.__name__.removeprefix("_add_"), 99)):
         add(sub)
     return parser
 
