@@ -1,0 +1,82 @@
+"""The dashboard's entry point and router: `streamlit run dashboard/app.py -- STORE`.
+
+It opens the store (cached), puts the SAE selector in the sidebar (shared by every page) and
+hands over to `st.navigation`. Pages live in `pages/`; the data they read comes from `data.py`
+and their HTML and figures from the pure helpers in `render.py`. `scope dashboard STORE` runs
+this file; tests drive it with `streamlit.testing.v1.AppTest` and $SCOPE_DASHBOARD_STORE.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# `streamlit run` puts only this folder on sys.path; the pages import `dashboard.*` and `scope`.
+_ROOT = str(Path(__file__).resolve().parent.parent)
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+import streamlit as st  # noqa: E402
+
+from dashboard import data  # noqa: E402
+
+st.set_page_config(page_title="scope dashboard", layout="wide")
+
+PAGES = {
+    "feature": st.Page("pages/feature.py", title="Feature", default=True),
+    "inspector": st.Page("pages/inspector.py", title="Prompt inspector"),
+    "steering": st.Page("pages/steering.py", title="Steering"),
+    "overview": st.Page("pages/overview.py", title="Store overview"),
+}
+
+path = data.store_path()
+if not path:
+    st.error(
+        "No feature store given. Start the dashboard with `scope dashboard STORE` "
+        f"(or set ${data.STORE_ENV})."
+    )
+    st.stop()
+try:
+    store = data.get_store(path)
+except Exception as exc:  # shown in the page: a missing or corrupt store
+    st.error(f"Cannot open the feature store at `{path}`: {exc}")
+    st.stop()
+
+names = list(store.sae_names)
+if not names:
+    st.error(f"The store at `{path}` holds no SAEs.")
+    st.stop()
+
+# Deep links: ?sae=NAME&feature=N open that feature (read once per session).
+if "feature" not in st.session_state:
+    qp = st.query_params
+    if qp.get("sae") in names:
+        st.session_state["sae"] = qp.get("sae")
+    try:
+        st.session_state["feature"] = max(0, int(qp.get("feature", 0)))
+    except ValueError:
+        st.session_state["feature"] = 0
+st.session_state["store_path"] = path
+
+# "sae" is plain session state (it outlives page switches); "sae_box" is its widget.
+if st.session_state.get("sae") not in names:
+    st.session_state["sae"] = names[0]
+st.session_state["sae_box"] = st.session_state["sae"]
+
+
+def _pick_sae() -> None:
+    st.session_state["sae"] = st.session_state["sae_box"]
+
+
+with st.sidebar:
+    st.selectbox(
+        "SAE", names, key="sae_box", on_change=_pick_sae,
+        help="The SAE (hook site) every page reads.",
+    )
+    manifest = store.manifest
+    st.caption(
+        f"Store `{Path(path).name}` · model `{(manifest.get('model') or {}).get('name', '?')}` · "
+        f"{int(manifest.get('tokens') or 0):,} tokens · {manifest.get('status', '?')}"
+    )
+
+st.navigation(list(PAGES.values())).run()

@@ -1,0 +1,72 @@
+"""Steering: generate the default and a steered continuation side by side.
+
+Features and strengths are typed as `index:strength` pairs; "add" adds strength x the decoder
+direction, "clamp" fixes the feature's activation to the value. Both continuations use the same
+seed, so strength 0 in add mode reproduces the default exactly.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import data, render
+
+path = st.session_state["store_path"]
+sae = st.session_state["sae"]
+store = data.get_store(path)
+n = store.n_features(sae)
+
+st.subheader("Steering")
+model, sae_obj, unavailable = data.live_pair(path, sae)
+if unavailable:
+    st.warning(f"Steering needs the model and SAE, which are unavailable: {unavailable}")
+    st.stop()
+current = int(st.session_state.get("feature", 0))
+c1, c2 = st.columns([3, 1])
+spec_text = c1.text_input(
+    "Features and strengths (index:strength, comma separated)", f"{current}:8",
+    key="steer_spec",
+)
+mode = c2.radio("Mode", ["add", "clamp"], key="steer_mode", horizontal=True)
+prompt = st.text_area("Prompt", "Once upon a time", key="steer_prompt", height=80)
+c = st.columns(3)
+max_tokens = c[0].number_input("Max new tokens", 1, 512, 30, key="steer_max_tokens")
+temperature = c[1].number_input(
+    "Temperature", 0.0, 2.0, 0.0, step=0.1, key="steer_temperature",
+    help="0 picks the most likely token (greedy)",
+)
+seed = c[2].number_input("Seed", 0, 2**31 - 1, 0, key="steer_seed")
+
+try:
+    spec = render.parse_steering(spec_text)
+except ValueError as exc:
+    st.error(str(exc))
+    st.stop()
+bad = [f for f in spec if f >= n]
+if bad:
+    st.error(f"Feature(s) {bad} out of range: SAE `{sae}` has {n} features (0…{n - 1}).")
+    st.stop()
+if not spec:
+    st.info("Add at least one feature:strength pair.")
+
+if st.button("Generate", key="steer_go", type="primary", disabled=not spec or not prompt):
+    default, steered = data.generate_pair(
+        model, sae_obj, spec, mode, prompt, max_new_tokens=int(max_tokens),
+        temperature=float(temperature), seed=int(seed),
+    )
+    st.session_state["steer_result"] = {
+        "default": default, "steered": steered, "spec": spec, "mode": mode,
+        "prompt": prompt, "sae": sae,
+    }
+
+result = st.session_state.get("steer_result")
+if result:
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Default**")
+        st.text(result["prompt"] + result["default"])
+    with right:
+        st.markdown("**Steered**")
+        st.text(result["prompt"] + result["steered"])
+    st.caption("What was steered" + (" (identical output)" if result["default"] == result["steered"] else ""))
+    st.dataframe(render.steering_rows(result["spec"], result["mode"]), hide_index=True)

@@ -1,0 +1,314 @@
+"""Pure rendering helpers for the dashboard: token shading, logit tables, figures, parsing.
+
+Nothing here imports Streamlit or touches a store or a model: every function maps plain values
+(lists, numpy arrays, dicts) to HTML strings, plotly figures or plain rows, so each is tested on
+its own. Every piece of token text that goes into HTML passes through `esc` (html.escape with
+quote=True), in element bodies and in `title=` attributes alike, so a corpus holding `<script>`
+renders as text.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+NEURONPEDIA_BASE = "https://www.neuronpedia.org"
+
+# Shading colours (r, g, b): positive activations orange, negative ones blue.
+_POS_RGB = (255, 138, 0)
+_NEG_RGB = (40, 120, 255)
+
+_TOKEN_STYLE = (
+    "white-space:pre;border-radius:3px;padding:1px 0;margin:0;"
+    "font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:0.85em;"
+)
+_BOX_STYLE = "line-height:1.9;margin:2px 0 6px 0;overflow-wrap:anywhere;"
+
+
+def esc(text: object) -> str:
+    """HTML-escape any text (including quotes) for element bodies and attribute values."""
+    return html.escape(str(text), quote=True)
+
+
+def display_token(token: str) -> str:
+    """Make invisible characters visible: newlines as ↵, tabs as ⇥, an empty token as ∅."""
+    if token == "":
+        return "∅"
+    return token.replace("\r", "").replace("\n", "↵").replace("\t", "⇥")
+
+
+def format_value(value: float) -> str:
+    """A compact number for hover text and tables (3 significant digits, no -0)."""
+    if value == 0 or not math.isfinite(value):
+        return "0" if value == 0 else str(value)
+    return f"{value:.3g}"
+
+
+def format_density(density: float) -> str:
+    """A firing fraction as a percentage with enough digits for rare features."""
+    if density <= 0:
+        return "0% (dead)"
+    pct = 100.0 * density
+    return f"{pct:.3g}%" if pct >= 0.001 else f"{pct:.2e}%"
+
+
+def shade(value: float, max_value: float) -> str:
+    """Background colour for a token: opacity grows with |value| / max_value."""
+    if max_value <= 0 or value == 0 or not math.isfinite(value):
+        return "transparent"
+    alpha = min(1.0, abs(value) / max_value)
+    r, g, b = _POS_RGB if value > 0 else _NEG_RGB
+    return f"rgba({r},{g},{b},{alpha:.3f})"
+
+
+def tokens_html(
+    tokens: Sequence[str],
+    activations: Sequence[float],
+    max_value: float | None = None,
+    *,
+    highlight: int | None = None,
+    prefix: str = "",
+    suffix: str = "",
+) -> str:
+    """One line of tokens, each shaded by its activation, the value shown on hover.
+
+    Args:
+        tokens: token strings (any text; escaped here).
+        activations: one value per token.
+        max_value: the activation that gets full colour (default: the largest |value| here).
+        highlight: index of a token to underline (the example's peak).
+        prefix, suffix: plain text shown before/after (escaped), e.g. "…" for a cropped window.
+
+    Returns:
+        A `<div class="scope-tokens">` of `<span class="scope-tok" title="…">` elements.
+    """
+    if len(tokens) != len(activations):
+        raise ValueError(f"{len(tokens)} tokens but {len(activations)} activations")
+    acts = [float(a) for a in activations]
+    if max_value is None:
+        max_value = max((abs(a) for a in acts), default=0.0)
+    parts = [f'<div class="scope-tokens" style="{_BOX_STYLE}">']
+    if prefix:
+        parts.append(f'<span style="color:#888">{esc(prefix)}</span>')
+    for i, (tok, act) in enumerate(zip(tokens, acts, strict=True)):
+        style = f"{_TOKEN_STYLE}background-color:{shade(act, max_value)};"
+        if i == highlight:
+            style += "border-bottom:2px solid #c04000;"
+        title = f"{display_token(tok)!r}  activation {format_value(act)}"
+        parts.append(
+            f'<span class="scope-tok" data-act="{act:.4g}" title="{esc(title)}" '
+            f'style="{style}">{esc(display_token(tok))}</span>'
+        )
+    if suffix:
+        parts.append(f'<span style="color:#888">{esc(suffix)}</span>')
+    parts.append("</div>")
+    return "".join(parts)
+
+
+class Window(NamedTuple):
+    """A cropped slice of a context: its tokens, activations and where it sits."""
+
+    tokens: list[str]
+    activations: list[float]
+    start: int
+    end: int
+    center: int  # index of the peak token within the window
+
+
+def context_window(
+    tokens: Sequence[str], activations: Sequence[float], center: int, left: int = 24, right: int = 8
+) -> Window:
+    """Crop a context to `left` tokens before and `right` tokens after position `center`."""
+    n = len(tokens)
+    center = max(0, min(int(center), n - 1)) if n else 0
+    start = max(0, center - left)
+    end = min(n, center + right + 1)
+    return Window(list(tokens[start:end]), [float(a) for a in activations[start:end]], start, end,
+                  center - start)
+
+
+def example_html(
+    tokens: Sequence[str],
+    activations: Sequence[float],
+    max_position: int,
+    max_value: float,
+    *,
+    left: int | None = 24,
+    right: int = 8,
+) -> str:
+    """One top-k context, cropped around its peak (`left=None` shows it whole)."""
+    if left is None:
+        return tokens_html(tokens, activations, max_value, highlight=max_position)
+    w = context_window(tokens, activations, max_position, left, right)
+    return tokens_html(
+        w.tokens,
+        w.activations,
+        max_value,
+        highlight=w.center,
+        prefix="… " if w.start > 0 else "",
+        suffix=" …" if w.end < len(tokens) else "",
+    )
+
+
+def logit_table_html(rows: Sequence[tuple[str, float]], title: str, positive: bool = True) -> str:
+    """A two-column table of (token, logit effect), tokens escaped, values coloured."""
+    colour = "#1a7f37" if positive else "#c0392b"
+    head = (
+        f'<table class="scope-logits" style="border-collapse:collapse;width:100%;'
+        f'font-size:0.85em"><thead><tr><th style="text-align:left">{esc(title)}</th>'
+        f'<th style="text-align:right">effect</th></tr></thead><tbody>'
+    )
+    body = []
+    for tok, value in rows:
+        body.append(
+            '<tr><td style="font-family:ui-monospace,monospace;white-space:pre">'
+            f"{esc(display_token(tok))}</td>"
+            f'<td style="text-align:right;color:{colour}">{float(value):+.3f}</td></tr>'
+        )
+    if not rows:
+        body.append('<tr><td colspan="2" style="color:#888">none</td></tr>')
+    return head + "".join(body) + "</tbody></table>"
+
+
+def histogram_figure(counts: Sequence[float], bin_edges: Sequence[float], title: str = ""):
+    """A plotly bar chart of a feature's nonzero-activation histogram (log-scaled counts)."""
+    import plotly.graph_objects as go
+
+    counts = np.asarray(counts, dtype=float)
+    edges = np.asarray(bin_edges, dtype=float)
+    if len(edges) != len(counts) + 1:
+        raise ValueError(f"{len(counts)} counts need {len(counts) + 1} bin edges, got {len(edges)}")
+    centers = (edges[:-1] + edges[1:]) / 2
+    widths = np.diff(edges)
+    fig = go.Figure(
+        go.Bar(
+            x=centers.tolist(),
+            y=counts.tolist(),
+            width=widths.tolist(),
+            marker_color="rgb(255,138,0)",
+            hovertemplate="activation %{x:.3g}<br>count %{y}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=title or None,
+        height=260,
+        margin=dict(l=10, r=10, t=30 if title else 10, b=10),
+        xaxis_title="activation (nonzero)",
+        yaxis_title="count",
+        yaxis_type="log" if counts.max(initial=0) > 0 else "linear",
+        bargap=0,
+    )
+    return fig
+
+
+def density_figure(densities: np.ndarray, bins: int = 60):
+    """A plotly histogram of log10(density) over live features (dead ones are counted apart)."""
+    import plotly.graph_objects as go
+
+    d = np.asarray(densities, dtype=float)
+    live = d[d > 0]
+    fig = go.Figure()
+    if live.size:
+        logd = np.log10(live)
+        counts, edges = np.histogram(logd, bins=bins)
+        centers = (edges[:-1] + edges[1:]) / 2
+        fig.add_bar(
+            x=centers.tolist(),
+            y=counts.tolist(),
+            width=float(edges[1] - edges[0]) if len(edges) > 1 else None,
+            marker_color="rgb(40,120,255)",
+            hovertemplate="log10 density %{x:.2f}<br>features %{y}<extra></extra>",
+        )
+    fig.update_layout(
+        height=300,
+        margin=dict(l=10, r=10, t=10, b=10),
+        xaxis_title="log10(firing density), live features",
+        yaxis_title="features",
+        bargap=0,
+    )
+    return fig
+
+
+def density_summary(densities: np.ndarray) -> dict[str, float]:
+    """Counts of dead, live and dense (>10% firing) features and the median live density."""
+    d = np.asarray(densities, dtype=float)
+    live = d[d > 0]
+    return {
+        "features": int(d.size),
+        "dead": int((d <= 0).sum()),
+        "live": int(live.size),
+        "dense": int((d > 0.1).sum()),
+        "median_live_density": float(np.median(live)) if live.size else 0.0,
+    }
+
+
+def neuronpedia_url(neuronpedia_id: str | None, feature: int) -> str | None:
+    """Link to a feature on Neuronpedia, e.g. gemma-2-2b/20-gemmascope-res-16k -> .../1234."""
+    if not neuronpedia_id:
+        return None
+    return f"{NEURONPEDIA_BASE}/{neuronpedia_id.strip('/')}/{int(feature)}"
+
+
+def top_features_per_token(
+    acts: np.ndarray, tokens: Sequence[str], k: int = 5
+) -> list[list[tuple[int, float]]]:
+    """For activations [pos, d_sae], each position's k strongest firing features, best first."""
+    acts = np.asarray(acts)
+    if acts.ndim != 2 or acts.shape[0] != len(tokens):
+        raise ValueError(f"expected activations [pos={len(tokens)}, d_sae], got {acts.shape}")
+    k = max(1, min(int(k), acts.shape[1]))
+    out = []
+    idx = np.argpartition(-acts, k - 1, axis=1)[:, :k]
+    for p in range(acts.shape[0]):
+        row = sorted(((int(f), float(acts[p, f])) for f in idx[p]), key=lambda t: -t[1])
+        out.append([(f, v) for f, v in row if v > 0])
+    return out
+
+
+def prompt_features(acts: np.ndarray, k: int = 20) -> list[tuple[int, float]]:
+    """Features of a prompt ranked by their max activation over it, best first (nonzero only)."""
+    acts = np.asarray(acts)
+    peak = acts.max(axis=0)
+    order = np.argsort(-peak, kind="stable")[:k]
+    return [(int(f), float(peak[f])) for f in order if peak[f] > 0]
+
+
+def parse_steering(text: str) -> dict[int, float]:
+    """Parse "12:8, 40:-3.5" into {12: 8.0, 40: -3.5}; raises ValueError naming the bad part."""
+    spec: dict[int, float] = {}
+    for raw in text.replace(";", ",").split(","):
+        part = raw.strip()
+        if not part:
+            continue
+        if ":" not in part:
+            raise ValueError(f"{part!r}: write each entry as FEATURE:STRENGTH, e.g. 1234:8")
+        f, s = (x.strip() for x in part.split(":", 1))
+        try:
+            feature = int(f)
+        except ValueError:
+            raise ValueError(f"{part!r}: feature {f!r} is not an integer index") from None
+        try:
+            strength = float(s)
+        except ValueError:
+            raise ValueError(f"{part!r}: strength {s!r} is not a number") from None
+        if feature < 0:
+            raise ValueError(f"{part!r}: feature index must be >= 0")
+        if not math.isfinite(strength):
+            raise ValueError(f"{part!r}: strength must be finite")
+        spec[feature] = strength
+    return spec
+
+
+def steering_rows(spec: dict[int, float], mode: str, d_sae: int | None = None) -> list[dict]:
+    """Rows describing a steering request for display; flags indices outside the SAE."""
+    rows = []
+    for f, s in spec.items():
+        row = {"feature": f, "mode": mode, "strength": s}
+        if d_sae is not None and not 0 <= f < d_sae:
+            row["note"] = f"out of range (SAE has {d_sae} features)"
+        rows.append(row)
+    return rows
