@@ -158,6 +158,29 @@ def _run_steer(args) -> int:
     return 0
 
 
+@subcommand
+def _add_dashboard(sub) -> None:
+    p = _subparser(
+        sub,
+        "dashboard",
+        "Browse a feature store in the Streamlit dashboard: features, prompts, steering.",
+        "scope dashboard runs/l20 --port 8501",
+        _run_dashboard,
+    )
+    p.add_argument("store", type=Path, help="feature store folder (from `scope extract`)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8501, help="TCP port (default 8501)")
+    p.add_argument("--open-browser", action="store_true",
+                   help="open a browser tab (default: headless, print the URL)")
+
+
+def _run_dashboard(args) -> int:
+    from scope.dashboard_launch import dashboard_command
+
+    return dashboard_command(args.store, args.host, args.port, open_browser=args.open_browser)
+
+
 # --------------------------------------------------------------------------------------------
 
 
