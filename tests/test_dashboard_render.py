@@ -1,0 +1,122 @@
+"""Pure rendering helpers of the dashboard (no Streamlit, no store, no model)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dashboard import render  # noqa: E402
+
+EVIL = ["<script>alert(1)</script>", '<img src=x onerror="alert(2)">', "a&b", "'q'"]
+
+
+def test_tokens_html_escapes_bodies_and_titles():
+    out = render.tokens_html(EVIL, [1.0, 0.5, 0.0, 2.0])
+    assert "<script>" not in out and "<img" not in out
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in out
+    assert "&lt;img src=x onerror=&quot;alert(2)&quot;&gt;" in out
+    assert "a&amp;b" in out
+    # every title attribute is quoted and holds no raw quote or angle bracket
+    for title in out.split('title="')[1:]:
+        value = title.split('"', 1)[0]
+        assert "<" not in value and ">" not in value
+    assert out.count('class="scope-tok"') == 4
+
+
+def test_tokens_html_shading_and_hover_values():
+    out = render.tokens_html([" a", " b", " c"], [0.0, 1.5, 3.0], max_value=3.0, highlight=2)
+    assert "transparent" in out  # zero activation: no shading
+    assert "rgba(255,138,0,0.500)" in out and "rgba(255,138,0,1.000)" in out
+    assert "activation 1.5" in out and "activation 3" in out
+    assert "border-bottom" in out  # the highlighted peak
+    with pytest.raises(ValueError):
+        render.tokens_html(["a"], [1.0, 2.0])
+
+
+def test_shade_bounds():
+    assert render.shade(0.0, 1.0) == "transparent"
+    assert render.shade(5.0, 0.0) == "transparent"
+    assert render.shade(10.0, 1.0).endswith("1.000)")  # clipped
+    assert render.shade(-1.0, 2.0).startswith("rgba(40,120,255")
+
+
+def test_display_token_makes_whitespace_visible():
+    assert render.display_token("\n") == "↵"
+    assert render.display_token("\tx") == "⇥x"
+    assert render.display_token("") == "∅"
+
+
+def test_context_window_crops_around_peak():
+    toks = [str(i) for i in range(100)]
+    acts = [0.0] * 100
+    w = render.context_window(toks, acts, 50, left=5, right=2)
+    assert w.tokens == [str(i) for i in range(45, 53)] and w.center == 5
+    w = render.context_window(toks, acts, 1, left=5, right=2)
+    assert w.start == 0 and w.center == 1
+    html = render.example_html(toks, acts, 50, 1.0, left=5, right=2)
+    assert html.count('class="scope-tok"') == 8 and "…" in html
+    assert render.example_html(toks, acts, 50, 1.0, left=None).count('class="scope-tok"') == 100
+
+
+def test_logit_table_escapes():
+    out = render.logit_table_html([("<b>x</b>", 1.25), (" y", 0.5)], "Promoted <tokens>")
+    assert "<b>x" not in out and "&lt;b&gt;x&lt;/b&gt;" in out
+    assert "Promoted &lt;tokens&gt;" in out and "+1.250" in out
+    assert "none" in render.logit_table_html([], "t", positive=False)
+
+
+def test_histogram_figure():
+    fig = render.histogram_figure([1, 0, 5], [0.0, 1.0, 2.0, 3.0])
+    bar = fig.data[0]
+    assert list(bar.x) == [0.5, 1.5, 2.5] and list(bar.y) == [1, 0, 5]
+    assert fig.layout.yaxis.type == "log"
+    with pytest.raises(ValueError):
+        render.histogram_figure([1, 2], [0.0, 1.0])
+
+
+def test_density_figure_and_summary():
+    d = np.array([0.0, 0.0, 1e-4, 1e-3, 0.2])
+    s = render.density_summary(d)
+    assert s == {"features": 5, "dead": 2, "live": 3, "dense": 1, "median_live_density": 1e-3}
+    fig = render.density_figure(d, bins=4)
+    assert sum(fig.data[0].y) == 3
+    assert len(render.density_figure(np.zeros(3)).data) == 0
+
+
+def test_format_helpers():
+    assert render.format_density(0) == "0% (dead)"
+    assert render.format_density(0.0123) == "1.23%"
+    assert "e-" in render.format_density(1e-7)
+    assert render.format_value(3.14159) == "3.14" and render.format_value(0.0) == "0"
+
+
+def test_neuronpedia_url():
+    assert render.neuronpedia_url(None, 3) is None
+    assert (
+        render.neuronpedia_url("gemma-2-2b/20-gemmascope-res-16k", 1234)
+        == "https://www.neuronpedia.org/gemma-2-2b/20-gemmascope-res-16k/1234"
+    )
+
+
+def test_top_features_per_token_and_prompt_features():
+    acts = np.array([[0.0, 2.0, 1.0, 0.0], [3.0, 0.0, 0.0, 0.5], [0.0, 0.0, 0.0, 0.0]])
+    per = render.top_features_per_token(acts, ["a", "b", "c"], k=2)
+    assert per == [[(1, 2.0), (2, 1.0)], [(0, 3.0), (3, 0.5)], []]
+    assert render.prompt_features(acts, k=3) == [(0, 3.0), (1, 2.0), (2, 1.0)]
+    with pytest.raises(ValueError):
+        render.top_features_per_token(acts, ["a"], k=2)
+
+
+def test_parse_steering():
+    assert render.parse_steering("12:8, 40:-3.5;") == {12: 8.0, 40: -3.5}
+    assert render.parse_steering("") == {}
+    for bad in ["12", "x:1", "3:abc", "-1:2", "3:inf"]:
+        with pytest.raises(ValueError):
+            render.parse_steering(bad)
+    rows = render.steering_rows({3: 1.0, 99: 2.0}, "add", d_sae=10)
+    assert rows[0] == {"feature": 3, "mode": "add", "strength": 1.0} and "note" in rows[1]
