@@ -353,8 +353,10 @@ def _npz_shapes(path: Path) -> dict[str, tuple[int, ...]]:
         with zipfile.ZipFile(path) as zf:
             for name in zf.namelist():
                 with zf.open(name) as fh:
-                    version = np.lib.format.read_magic(fh)
-                    shape, _, _ = np.lib.format._read_array_header(fh, version)
+                    major, _ = np.lib.format.read_magic(fh)
+                    read = (np.lib.format.read_array_header_1_0 if major == 1
+                            else np.lib.format.read_array_header_2_0)
+                    shape, _, _ = read(fh)
                 shapes[name.removesuffix(".npy")] = tuple(shape)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise SAEFormatError(f"{path}: not a readable npz ({exc}); the file is truncated or "
