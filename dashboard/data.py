@@ -125,6 +125,12 @@ def densities(path: str, sae: str) -> np.ndarray:
 
 
 @st.cache_data(show_spinner=False)
+def max_activations(path: str, sae: str) -> np.ndarray:
+    """Largest activation of every feature of one SAE, [d_sae]."""
+    return np.asarray(get_store(path).max_activations(sae), dtype=np.float64)
+
+
+@st.cache_data(show_spinner=False)
 def live_features(path: str, sae: str) -> np.ndarray:
     """Indices of features that fired at least once."""
     return np.flatnonzero(densities(path, sae) > 0)

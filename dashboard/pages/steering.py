@@ -10,6 +10,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import data, render
+from scope.errors import ScopeError
 
 path = st.session_state["store_path"]
 sae = st.session_state["sae"]
@@ -36,6 +37,11 @@ temperature = c[1].number_input(
     help="0 picks the most likely token (greedy)",
 )
 seed = c[2].number_input("Seed", 0, 2**31 - 1, 0, key="steer_seed")
+relative = st.checkbox(
+    "Strengths are multiples of each feature's max activation in this store",
+    key="steer_relative",
+    help="e.g. 2 adds twice the feature's largest recorded activation along its direction",
+)
 
 try:
     spec = render.parse_steering(spec_text)
@@ -50,13 +56,21 @@ if not spec:
     st.info("Add at least one feature:strength pair.")
 
 if st.button("Generate", key="steer_go", type="primary", disabled=not spec or not prompt):
-    default, steered = data.generate_pair(
-        model, sae_obj, spec, mode, prompt, max_new_tokens=int(max_tokens),
-        temperature=float(temperature), seed=int(seed),
-    )
+    applied = dict(spec)
+    if relative:
+        peak = data.max_activations(path, sae)
+        applied = {f: s * float(peak[f]) for f, s in spec.items()}
+    try:
+        default, steered = data.generate_pair(
+            model, sae_obj, applied, mode, prompt, max_new_tokens=int(max_tokens),
+            temperature=float(temperature), seed=int(seed),
+        )
+    except ScopeError as exc:  # e.g. a strength the steering code refuses
+        st.error(f"Steering failed: {exc}")
+        st.stop()
     st.session_state["steer_result"] = {
-        "default": default, "steered": steered, "spec": spec, "mode": mode,
-        "prompt": prompt, "sae": sae,
+        "default": default, "steered": steered, "spec": spec, "applied": applied,
+        "mode": mode, "prompt": prompt, "sae": sae, "relative": relative,
     }
 
 result = st.session_state.get("steer_result")
@@ -69,4 +83,8 @@ if result:
         st.markdown("**Steered**")
         st.text(result["prompt"] + result["steered"])
     st.caption("What was steered" + (" (identical output)" if result["default"] == result["steered"] else ""))
-    st.dataframe(render.steering_rows(result["spec"], result["mode"]), hide_index=True)
+    rows = render.steering_rows(result["applied"], result["mode"])
+    if result["relative"]:
+        for row in rows:
+            row["× max activation"] = result["spec"][row["feature"]]
+    st.dataframe(rows, hide_index=True)
