@@ -71,6 +71,47 @@ def _load_model_and_sae(args):
 
 
 @subcommand
+def _add_saes(sub) -> None:
+    p = _subparser(
+        sub,
+        "saes",
+        "Browse the Gemma Scope release registry: list releases, or the SAEs of one release.",
+        "scope saes gemma-scope-2b-pt-res --layer 20 --width 16k",
+        _run_saes,
+    )
+    p.add_argument("release", nargs="?", help="a release name; omit to list every release")
+    p.add_argument("--layer", type=int, help="only SAEs at this layer")
+    p.add_argument("--width", help="only SAEs of this width label, e.g. 16k, 65k, 1m")
+
+
+def _run_saes(args) -> int:
+    from scope import releases
+
+    if not args.release:
+        rows = releases.list_releases()
+        print(f"{'release':<40} {'model':<24} {'site':<16} {'#saes':>6}  repo")
+        for r in rows:
+            print(f"{r['name']:<40} {r['model']:<24} {r['site']:<16} {r['n_saes']:>6}  {r['repo_id']}")
+        print(f"\n{len(rows)} releases; `scope saes RELEASE` lists one release's SAE ids")
+        return 0
+    rel = releases.get_release(args.release)
+    saes = [s for s in rel.saes
+            if (args.layer is None or s["layer"] == args.layer)
+            and (args.width is None or s["width"] == args.width.lower())]
+    print(f"{rel.name}: {rel.repo_id} ({rel.model}, {rel.format}, {rel.kind})")
+    for note in rel.notes:
+        print(f"  note: {note}")
+    print(f"{'sae_id':<52} {'l0':>5}  {'hook':<40} neuronpedia")
+    for s in saes:
+        hook = s["hook_name"] + (f" -> {s['hook_name_out']}" if s.get("hook_name_out") else "")
+        l0 = "" if s.get("l0") is None else str(s["l0"])
+        print(f"{s['id']:<52} {l0:>5}  {hook:<40} {s.get('neuronpedia') or '-'}")
+    print(f"\n{len(saes)} of {len(rel.saes)} SAEs; load one with "
+          f"scope.load_sae({rel.name!r}, SAE_ID)")
+    return 0
+
+
+@subcommand
 def _add_eval(sub) -> None:
     p = _subparser(
         sub,
