@@ -179,16 +179,16 @@ def _hooks(model, sae: JumpReLUSAE, strengths: dict[int, float], mode: str, from
             return out
 
     else:
-        W_enc = sae.W_enc.detach()[:, index.to(sae.W_enc.device)].to(device, dtype)  # [d_in, k]
-        b_enc = sae.b_enc.detach()[index.to(sae.b_enc.device)].to(device, dtype)
-        threshold = sae.threshold.detach()[index.to(sae.threshold.device)].to(device, dtype)
+        index_sae = index.to(sae.device)
+        values_sae = values.to(sae.device, sae.dtype)
+        W_dec_sae = sae.W_dec.detach()[index_sae]  # [k, d_out]
 
         def edit(a: torch.Tensor) -> torch.Tensor:
             s = start()
             tail = a[:, s:]
-            pre = tail @ W_enc + b_enc  # [batch, pos, k]
-            current = pre * (pre > threshold)
-            change = (values - current) @ W_dec  # [batch, pos, d]
+            # the full encode, so "clamp to the value sae.encode reports" changes nothing at all
+            current = sae.encode(tail)[..., index_sae]  # [batch, pos, k]
+            change = ((values_sae - current) @ W_dec_sae).to(a.device, a.dtype)
             if s == 0:
                 return a + change
             out = a.clone()
