@@ -23,7 +23,7 @@ _POS_RGB = (255, 138, 0)
 _NEG_RGB = (40, 120, 255)
 
 _TOKEN_STYLE = (
-    "white-space:pre;border-radius:3px;padding:1px 0;margin:0;"
+    "white-space:pre-wrap;border-radius:3px;padding:1px 0;margin:0;"
     "font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:0.85em;"
 )
 _BOX_STYLE = "line-height:1.9;margin:2px 0 6px 0;overflow-wrap:anywhere;"
@@ -199,7 +199,7 @@ def histogram_figure(counts: Sequence[float], bin_edges: Sequence[float], title:
         margin=dict(l=10, r=10, t=30 if title else 10, b=10),
         xaxis_title="activation (nonzero)",
         yaxis_title="count",
-        yaxis_type="log" if counts.max(initial=0) > 0 else "linear",
+        yaxis=dict(type="log", dtick=1) if counts.max(initial=0) > 0 else dict(type="linear"),
         bargap=0,
     )
     return fig

@@ -74,7 +74,7 @@ def test_histogram_figure():
     fig = render.histogram_figure([1, 0, 5], [0.0, 1.0, 2.0, 3.0])
     bar = fig.data[0]
     assert list(bar.x) == [0.5, 1.5, 2.5] and list(bar.y) == [1, 0, 5]
-    assert fig.layout.yaxis.type == "log"
+    assert fig.layout.yaxis.type == "log" and fig.layout.yaxis.dtick == 1
     with pytest.raises(ValueError):
         render.histogram_figure([1, 2], [0.0, 1.0])
 
