@@ -174,33 +174,47 @@ def logit_table_html(rows: Sequence[tuple[str, float]], title: str, positive: bo
     return head + "".join(body) + "</tbody></table>"
 
 
+def log_spaced(bin_edges: Sequence[float]) -> bool:
+    """True when positive edges grow by a constant ratio (the store's log-spaced histogram)."""
+    e = np.asarray(bin_edges, dtype=float)
+    if e.size < 3 or e[0] <= 0 or np.any(np.diff(e) <= 0):
+        return False
+    ratios = e[1:] / e[:-1]
+    return bool(ratios.min() > 1.0001 and np.allclose(ratios, ratios[0], rtol=1e-3))
+
+
 def histogram_figure(counts: Sequence[float], bin_edges: Sequence[float], title: str = ""):
-    """A plotly bar chart of a feature's nonzero-activation histogram (log-scaled counts)."""
+    """A plotly step histogram of a feature's nonzero activations (log-count axis).
+
+    Drawn as a filled step line over the bin edges, so log-spaced bins (a log x axis) and
+    linear ones render alike. Hover shows each bin's range and count.
+    """
     import plotly.graph_objects as go
 
     counts = np.asarray(counts, dtype=float)
     edges = np.asarray(bin_edges, dtype=float)
     if len(edges) != len(counts) + 1:
         raise ValueError(f"{len(counts)} counts need {len(counts) + 1} bin edges, got {len(edges)}")
-    centers = (edges[:-1] + edges[1:]) / 2
-    widths = np.diff(edges)
+    x = edges.tolist()
+    y = counts.tolist() + [counts[-1] if counts.size else 0.0]
+    ranges = [f"{format_value(a)} – {format_value(b)}" for a, b in zip(edges[:-1], edges[1:],
+                                                                      strict=True)]
     fig = go.Figure(
-        go.Bar(
-            x=centers.tolist(),
-            y=counts.tolist(),
-            width=widths.tolist(),
-            marker_color="rgb(255,138,0)",
-            hovertemplate="activation %{x:.3g}<br>count %{y}<extra></extra>",
+        go.Scatter(
+            x=x, y=y, mode="lines", line_shape="hv", fill="tozeroy",
+            line=dict(color="rgb(230,120,0)", width=1.5), fillcolor="rgba(255,138,0,0.55)",
+            customdata=ranges + [ranges[-1] if ranges else ""],
+            hovertemplate="activation %{customdata}<br>count %{y}<extra></extra>",
         )
     )
     fig.update_layout(
         title=title or None,
         height=260,
         margin=dict(l=10, r=10, t=30 if title else 10, b=10),
-        xaxis_title="activation (nonzero)",
-        yaxis_title="count",
-        yaxis=dict(type="log", dtick=1) if counts.max(initial=0) > 0 else dict(type="linear"),
-        bargap=0,
+        xaxis=dict(title="activation (nonzero)", type="log" if log_spaced(edges) else "linear"),
+        yaxis=dict(title="count", type="log", dtick=1) if counts.max(initial=0) > 0
+        else dict(title="count", type="linear"),
+        showlegend=False,
     )
     return fig
 

@@ -72,9 +72,13 @@ def test_logit_table_escapes():
 
 def test_histogram_figure():
     fig = render.histogram_figure([1, 0, 5], [0.0, 1.0, 2.0, 3.0])
-    bar = fig.data[0]
-    assert list(bar.x) == [0.5, 1.5, 2.5] and list(bar.y) == [1, 0, 5]
-    assert fig.layout.yaxis.type == "log" and fig.layout.yaxis.dtick == 1
+    step = fig.data[0]
+    assert list(step.x) == [0.0, 1.0, 2.0, 3.0] and list(step.y) == [1, 0, 5, 5]
+    assert step.line.shape == "hv"
+    assert fig.layout.yaxis.type == "log" and fig.layout.xaxis.type == "linear"
+    edges = np.geomspace(1e-2, 10, 5)
+    assert render.log_spaced(edges) and not render.log_spaced([0.0, 1.0, 2.0])
+    assert render.histogram_figure([1, 2, 3, 4], edges).layout.xaxis.type == "log"
     with pytest.raises(ValueError):
         render.histogram_figure([1, 2], [0.0, 1.0])
 
