@@ -136,14 +136,13 @@ def _add_eval(sub) -> None:
 def _run_eval(args) -> int:
     import json
 
-    from scope.corpus import Corpus, token_windows
+    from scope.corpus import Corpus
     from scope.evals import evaluate
 
     model, sae = _load_model_and_sae(args)
     corpus = Corpus(source=args.corpus, split=args.split)
-    batches = token_windows(corpus, model.tokenizer, ctx=args.ctx, max_tokens=args.tokens,
-                            batch_size=args.batch_size)
-    report = evaluate(model, sae, batches)
+    report = evaluate(model, sae, corpus, ctx=args.ctx, max_tokens=args.tokens,
+                      batch_size=args.batch_size)
     for key, value in report.as_dict().items():
         print(f"{key:>14}  {value:.6g}" if isinstance(value, float) else f"{key:>14}  {value}")
     if args.json:

@@ -8,7 +8,8 @@ everywhere and keep their original activation when the reconstruction is spliced
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -16,6 +17,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from scope.activations import splice_hooks
+from scope.corpus import Corpus, token_windows
 from scope.errors import ScopeError, ShapeMismatchError
 from scope.hooks import attached
 from scope.sae import JumpReLUSAE
@@ -54,9 +56,11 @@ class EvalReport:
 def evaluate(
     model: HookedTransformer,
     sae: JumpReLUSAE,
-    tokens: torch.Tensor | Iterable[torch.Tensor],
+    tokens: torch.Tensor | Iterable[torch.Tensor] | Corpus | str | Sequence[str] | None,
     *,
     batch_size: int = 8,
+    ctx: int = 128,
+    max_tokens: int | None = 32768,
     progress: bool = True,
 ) -> EvalReport:
     """Evaluate `sae` on `model` over token sequences.
@@ -70,14 +74,18 @@ def evaluate(
     Args:
         model: the model the SAE reads.
         sae: the SAE (or transcoder) to evaluate.
-        tokens: `[batch, pos]` token ids with BOS first, or an iterable of such batches.
-        batch_size: sequences per forward pass when `tokens` is one tensor.
+        tokens: `[batch, pos]` token ids with BOS first, an iterable of such batches, or a
+            corpus (a `Corpus`, a path, "default", "hf:NAME" or a list of texts), which is cut
+            into `ctx`-token windows up to `max_tokens` tokens.
+        batch_size: sequences per forward pass (tensor and corpus inputs).
+        ctx: window length for corpus inputs, BOS included.
+        max_tokens: token budget for corpus inputs (None: the whole corpus).
         progress: show a progress bar.
 
     Returns:
         An `EvalReport`.
     """
-    batches = tokens.split(batch_size) if isinstance(tokens, torch.Tensor) else tokens
+    batches = _batches(model, tokens, batch_size, ctx, max_tokens)
     device = next(model.parameters()).device
     special = _special_ids(model)
     sums = dict(sq_err=0.0, sq_norm=0.0, l0=0.0, ce_clean=0.0, ce_spliced=0.0)
@@ -128,6 +136,19 @@ def evaluate(
         n_tokens=n_tokens,
         n_sequences=n_seq,
     )
+
+
+def _batches(model, data, batch_size: int, ctx: int, max_tokens: int | None):
+    """Token batches `[batch, pos]` from a tensor, an iterable of tensors, or a corpus."""
+    if isinstance(data, torch.Tensor):
+        return data.split(batch_size)
+    texts = isinstance(data, Sequence) and not isinstance(data, str) and data and all(
+        isinstance(t, str) for t in data
+    )
+    if data is None or isinstance(data, (str, os.PathLike, Corpus)) or texts:
+        return token_windows(data, model.tokenizer, ctx=ctx, max_tokens=max_tokens,
+                             batch_size=batch_size)
+    return data
 
 
 def _special_ids(model: HookedTransformer) -> torch.Tensor:

@@ -79,3 +79,15 @@ def test_perfect_reconstruction_has_zero_fvu_and_delta(model, tokens):
     assert report.fvu < 1e-12
     assert abs(report.delta_lm_loss) < 1e-5
     assert report.l0 == pytest.approx(d, abs=0.5)  # one of the pair fires for every nonzero x
+
+
+def test_corpus_input_equals_its_token_windows(model):
+    from scope.corpus import token_windows
+
+    sae = random_sae(model.cfg.d_model, d_sae=48)
+    texts = [" ".join(TINY_TEXT * 6)] * 3
+    windows = torch.cat(list(token_windows(texts, model.tokenizer, ctx=16, batch_size=4)))
+    direct = scope.evaluate(model, sae, windows, batch_size=4, progress=False)
+    via_corpus = scope.evaluate(model, sae, texts, ctx=16, max_tokens=None, batch_size=4,
+                                progress=False)
+    assert via_corpus == direct
