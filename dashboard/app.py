@@ -18,7 +18,7 @@ if _ROOT not in sys.path:
 
 import streamlit as st  # noqa: E402
 
-from dashboard import data  # noqa: E402
+from dashboard import data, render  # noqa: E402
 
 st.set_page_config(page_title="scope dashboard", layout="wide")
 
@@ -74,8 +74,9 @@ with st.sidebar:
         help="The SAE (hook site) every page reads.",
     )
     manifest = store.manifest
+    model_name = (manifest.get("model") or {}).get("name", "?")
     st.caption(
-        f"Store `{Path(path).name}` · model `{(manifest.get('model') or {}).get('name', '?')}` · "
+        f"Store {render.md_escape(Path(path).name)} · model {render.md_escape(model_name)} · "
         f"{int(manifest.get('tokens') or 0):,} tokens · {manifest.get('status', '?')}"
     )
 

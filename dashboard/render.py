@@ -34,6 +34,15 @@ def esc(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
+_MD_SPECIAL = set("\\`*_{}[]()#+-.!|<>~$:")
+
+
+def md_escape(text: object) -> str:
+    """Backslash-escape Markdown syntax so text from a store shows literally in st.markdown,
+    captions and widget labels (Streamlit escapes raw HTML there itself)."""
+    return "".join("\\" + c if c in _MD_SPECIAL else c for c in str(text))
+
+
 def display_token(token: str) -> str:
     """Make invisible characters visible: newlines as ↵, tabs as ⇥, an empty token as ∅."""
     if token == "":

@@ -124,3 +124,8 @@ def test_parse_steering():
             render.parse_steering(bad)
     rows = render.steering_rows({3: 1.0, 99: 2.0}, "add", d_sae=10)
     assert rows[0] == {"feature": 3, "mode": "add", "strength": 1.0} and "note" in rows[1]
+
+
+def test_md_escape():
+    assert render.md_escape("**x** [a](javascript:1)") == r"\*\*x\*\* \[a\]\(javascript\:1\)"
+    assert render.md_escape("plain words") == "plain words"

@@ -60,19 +60,19 @@ if token:
         labels = {f: f"#{f}  (max {render.format_value(v)})" for f, v in hits}
         c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
         c1.selectbox(
-            f"{len(hits)} features fire most on {token!r}", list(labels),
+            f"{len(hits)} features fire most on this token", list(labels),
             format_func=labels.get, key="search_pick",
         )
         c2.button("Open", key="search_open", on_click=_from_search, width="stretch")
     else:
-        st.info(f"No feature fires on the token {token!r} in this store.")
+        st.info("No feature's top contexts peak on that token in this store.")
 
 index = st.session_state["feature"]
 view = data.feature_view(path, sae, index)
 st.query_params.update({"sae": sae, "feature": str(index)})
 
 st.subheader(f"Feature {index}")
-st.caption(f"SAE `{sae}`")
+st.caption(f"SAE {render.md_escape(sae)}")
 m = st.columns(5)
 m[0].metric("Density", render.format_density(view.density))
 m[1].metric("Max activation", render.format_value(view.max_activation))

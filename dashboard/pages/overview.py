@@ -19,8 +19,9 @@ c[0].metric("Model", str(model.get("name", "?")))
 c[1].metric("SAEs", len(store.sae_names))
 c[2].metric("Tokens", f"{int(manifest.get('tokens') or 0):,}")
 c[3].metric("Status", str(manifest.get("status", "?")))
+corpus_text = corpus if isinstance(corpus, str) else (corpus or {}).get("name", corpus)
 st.caption(
-    f"Corpus: {corpus if isinstance(corpus, str) else (corpus or {}).get('name', corpus)} · "
+    f"Corpus: {render.md_escape(corpus_text)} · "
     f"context {manifest.get('ctx', '?')} · top-k {manifest.get('top_k', '?')} · "
     f"format v{manifest.get('format_version', '?')} · scope {manifest.get('tool_version', '?')}"
 )
@@ -39,7 +40,7 @@ st.dataframe(rows, hide_index=True)
 
 dens = data.densities(path, sae)
 summary = render.density_summary(dens)
-st.markdown(f"**Feature density — `{sae}`**")
+st.markdown(f"**Feature density — {render.md_escape(sae)}**")
 d = st.columns(4)
 d[0].metric("Features", f"{summary['features']:,}")
 d[1].metric("Dead features", f"{summary['dead']:,}")
