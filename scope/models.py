@@ -250,7 +250,21 @@ def _build(cfg: HookedTransformerConfig, state_dict: dict[str, torch.Tensor], to
     if tokenizer is not None and not model.cfg.tokenizer_prepends_bos:
         log.warning("tokenizer of %s does not add BOS; model.to_tokens prepends it instead", spec)
     model.scope_spec = spec  # what load_model accepts to rebuild this model (stores record it)
+    _fix_to_str_tokens(model)
     return model
+
+
+def _fix_to_str_tokens(model: HookedTransformer) -> None:
+    """Work around TransformerLens 3.9's `to_str_tokens(str)`, which adds a stray axis (and then
+    fails) whenever the tokenizer's name contains "gemma": tokenize first, pass the tensor."""
+    original = model.to_str_tokens
+
+    def to_str_tokens(input, prepend_bos=None, padding_side=None):
+        if isinstance(input, str):
+            input = model.to_tokens(input, prepend_bos=prepend_bos, padding_side=padding_side)[0]
+        return original(input, prepend_bos, padding_side)
+
+    model.to_str_tokens = to_str_tokens
 
 
 def _load_tokenizer(path: Path, **kwargs: Any) -> Any:
@@ -383,7 +397,21 @@ def _read_cache(target: Path, model_name: str, spec: str, device: Any, dtype: to
         # the same float32 arithmetic as convert_gemma_weights, so cached == freshly converted
         state_dict["embed.W_E"] = embed * torch.tensor(cfg.d_model**0.5, dtype=torch.float32)
         state_dict["unembed.W_U"] = embed.T
-    return _build(cfg, state_dict, _load_tokenizer(target), spec)
+    return _build(cfg, state_dict, _cached_tokenizer(target), spec)
+
+
+def _cached_tokenizer(target: Path) -> Any:
+    """The cached tokenizer.json read directly (about 3x faster than AutoTokenizer for Gemma's
+    262k vocabulary, which rebuilds the BPE from its vocab and merges)."""
+    from transformers import PreTrainedTokenizerFast
+
+    config = json.loads((target / "tokenizer_config.json").read_text())
+    special = {k: config[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token",
+                                      "mask_token") if isinstance(config.get(k), str)}
+    return PreTrainedTokenizerFast(
+        tokenizer_file=str(target / "tokenizer.json"), name_or_path=str(target),
+        add_bos_token=True, padding_side="right", **special
+    )
 
 
 def _load_gguf(path: Path, model_name: str, spec: str, device: Any, dtype: torch.dtype,

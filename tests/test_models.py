@@ -126,6 +126,9 @@ def test_model_identity_and_tokenizer(gemma3_dir):
     assert model.tokenizer("hello").input_ids[0] == bos
     assert model.to_tokens("hello")[0, 0].item() == bos
     assert model.cfg.tokenizer_prepends_bos
+    # TL 3.9's to_str_tokens(str) breaks for tokenizers named "*gemma*"; load_model patches it
+    assert model.to_str_tokens("hi there") == ["<bos>", "h", "i", " the", "r", "e"]
+    assert model.to_str_tokens(model.to_tokens("hi"))[0] == "<bos>"
     assert next(model.parameters()).dtype == torch.float32
 
 
