@@ -11,8 +11,9 @@ followed by the separator "\\n\\n", concatenated in corpus order into one token 
 cut into consecutive chunks of `ctx - 1` tokens; every window is `[BOS] + chunk`. So a long
 document spans several windows, windows never hold padding, and the order is deterministic (a
 final partial chunk is dropped). Window `g` (0-based, in stream order) is the *global window
-index*; `shard=(i, n)` keeps windows with `g % n == i`, so shards partition exactly the windows
-a single run sees. `max_tokens` is a budget of window tokens (BOS included) over all shards,
+index*; `shard=(i, n)` keeps windows with `(g // block) % n == i` (`block=1` by default; the
+extractor shards whole batches so every shard's batches are exactly the single run's), so shards
+partition exactly the windows a single run sees. `max_tokens` is a budget of window tokens (BOS included) over all shards,
 rounded up to whole windows.
 
 Bad input never raises a bare traceback: unreadable, empty or non-UTF-8 files, JSONL lines
@@ -375,8 +376,12 @@ def iter_windows(
     max_tokens: int | None = None,
     shard: tuple[int, int] = (0, 1),
     start: int = 0,
+    block: int = 1,
 ) -> Iterator[Window]:
-    """Like `token_windows` without batching, yielding `Window(index, tokens [pos])`."""
+    """Like `token_windows` without batching, yielding `Window(index, tokens [pos])`.
+
+    `block` groups consecutive windows for sharding: window g goes to shard `(g // block) % n`.
+    """
     corpus = as_corpus(corpus)
     if ctx < 2:
         raise CorpusError(f"context length {ctx} is too short: windows need BOS + >= 1 token")
@@ -397,7 +402,7 @@ def iter_windows(
         while len(buf) - pos >= body:
             if max_windows is not None and g >= max_windows:
                 return
-            if g % n == i:
+            if (g // block) % n == i:
                 if mine >= start:
                     chunk = buf[pos : pos + body]
                     yield Window(g, torch.tensor([bos, *chunk], dtype=torch.long))
@@ -420,11 +425,16 @@ def iter_batches(
     max_tokens: int | None = None,
     shard: tuple[int, int] = (0, 1),
     start: int = 0,
+    block: int = 1,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches of windows: yields `(indices [batch], tokens [batch, pos])`."""
+    """Batches of windows: yields `(indices [batch], tokens [batch, pos])`.
+
+    With `block=batch_size` (and `start` a multiple of it) every shard's batches are the very
+    batches a single run makes.
+    """
     idx: list[int] = []
     rows: list[torch.Tensor] = []
-    for w in iter_windows(corpus, tokenizer, ctx, max_tokens, shard, start):
+    for w in iter_windows(corpus, tokenizer, ctx, max_tokens, shard, start, block):
         idx.append(w.index)
         rows.append(w.tokens)
         if len(rows) == batch_size:

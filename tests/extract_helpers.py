@@ -1,0 +1,69 @@
+"""Small synthetic SAEs and a brute-force reference for extraction tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from scope.activations import capture
+from scope.corpus import iter_windows
+from scope.sae import JumpReLUSAE, SAEConfig
+
+
+def synthetic_sae(d_in: int, d_sae: int, hook: str, seed: int = 0, threshold: float = 0.3,
+                  **cfg) -> JumpReLUSAE:
+    """A random JumpReLU SAE with unit-norm decoder rows and tied encoder."""
+    g = torch.Generator().manual_seed(seed)
+    W_dec = torch.randn(d_sae, d_in, generator=g)
+    W_dec /= W_dec.norm(dim=1, keepdim=True)
+    config = SAEConfig(d_in=d_in, d_sae=d_sae, hook_name=hook, **cfg)
+    return JumpReLUSAE(config, W_enc=W_dec.T.clone() * 2.0, W_dec=W_dec,
+                       b_enc=0.1 * torch.randn(d_sae, generator=g), b_dec=torch.zeros(d_in),
+                       threshold=torch.full((d_sae,), threshold))
+
+
+def brute_force(model, saes, corpus, ctx, batch_size, tokens=None):
+    """All windows' feature activations in memory: `(window tokens [W, P], [f [W, P, F]])`.
+
+    Runs the same batches as the extractor (batch composition changes float rounding) and
+    zeroes BOS/EOS/pad positions.
+    """
+    windows = list(iter_windows(corpus, model.tokenizer, ctx, tokens))
+    toks = torch.stack([w.tokens for w in windows])
+    hooks = list(dict.fromkeys(s.cfg.hook_name for s in saes))
+    feats = [[] for _ in saes]
+    with torch.no_grad():
+        for start in range(0, len(toks), batch_size):
+            acts = capture(model, toks[start : start + batch_size], hooks)
+            for j, sae in enumerate(saes):
+                feats[j].append(sae.encode(acts[sae.cfg.hook_name]))
+    tok = model.tokenizer
+    special = torch.tensor([tok.bos_token_id, tok.eos_token_id, tok.pad_token_id])
+    mask = ~torch.isin(toks, special)
+    return toks.numpy(), [(torch.cat(f) * mask[..., None]).numpy() for f in feats]
+
+
+def store_arrays(path) -> dict[str, bytes]:
+    """Every array file of a store's current generation, by relative path (for equality)."""
+    import json
+    from pathlib import Path
+
+    root = Path(path)
+    gen = root / json.loads((root / "manifest.json").read_text())["data"]
+    return {p.relative_to(gen).as_posix(): p.read_bytes() for p in sorted(gen.rglob("*"))
+            if p.is_file()}
+
+
+def manifest_core(path) -> dict:
+    """The manifest without the keys that name times or generations."""
+    import json
+    from pathlib import Path
+
+    m = json.loads((Path(path) / "manifest.json").read_text())
+    for k in ("created", "updated", "data"):
+        m.pop(k, None)
+    return m
+
+
+def np_hist(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    return np.histogram(np.clip(values, edges[0], edges[-1] * 0.999), edges)[0]
