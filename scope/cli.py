@@ -142,6 +142,96 @@ def _run_saes(args) -> int:
 
 
 @subcommand
+def _add_extract(sub) -> None:
+    p = _subparser(
+        sub,
+        "extract",
+        "Run a model and its SAEs over a corpus and record, for every feature, what makes it "
+        "fire (a feature store). Resumes an interrupted run; under `torchrun --nproc_per_node N "
+        "scope extract ...` the ranks shard the corpus and rank 0 merges.",
+        "scope extract --model gemma-2-2b --sae gemma-scope-2b-pt-res/layer_20/width_16k/"
+        "average_l0_71 --out runs/l20 --tokens 1000000",
+        _run_extract,
+    )
+    p.add_argument("--model", default="bundled", help="model name, hub id, local dir, .gguf or "
+                   "'bundled' (default)")
+    p.add_argument("--sae", action="append", help="RELEASE/SAE_ID, a local path, or 'bundled' "
+                   "(default); repeat for several SAEs (one forward pass)")
+    p.add_argument("--corpus", default="default", help="'default' (the Python standard library's "
+                   "text), a file or folder of .txt/.jsonl/.parquet, or hf:DATASET")
+    p.add_argument("--text-field", default="text", help="JSONL/parquet/dataset text field")
+    p.add_argument("--split", default="all", choices=["all", "train", "heldout"],
+                   help="document split of the corpus (default: all)")
+    p.add_argument("--out", type=Path, help="store folder to write (required)")
+    p.add_argument("--tokens", type=int, help="token budget (default: the whole corpus)")
+    p.add_argument("--ctx", type=int, default=128, help="context length incl. BOS (default 128)")
+    p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
+    p.add_argument("--top-k", type=int, default=20, help="top contexts kept per feature")
+    p.add_argument("--shard", help="i/n: extract this deterministic slice (merge with `scope "
+                   "merge`)")
+    p.add_argument("--device", help="torch device (default: CUDA when available, else CPU)")
+    p.add_argument("--checkpoint-every", type=float, default=300.0,
+                   help="seconds between checkpoints (default 300)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a store made with a different configuration in --out")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _run_extract(args) -> int:
+    import os
+
+    import scope
+    from scope.corpus import Corpus
+    from scope.errors import StoreError
+
+    if args.out is None:
+        raise StoreError("scope extract needs --out DIR (or `out:` in the --config file)")
+    device = args.device
+    if device is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch
+
+        if torch.cuda.is_available():
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    model = scope.load_model(args.model, device=device)
+    specs = args.sae or ["bundled"]
+    saes = [scope.load_sae(spec, model=model) for spec in specs]
+    corpus = Corpus(source=args.corpus, text_field=args.text_field, split=args.split)
+    store = scope.extract(model, saes, corpus, args.out, tokens=args.tokens, ctx=args.ctx,
+                          batch_size=args.batch_size, top_k=args.top_k, shard=args.shard,
+                          checkpoint_every=args.checkpoint_every, overwrite=args.overwrite,
+                          progress=not args.no_progress, model_spec=args.model,
+                          sae_specs=specs)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"wrote {store.path}: {store.manifest['tokens']} tokens, "
+              f"{', '.join(store.sae_names)}; view it with `scope dashboard {store.path}`")
+    return 0
+
+
+@subcommand
+def _add_merge(sub) -> None:
+    p = _subparser(
+        sub,
+        "merge",
+        "Merge the stores of `scope extract --shard i/n` runs (all n shards) into the store a "
+        "single run would have written.",
+        "scope merge runs/l20-0of2 runs/l20-1of2 --out runs/l20",
+        _run_merge,
+    )
+    p.add_argument("stores", nargs="+", type=Path, help="shard stores (any order)")
+    p.add_argument("--out", type=Path, required=True, help="folder of the merged store")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a different store already in --out")
+
+
+def _run_merge(args) -> int:
+    from scope.merge import merge_stores
+
+    store = merge_stores(args.stores, args.out, overwrite=args.overwrite)
+    print(f"merged {len(args.stores)} shards into {store.path}: {store.manifest['tokens']} tokens")
+    return 0
+
+
+@subcommand
 def _add_eval(sub) -> None:
     p = _subparser(
         sub,
@@ -249,6 +339,52 @@ def _run_dashboard(args) -> int:
     from scope.dashboard_launch import dashboard_command
 
     return dashboard_command(args.store, args.host, args.port, open_browser=args.open_browser)
+
+
+@subcommand
+def _add_train(sub) -> None:
+    from scope.train.config import TrainConfig
+
+    p = _subparser(
+        sub,
+        "train",
+        "Train a JumpReLU SAE (Gemma Scope recipe) on a model's activations: capture the "
+        "corpus's train split into a cache, fit, evaluate on held-out text, save a native SAE. "
+        "Resumes from its checkpoint when rerun. Flags (and YAML keys) mirror scope.train's config.",
+        "scope train --config configs/train/demo.yaml   # the shipped demo SAE",
+        _run_train,
+    )
+    for name, (default, help_text) in TrainConfig.field_docs().items():
+        flag = "--" + name.replace("_", "-")
+        text = f"{help_text} (default {default!r})".replace("%", "%%")
+        if isinstance(default, bool):
+            p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
+                           help=text)
+        elif isinstance(default, tuple):
+            p.add_argument(flag, dest=name, nargs=len(default), type=type(default[0]),
+                           default=None, help=text)
+        else:
+            p.add_argument(flag, dest=name, type=type(default), default=None, help=text)
+
+
+def _run_train(args) -> int:
+    from scope.train.config import TrainConfig
+    from scope.train.trainer import train
+
+    fields = TrainConfig.field_docs()
+    try:
+        cfg = TrainConfig.from_flat({k: getattr(args, k) for k in fields
+                                     if getattr(args, k, None) is not None})
+    except (TypeError, ValueError) as exc:
+        print(f"scope train: error: {exc}", file=sys.stderr)
+        return 2
+    result = train(cfg)
+    held = result.report["heldout"]
+    print(f"saved {result.out}")
+    for key in ("l0", "fvu", "delta_lm_loss", "dead_fraction", "n_tokens"):
+        if key in held:
+            print(f"{key:>14}  {held[key]:.6g}")
+    return 0
 
 
 @subcommand
