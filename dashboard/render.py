@@ -216,11 +216,17 @@ def histogram_figure(counts: Sequence[float], bin_edges: Sequence[float], title:
             hovertemplate="activation %{customdata}<br>count %{y}<extra></extra>",
         )
     )
+    log_x = log_spaced(edges)
+    xaxis = dict(title="activation (nonzero)", type="log" if log_x else "linear")
+    nz = np.flatnonzero(counts > 0)
+    if nz.size:  # show the occupied bins, one empty bin either side
+        lo, hi = edges[max(nz[0] - 1, 0)], edges[min(nz[-1] + 2, len(edges) - 1)]
+        xaxis["range"] = [float(np.log10(lo)), float(np.log10(hi))] if log_x else [lo, hi]
     fig.update_layout(
         title=title or None,
         height=260,
         margin=dict(l=10, r=10, t=30 if title else 10, b=10),
-        xaxis=dict(title="activation (nonzero)", type="log" if log_spaced(edges) else "linear"),
+        xaxis=xaxis,
         yaxis=dict(title="count", type="log", dtick=1) if counts.max(initial=0) > 0
         else dict(title="count", type="linear"),
         showlegend=False,

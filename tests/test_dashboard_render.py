@@ -78,7 +78,10 @@ def test_histogram_figure():
     assert fig.layout.yaxis.type == "log" and fig.layout.xaxis.type == "linear"
     edges = np.geomspace(1e-2, 10, 5)
     assert render.log_spaced(edges) and not render.log_spaced([0.0, 1.0, 2.0])
-    assert render.histogram_figure([1, 2, 3, 4], edges).layout.xaxis.type == "log"
+    fig = render.histogram_figure([0, 2, 3, 0], edges)
+    assert fig.layout.xaxis.type == "log"
+    assert np.allclose(fig.layout.xaxis.range, np.log10([edges[0], edges[4]]))
+    assert list(render.histogram_figure([0, 0, 5, 0, 0, 0], range(7)).layout.xaxis.range) == [1, 4]
     with pytest.raises(ValueError):
         render.histogram_figure([1, 2], [0.0, 1.0])
 

@@ -1,0 +1,154 @@
+"""Dashboard feature-page render time on a 16k-feature store (target: under 300 ms).
+
+Builds a store with the real extractor (tiny Gemma 3 checkpoint, a random 16,384-feature JumpReLU
+SAE, a few thousand tokens), then renders the feature page with `streamlit.testing.v1.AppTest`
+for features it has not shown before (so every render reads the store: no cache hits) and
+prints the median and 90th percentile with their ratio to the 300 ms target. A breakdown times
+the parts without Streamlit: reading one feature, building its HTML, building and serialising
+its histogram figure.
+
+    python benchmarks/bench_dashboard.py [--d-sae 16384] [--features 20] [--tokens 8192]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TARGET_MS = 300.0
+
+
+def build_store(root: Path, d_sae: int, tokens: int) -> Path:
+    import torch
+    from builders import TINY_TEXT, tiny_gemma3_dir
+    from sae_builders import jumprelu_weights
+
+    import scope
+    from scope.corpus import Corpus
+    from scope.sae import JumpReLUSAE, SAEConfig
+
+    model = scope.load_model(str(tiny_gemma3_dir(root / "model")), device="cpu",
+                             dtype=torch.float32)
+    w = jumprelu_weights(model.cfg.d_model, d_sae, seed=0)
+    cfg = SAEConfig(d_in=model.cfg.d_model, d_sae=d_sae, hook_name="blocks.2.hook_resid_post",
+                    neuronpedia_id="tiny-gemma3/2-bench-res-16k")
+    JumpReLUSAE(cfg, **{k: torch.tensor(v) for k, v in w.items()}).save(root / "sae")
+    sae = scope.load_sae(str(root / "sae"), model=model)
+    texts = [t for t in Path(logging.__file__).read_text().split("\n\n") if t.strip()]
+    corpus = Corpus(texts=texts + list(TINY_TEXT))
+    scope.extract(model, [sae], corpus, str(root / "store"), tokens=tokens, ctx=128,
+                  batch_size=8, progress=False, sae_specs=[str(root / "sae")])
+    return root / "store"
+
+
+def _ms(seconds: float) -> float:
+    return 1000.0 * seconds
+
+
+def bench_apptest(store: Path, features: list[int]) -> list[float]:
+    """Wall time of a full feature-page script run per not-yet-seen feature."""
+    from streamlit.testing.v1 import AppTest
+
+    from dashboard import data
+
+    os.environ[data.STORE_ENV] = str(store)
+    at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=120)
+    at.run()  # warm-up: imports, opening the store, the density vector
+    if at.exception:
+        raise SystemExit(f"the feature page failed: {at.exception[0].value}")
+    times = []
+    for f in features:
+        at.session_state["feature"] = f
+        t0 = time.perf_counter()
+        at.run()
+        times.append(_ms(time.perf_counter() - t0))
+        if at.exception or at.subheader[0].value != f"Feature {f}":
+            raise SystemExit(f"feature {f} did not render: {[e.value for e in at.exception]}")
+    return times
+
+
+def bench_parts(store: Path, features: list[int]) -> dict[str, float]:
+    """Median ms of the page's parts without Streamlit (fresh store handle: no caches)."""
+    import plotly.io as pio
+
+    import scope
+    from dashboard import data, render
+
+    s = scope.open_store(store)
+    name = s.sae_names[0]
+    s.densities(name)
+    read, build, fig = [], [], []
+    for f in features:
+        t0 = time.perf_counter()
+        v = data.to_view(s.feature(name, f), name)
+        t1 = time.perf_counter()
+        for e in v.top_examples:
+            render.example_html(e.tokens, e.activations, e.max_position, v.max_activation)
+        for b in v.band_examples:
+            for e in b.examples:
+                render.example_html(e.tokens, e.activations, e.max_position, v.max_activation)
+        render.logit_table_html(v.top_logits, "+")
+        render.logit_table_html(v.bottom_logits, "-")
+        t2 = time.perf_counter()
+        pio.to_json(render.histogram_figure(v.hist_counts, v.hist_edges), validate=False)
+        t3 = time.perf_counter()
+        read.append(_ms(t1 - t0))
+        build.append(_ms(t2 - t1))
+        fig.append(_ms(t3 - t2))
+    return {"read feature": statistics.median(read), "build HTML": statistics.median(build),
+            "histogram figure + JSON": statistics.median(fig)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--d-sae", type=int, default=16384)
+    ap.add_argument("--features", type=int, default=20, help="features to render")
+    ap.add_argument("--tokens", type=int, default=8192, help="extraction token budget")
+    ap.add_argument("--store", type=Path, help="use this store instead of building one")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    import numpy as np
+
+    import scope
+
+    with tempfile.TemporaryDirectory(prefix="scope-bench-dash-") as tmp:
+        t0 = time.perf_counter()
+        store = args.store or build_store(Path(tmp), args.d_sae, args.tokens)
+        built = time.perf_counter() - t0
+        s = scope.open_store(store)
+        name = s.sae_names[0]
+        dens = s.densities(name)
+        live = np.flatnonzero(dens > 0)
+        rng = np.random.default_rng(0)
+        picks = rng.choice(live, size=min(args.features, len(live)), replace=False).tolist()
+        n_examples = len(s.feature(name, picks[0]).top_examples)
+        print(f"store: {s.n_features(name):,} features, {len(live):,} live, "
+              f"{int(s.manifest.get('tokens') or 0):,} tokens, {n_examples} top contexts per "
+              f"feature (built in {built:.1f} s)")
+        parts = bench_parts(store, picks)
+        times = bench_apptest(store, picks)
+    median = statistics.median(times)
+    p90 = float(np.percentile(times, 90))
+    for k, v in parts.items():
+        print(f"  {k:<26} {v:7.1f} ms (median)")
+    print(f"feature page render (AppTest, uncached): median {median:.1f} ms, p90 {p90:.1f} ms, "
+          f"max {max(times):.1f} ms over {len(times)} features")
+    print(f"ratio to the {TARGET_MS:.0f} ms target: {median / TARGET_MS:.2f} "
+          f"(p90 {p90 / TARGET_MS:.2f}; below 1.00 meets it)")
+    return 0 if median < TARGET_MS else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,363 @@
+"""The Streamlit dashboard, page by page, against stores built by the real extractor.
+
+Every page runs under `streamlit.testing.v1.AppTest` (no exceptions, widgets select the expected
+feature); the live pages use a tiny Gemma 3 checkpoint and a random JumpReLU SAE. The corpus
+holds `<script>` and `<img onerror>` text so that escaping is checked on real store tokens. The
+browser test serves `scope dashboard` on a free port and loads it in headless Chromium.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = ROOT / "dashboard" / "app.py"
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+import scope  # noqa: E402
+from dashboard import data  # noqa: E402
+
+HTML_TEXT = '<script>alert("x")</script> <img src=x onerror=alert(1)> the cat sat on the mat.'
+NEURONPEDIA_ID = "tiny-gemma3/2-test-res-128"
+D_SAE = 128
+HOOK = "blocks.2.hook_resid_post"
+DEAD = 8
+
+
+def build_store(root: Path, *, d_sae: int = D_SAE, tokens: int = 2048, ctx: int = 32,
+                neuronpedia_id: str | None = NEURONPEDIA_ID, seed: int = 1) -> Path:
+    """Tiny Gemma 3 checkpoint + random SAE (saved, reloaded by path) -> scope.extract -> store."""
+    import torch
+    from builders import TINY_TEXT, tiny_gemma3_dir
+    from sae_builders import jumprelu_weights
+
+    from scope.corpus import Corpus
+    from scope.sae import JumpReLUSAE, SAEConfig
+
+    model_dir = tiny_gemma3_dir(root / "model")
+    model = scope.load_model(str(model_dir), device="cpu", dtype=torch.float32)
+    w = jumprelu_weights(model.cfg.d_model, d_sae, seed=seed)
+    w["threshold"][-DEAD:] = 1e6  # a few features that can never fire (dead)
+    cfg = SAEConfig(d_in=model.cfg.d_model, d_sae=d_sae, hook_name=HOOK,
+                    neuronpedia_id=neuronpedia_id)
+    JumpReLUSAE(cfg, **{k: torch.tensor(v) for k, v in w.items()}).save(root / "sae")
+    sae = scope.load_sae(str(root / "sae"), model=model)
+    corpus = Corpus(texts=[HTML_TEXT] * 12 + list(TINY_TEXT) * 6)
+    scope.extract(model, [sae], corpus, str(root / "store"), tokens=tokens, ctx=ctx, batch_size=8,
+                  progress=False, sae_specs=[str(root / "sae")])
+    return root / "store"
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory) -> str:
+    return str(build_store(tmp_path_factory.mktemp("dash")))
+
+
+@pytest.fixture(scope="module")
+def modelless_store(tmp_path_factory) -> str:
+    """A store whose model checkpoint is gone: only the store can be read."""
+    root = tmp_path_factory.mktemp("dash-nomodel")
+    path = build_store(root, neuronpedia_id=None)
+    shutil.rmtree(root / "model")
+    return str(path)
+
+
+def app_for(path: str, monkeypatch, **query) -> AppTest:
+    monkeypatch.setenv(data.STORE_ENV, path)
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    at.query_params.update({k: str(v) for k, v in query.items()})
+    return at.run()
+
+
+def ok(at: AppTest) -> AppTest:
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def html_text(at: AppTest) -> str:
+    return "".join(h.value for h in at.html)
+
+
+def visible_text(fragment: str) -> str:
+    """What a browser shows for an HTML fragment: tags dropped, entities decoded."""
+    return html.unescape(re.sub(r"<[^>]*>", "", fragment))
+
+
+# ---------------------------------------------------------------------------------------------
+# feature page
+# ---------------------------------------------------------------------------------------------
+
+
+def test_feature_page_renders_store_values(store_path, monkeypatch):
+    store = scope.open_store(store_path)
+    sae = store.sae_names[0]
+    f = int(np.argmax(store.densities(sae)))
+    at = ok(app_for(store_path, monkeypatch, feature=f))
+    feat = store.feature(sae, f)
+    assert at.subheader[0].value == f"Feature {f}"
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Max activation"] == f"{feat.max_activation:.3g}"
+    assert metrics["Firing count"] == f"{feat.firing_count:,}"
+    assert len(at.get("plotly_chart")) == 1
+    page = html_text(at)
+    assert feat.top_examples and page.count('class="scope-tok"') > len(feat.top_examples)
+    for tok, _ in feat.top_logits[:3]:
+        assert html.escape(tok.replace("\n", "↵"), quote=True) in page
+    links = at.get("link_button")
+    assert links and links[0].proto.url == f"https://www.neuronpedia.org/{NEURONPEDIA_ID}/{f}"
+
+
+def test_feature_navigation_widgets(store_path, monkeypatch):
+    store = scope.open_store(store_path)
+    sae = store.sae_names[0]
+    at = ok(app_for(store_path, monkeypatch))
+    assert at.session_state["feature"] == 0
+    at.number_input(key="feature_box").set_value(7).run()
+    assert ok(at).session_state["feature"] == 7 and at.subheader[0].value == "Feature 7"
+    at.button(key="next").click().run()
+    assert ok(at).session_state["feature"] == 8 and at.number_input(key="feature_box").value == 8
+    at.button(key="prev").click().run()
+    at.button(key="prev").click().run()
+    assert ok(at).session_state["feature"] == 6 and at.subheader[0].value == "Feature 6"
+    at.number_input(key="feature_box").set_value(0).run()
+    at.button(key="prev").click().run()
+    assert ok(at).session_state["feature"] == 0  # clamped at the first feature
+    live = set(np.flatnonzero(store.densities(sae) > 0).tolist())
+    for _ in range(3):
+        at.button(key="random").click().run()
+        assert ok(at).session_state["feature"] in live
+
+
+def test_feature_search_by_token(store_path, monkeypatch):
+    store = scope.open_store(store_path)
+    sae = store.sae_names[0]
+    token, hits = next((t, h) for t in ["t", "a", "e", "<", "s", "c"]
+                       if (h := store.search_token(sae, t, k=20)))
+    at = ok(app_for(store_path, monkeypatch))
+    at.text_input(key="search_token").input(token).run()
+    box = ok(at).selectbox(key="search_pick")
+    assert box.options == [f"#{f}  (max {v:.3g})" for f, v in hits]
+    target = hits[min(1, len(hits) - 1)][0]
+    box.set_value(target).run()
+    at.button(key="search_open").click().run()
+    assert ok(at).session_state["feature"] == target
+    assert at.subheader[0].value == f"Feature {target}"
+
+
+def test_store_tokens_with_html_render_escaped(store_path, monkeypatch):
+    store = scope.open_store(store_path)
+    sae = store.sae_names[0]
+    f = int(np.argmax(store.densities(sae)))
+    at = ok(app_for(store_path, monkeypatch, feature=f))
+    at.toggle(key="full_contexts").set_value(True).run()
+    page = html_text(ok(at))
+    assert "<script" not in page and "<img" not in page
+    assert "&lt;" in page
+    shown = visible_text(page)
+    assert "<script>alert" in shown and "<img src=x" in shown  # the corpus text, as text
+
+
+def test_dead_feature_renders(store_path, monkeypatch):
+    store = scope.open_store(store_path)
+    dead = np.flatnonzero(store.densities(store.sae_names[0]) == 0)
+    assert set(range(D_SAE - DEAD, D_SAE)) <= set(dead.tolist())
+    at = ok(app_for(store_path, monkeypatch, feature=int(dead[0])))
+    assert at.metric[0].value == "0% (dead)"
+    assert not at.get("plotly_chart")
+
+
+# ---------------------------------------------------------------------------------------------
+# overview
+# ---------------------------------------------------------------------------------------------
+
+
+def test_overview_page(store_path, monkeypatch):
+    store = scope.open_store(store_path)
+    at = app_for(store_path, monkeypatch)
+    at.switch_page("pages/overview.py").run()
+    ok(at)
+    metrics = {m.label: m.value for m in at.metric}
+    dens = store.densities(store.sae_names[0])
+    assert metrics["Dead features"] == f"{int((dens == 0).sum()):,}"
+    assert metrics["Features"] == f"{D_SAE:,}"
+    assert metrics["Tokens"] == f"{int(store.manifest['tokens']):,}"
+    assert len(at.get("plotly_chart")) == 1
+    assert at.json[0].value  # the manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# live pages
+# ---------------------------------------------------------------------------------------------
+
+
+def test_inspector_selects_and_opens_feature(store_path, monkeypatch):
+    at = app_for(store_path, monkeypatch)
+    at.switch_page("pages/inspector.py").run()
+    ok(at)
+    at.text_area(key="inspect_text").input("the cat sat <b>on</b> the mat").run()
+    box = ok(at).selectbox(key="inspect_feature")
+    assert box.options, "no feature fired on the prompt"
+    target = int(box.options[min(2, len(box.options) - 1)].split()[0].lstrip("#"))
+    box.set_value(target).run()
+    prompt_html = ok(at).html[-1].value
+    assert 'class="scope-tok"' in prompt_html and "<b>" not in prompt_html
+    assert at.dataframe[0].value["features"].str.len().gt(0).all()
+    at.button(key="inspect_open").click().run()
+    ok(at)
+    assert at.session_state["feature"] == target
+    assert at.subheader[0].value == f"Feature {target}"
+
+
+def _steer(at: AppTest, spec: str) -> dict:
+    at.text_input(key="steer_spec").input(spec).run()
+    at.number_input(key="steer_max_tokens").set_value(12).run()
+    at.button(key="steer_go").click().run()
+    ok(at)
+    return at.session_state["steer_result"]
+
+
+def test_steering_changes_text_only_when_strong(store_path, monkeypatch):
+    at = app_for(store_path, monkeypatch)
+    at.switch_page("pages/steering.py").run()
+    ok(at)
+    zero = _steer(at, "3:0")
+    assert zero["default"] == zero["steered"]
+    strong = _steer(at, "3:60")
+    assert strong["default"] == zero["default"]  # same seed, same default
+    assert strong["steered"] != strong["default"]
+    texts = [t.value for t in at.text]
+    assert texts == [strong["prompt"] + strong["default"], strong["prompt"] + strong["steered"]]
+    assert at.dataframe[-1].value.to_dict("records")[0] == {
+        "feature": 3, "mode": "add", "strength": 60.0}
+
+
+def test_steering_rejects_bad_spec(store_path, monkeypatch):
+    at = app_for(store_path, monkeypatch)
+    at.switch_page("pages/steering.py").run()
+    at.text_input(key="steer_spec").input(f"{D_SAE + 5}:3").run()
+    assert "out of range" in ok(at).error[0].value
+    at.text_input(key="steer_spec").input("three:3").run()
+    assert "not an integer" in ok(at).error[0].value
+
+
+def test_without_model_store_pages_work_and_live_pages_explain(modelless_store, monkeypatch):
+    at = ok(app_for(modelless_store, monkeypatch, feature=1))
+    assert at.subheader[0].value == "Feature 1"
+    assert not at.get("link_button")  # no Neuronpedia id
+    for page in ["pages/overview.py", "pages/inspector.py", "pages/steering.py"]:
+        at.switch_page(page).run()
+        ok(at)
+        if page != "pages/overview.py":
+            assert at.warning and "unavailable" in at.warning[0].value
+            assert "cannot load model" in at.warning[0].value
+
+
+# ---------------------------------------------------------------------------------------------
+# the command and the browser
+# ---------------------------------------------------------------------------------------------
+
+
+def test_dashboard_command_line(store_path, tmp_path):
+    from scope.dashboard_launch import dashboard_argv
+
+    argv = dashboard_argv(store_path)
+    assert argv[argv.index("--server.address") + 1] == "127.0.0.1"
+    assert argv[argv.index("--server.port") + 1] == "8501"
+    assert argv[argv.index("--server.headless") + 1] == "true"
+    assert argv[-2:] == ["--", str(Path(store_path).resolve())]
+    assert Path(argv[argv.index("run") + 1]) == APP
+    argv = dashboard_argv(store_path, "0.0.0.0", 9000)
+    assert "0.0.0.0" in argv and "9000" in argv
+    from scope.cli import main
+
+    assert main(["dashboard", str(tmp_path)]) == 2  # not a store: a clear error, no server
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"scope dashboard exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"dashboard did not answer at {url} within {timeout}s")
+
+
+@pytest.mark.browser
+def test_browser_feature_page(store_path, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    assert chromium and driver, "headless Chromium is missing: run `make browser`"
+    store = scope.open_store(store_path)
+    f = int(np.argmax(store.densities(store.sae_names[0])))
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "scope.cli", "dashboard", store_path, "--port", str(port)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        _wait_healthy(url, proc)
+        opts = webdriver.ChromeOptions()
+        opts.binary_location = chromium
+        for flag in ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                     "--no-first-run", "--disable-background-networking",
+                     "--disable-component-update", "--disable-sync",
+                     f"--user-data-dir={tmp_path / 'chrome-profile'}", "--window-size=1400,1600"]:
+            opts.add_argument(flag)
+        browser = webdriver.Chrome(service=Service(driver), options=opts)
+        try:
+            browser.get(f"{url}/?feature={f}")
+            WebDriverWait(browser, 90).until(
+                lambda b: len(b.find_elements(By.CSS_SELECTOR, "span.scope-tok")) > 20)
+            time.sleep(1.5)  # let the chart finish drawing before the screenshot
+            shot = Path(os.environ.get("SCOPE_SCREENSHOT_DIR", tmp_path)) / "feature_page.png"
+            shot.parent.mkdir(parents=True, exist_ok=True)
+            assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+            spans = browser.find_elements(By.CSS_SELECTOR, "span.scope-tok")
+            shaded = [s for s in spans if "rgba(255, 138, 0" in (s.get_attribute("style") or "")]
+            assert shaded, "no token is shaded"
+            assert all(s.get_attribute("title") for s in shaded[:20])  # value on hover
+            assert f"Feature {f}" in browser.page_source
+            # corpus HTML is text: no element was made from it, its characters are visible
+            assert not browser.find_elements(By.CSS_SELECTOR, "img[src='x']")
+            boxes = browser.find_elements(By.CSS_SELECTOR, "div.scope-tokens")
+            assert any("<script>alert" in b.text or "<img src=x" in b.text for b in boxes)
+            assert not any("alert" in (s.get_attribute("innerHTML") or "")
+                           for s in browser.find_elements(By.TAG_NAME, "script"))
+        finally:
+            browser.quit()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
