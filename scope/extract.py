@@ -54,7 +54,8 @@ log = logging.getLogger(__name__)
 
 N_LOGITS = 10
 FEATURE_SHARD_SIZE = 4096
-LOGIT_CHUNK = 128
+LOGIT_CHUNK = 4096  # features per block of the logit tables
+VOCAB_CHUNK = 8192  # vocabulary columns per block
 
 
 def extract(
@@ -276,21 +277,28 @@ def decoder_logits(model: Any, sae: Any, k: int = N_LOGITS) -> dict[str, np.ndar
     n_vocab = min(W_U.shape[1], len(model.tokenizer))
     W_U = W_U[:, :n_vocab]
     gain = model.ln_final.w.detach() if hasattr(model.ln_final, "w") else None
-    out = {key: np.empty_like(v) for key, v in empty.items()}
+    out = {key: v.copy() for key, v in empty.items()}
+    # Blocks of features x blocks of vocabulary keep each product compute-bound and ~100 MB.
     for start in range(0, F, LOGIT_CHUNK):
         d = W_dec[start : start + LOGIT_CHUNK].to(W_U.device, W_U.dtype)
         if to_resid is not None:
             d = torch.einsum("fhd,hdm->fm", d.view(len(d), cfg.n_heads, cfg.d_head), to_resid)
         if gain is not None:
             d = d * gain
-        logits = (d @ W_U).float()  # [chunk, n_vocab]
-        top = logits.topk(k, dim=1)
-        bottom = logits.topk(k, dim=1, largest=False)
+        cands = []
+        for v0 in range(0, n_vocab, VOCAB_CHUNK):
+            logits = (d @ W_U[:, v0 : v0 + VOCAB_CHUNK]).float()  # [chunk, vocab chunk]
+            kk = min(k, logits.shape[1])
+            for largest in (True, False):
+                t = logits.topk(kk, dim=1, largest=largest)
+                cands.append((largest, t.values, t.indices + v0))
         sl = slice(start, start + len(d))
-        out["logit_pos_ids"][sl] = top.indices.cpu().numpy()
-        out["logit_pos_vals"][sl] = top.values.cpu().numpy()
-        out["logit_neg_ids"][sl] = bottom.indices.cpu().numpy()
-        out["logit_neg_vals"][sl] = bottom.values.cpu().numpy()
+        for largest, key in ((True, "pos"), (False, "neg")):
+            vals = torch.cat([v for lg, v, _ in cands if lg == largest], dim=1)
+            ids = torch.cat([i for lg, _, i in cands if lg == largest], dim=1)
+            t = vals.topk(min(k, vals.shape[1]), dim=1, largest=largest)
+            out[f"logit_{key}_vals"][sl, : t.values.shape[1]] = t.values.cpu().numpy()
+            out[f"logit_{key}_ids"][sl, : t.values.shape[1]] = ids.gather(1, t.indices).cpu().numpy()
     return out
 
 
