@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,6 +193,12 @@ def live_sae(path: str, sae: str):
     return load_sae(spec, model=live.model) if live.model is not None else load_sae(spec)
 
 
+@st.cache_resource(show_spinner=False)
+def model_lock(path: str) -> threading.Lock:
+    """One lock per shared model: steering hooks must not leak into another session's run."""
+    return threading.Lock()
+
+
 def live_pair(path: str, sae: str) -> tuple[Any, Any, str | None]:
     """(model, sae, None) ready for live use, or (None, None, reason)."""
     live = live_model(path)
@@ -247,5 +254,6 @@ def prompt_run(path: str, sae: str, text: str) -> PromptRun:
     model, sae_obj, error = live_pair(path, sae)
     if error:
         return PromptRun(error=error)
-    tokens, acts = encode_prompt(model, sae_obj, text)
+    with model_lock(path):
+        tokens, acts = encode_prompt(model, sae_obj, text)
     return PromptRun(tokens=tokens, acts=acts)

@@ -37,6 +37,7 @@ NEURONPEDIA_ID = "tiny-gemma3/2-test-res-128"
 D_SAE = 128
 HOOK = "blocks.2.hook_resid_post"
 DEAD = 8
+HOOK2, D_SAE2 = "blocks.1.hook_resid_post", 64
 
 
 def build_store(root: Path, *, d_sae: int = D_SAE, tokens: int = 2048, ctx: int = 32,
@@ -56,10 +57,14 @@ def build_store(root: Path, *, d_sae: int = D_SAE, tokens: int = 2048, ctx: int 
     cfg = SAEConfig(d_in=model.cfg.d_model, d_sae=d_sae, hook_name=HOOK,
                     neuronpedia_id=neuronpedia_id)
     JumpReLUSAE(cfg, **{k: torch.tensor(v) for k, v in w.items()}).save(root / "sae")
-    sae = scope.load_sae(str(root / "sae"), model=model)
+    # a second, narrower SAE at another site, to check the SAE selector
+    w2 = jumprelu_weights(model.cfg.d_model, D_SAE2, seed=seed + 1)
+    cfg2 = SAEConfig(d_in=model.cfg.d_model, d_sae=D_SAE2, hook_name=HOOK2)
+    JumpReLUSAE(cfg2, **{k: torch.tensor(v) for k, v in w2.items()}).save(root / "sae2")
+    saes = [scope.load_sae(str(root / d), model=model) for d in ("sae", "sae2")]
     corpus = Corpus(texts=[HTML_TEXT] * 12 + list(TINY_TEXT) * 6)
-    scope.extract(model, [sae], corpus, str(root / "store"), tokens=tokens, ctx=ctx, batch_size=8,
-                  progress=False, sae_specs=[str(root / "sae")])
+    scope.extract(model, saes, corpus, str(root / "store"), tokens=tokens, ctx=ctx, batch_size=8,
+                  progress=False, sae_specs=[str(root / "sae"), str(root / "sae2")])
     return root / "store"
 
 
@@ -141,6 +146,25 @@ def test_feature_navigation_widgets(store_path, monkeypatch):
     for _ in range(3):
         at.button(key="random").click().run()
         assert ok(at).session_state["feature"] in live
+
+
+def test_sae_selector_switches_every_page(store_path, monkeypatch):
+    store = scope.open_store(store_path)
+    first, second = store.sae_names
+    at = ok(app_for(store_path, monkeypatch, feature=100))
+    assert at.selectbox(key="sae_box").options == [first, second]
+    assert at.session_state["sae"] == first and at.session_state["feature"] == 100
+    at.selectbox(key="sae_box").set_value(second).run()
+    ok(at)
+    assert at.session_state["sae"] == second
+    assert at.session_state["feature"] == D_SAE2 - 1  # clamped into the narrower SAE
+    assert at.number_input(key="feature_box").max == D_SAE2 - 1
+    feat = store.feature(second, D_SAE2 - 1)
+    assert at.metric[1].value == f"{feat.max_activation:.3g}"
+    at.switch_page("pages/overview.py").run()
+    assert {m.label: m.value for m in ok(at).metric}["Features"] == f"{D_SAE2:,}"
+    at.switch_page("pages/inspector.py").run()
+    assert ok(at).session_state["sae"] == second
 
 
 def test_feature_search_by_token(store_path, monkeypatch):

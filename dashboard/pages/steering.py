@@ -61,10 +61,11 @@ if st.button("Generate", key="steer_go", type="primary", disabled=not spec or no
         peak = data.max_activations(path, sae)
         applied = {f: s * float(peak[f]) for f, s in spec.items()}
     try:
-        default, steered = data.generate_pair(
-            model, sae_obj, applied, mode, prompt, max_new_tokens=int(max_tokens),
-            temperature=float(temperature), seed=int(seed),
-        )
+        with st.spinner("Generating…"), data.model_lock(path):
+            default, steered = data.generate_pair(
+                model, sae_obj, applied, mode, prompt, max_new_tokens=int(max_tokens),
+                temperature=float(temperature), seed=int(seed),
+            )
     except ScopeError as exc:  # e.g. a strength the steering code refuses
         st.error(f"Steering failed: {exc}")
         st.stop()
