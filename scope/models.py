@@ -301,17 +301,24 @@ def _load_hf_dir(path: Path, model_name: str, spec: str, device: Any, dtype: tor
     hf_config = AutoConfig.from_pretrained(str(path))
     cfg = hooked_config_from_hf(hf_config, model_name=model_name, device=device, dtype=dtype,
                                 where=str(path / "config.json"))
+    fix = "save one next to the weights with tokenizer.save_pretrained(folder)"
+    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
+        # AutoTokenizer would silently build a 5-token GemmaTokenizer here
+        raise UnknownModelError(f"{path}: no tokenizer.json or tokenizer.model; {fix}.")
     try:
         tokenizer = _load_tokenizer(path)
     except (OSError, ValueError, TypeError) as exc:
-        raise UnknownModelError(
-            f"{path}: cannot load a tokenizer ({exc}); save one next to the weights with "
-            "tokenizer.save_pretrained(folder)."
-        ) from exc
+        raise UnknownModelError(f"{path}: cannot load the tokenizer ({exc}); {fix}.") from exc
     kwargs: dict[str, Any] = {"dtype": dtype}
     if hf_config.model_type == "gemma2":
         kwargs["attn_implementation"] = "eager"  # soft-capping is only exact in eager attention
-    hf_model = _hf_model_class(hf_config).from_pretrained(str(path), **kwargs)
+    try:
+        hf_model = _hf_model_class(hf_config).from_pretrained(str(path), **kwargs)
+    except OSError as exc:  # no or unreadable weight files
+        raise UnknownModelError(
+            f"{path}: cannot load the weights ({exc}); the folder needs model*.safetensors "
+            "as written by model.save_pretrained (or re-download it)."
+        ) from exc
     with torch.no_grad():
         state_dict = convert_gemma_weights(hf_model, cfg)
     model = _build(cfg, state_dict, tokenizer, spec)

