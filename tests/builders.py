@@ -4,6 +4,7 @@ Stable names other test modules rely on:
     tiny_tokenizer()                 a Gemma-style BPE tokenizer (byte fallback, adds BOS), offline
     tiny_gemma2_dir(path) -> Path    HF checkpoint folder: 4 layers, d_model 64, soft-capping
     tiny_gemma3_dir(path) -> Path    HF checkpoint folder: 4 layers, d_model 64, QK-norm, tied
+    tiny_gemma3_multimodal_dir(path) model_type "gemma3" (text + tiny vision tower), 2 layers
     tiny_hooked_model(kind="gemma3") a fresh HookedTransformer (CPU, float32) from load_model
     TINY_TEXT                        a few sentences to tokenize
 
@@ -114,6 +115,43 @@ def tiny_gemma3_dir(path: str | Path, seed: int = 0) -> Path:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = Gemma3ForCausalLM(cfg)
+    _randomize_norms(model, gen)
+    return _save(model, tok, Path(path))
+
+
+def tiny_gemma3_multimodal_dir(path: str | Path, seed: int = 0) -> Path:
+    """Write a tiny random Gemma 3 *multimodal* checkpoint (model_type "gemma3", as 4B-27B are).
+
+    Text tower: 2 layers (local, global), window 6, linear RoPE scaling x8 on the global layer
+    (as Gemma 3 4B+); a one-layer SigLIP vision tower that load_model ignores.
+    """
+    from transformers import (
+        Gemma3Config,
+        Gemma3ForConditionalGeneration,
+        Gemma3TextConfig,
+        SiglipVisionConfig,
+    )
+
+    tok = tiny_tokenizer()
+    text = Gemma3TextConfig(
+        vocab_size=_vocab_size(tok), hidden_size=D_MODEL, intermediate_size=128,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1, head_dim=16,
+        sliding_window=6, query_pre_attn_scalar=32, initializer_range=0.2,
+        layer_types=["sliding_attention", "full_attention"],
+        rope_parameters={
+            "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1_000_000.0},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+        },
+    )
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                num_attention_heads=2, image_size=28, patch_size=14)
+    cfg = Gemma3Config(text_config=text.to_dict(), vision_config=vision.to_dict(),
+                       mm_tokens_per_image=4, image_token_index=5, boi_token_index=6,
+                       eoi_token_index=7)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = Gemma3ForConditionalGeneration(cfg)
     _randomize_norms(model, gen)
     return _save(model, tok, Path(path))
 

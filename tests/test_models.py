@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import pytest
 import torch
-from builders import TINY_TEXT, tiny_gemma2_dir, tiny_gemma3_dir
+from builders import TINY_TEXT, tiny_gemma2_dir, tiny_gemma3_dir, tiny_gemma3_multimodal_dir
 
 from scope.errors import HubUnavailableError, UnknownModelError
 from scope.hooks import count_hooks
@@ -40,7 +40,8 @@ def gemma3_dir(tmp_path_factory):
 def _hf_reference(hf_model, tokens):
     """HF logits and the output of every decoder layer (hooked, so the last is pre-norm too)."""
     outs = {}
-    layers = hf_model.model.layers
+    base = hf_model.model
+    layers = getattr(base, "language_model", base).layers  # multimodal: the text tower
     handles = [
         layer.register_forward_hook(lambda mod, inp, out, i=i: outs.__setitem__(i, out))
         for i, layer in enumerate(layers)
@@ -82,15 +83,23 @@ def _parity(model, hf_model, tokens) -> Parity:
     return Parity((logits - hf.logits).abs().max().item(), resid, scale, tail_rel, hf.logits)
 
 
-@pytest.mark.parametrize("kind", ["gemma2", "gemma3"])
-def test_parity_with_transformers(kind, gemma2_dir, gemma3_dir):
-    from transformers import AutoModelForCausalLM
+@pytest.fixture(scope="module")
+def gemma3_mm_dir(tmp_path_factory):
+    return tiny_gemma3_multimodal_dir(tmp_path_factory.mktemp("g3mm") / "tiny-gemma3-mm")
 
-    path = gemma2_dir if kind == "gemma2" else gemma3_dir
+
+@pytest.mark.parametrize("kind", ["gemma2", "gemma3", "gemma3-multimodal"])
+def test_parity_with_transformers(kind, request):
+    from transformers import AutoModelForCausalLM, Gemma3ForConditionalGeneration
+
+    fixture = {"gemma2": "gemma2_dir", "gemma3": "gemma3_dir", "gemma3-multimodal": "gemma3_mm_dir"}
+    path = request.getfixturevalue(fixture[kind])
     model = load_model(path, device="cpu", dtype=torch.float32)
-    hf_model = AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=torch.float32, attn_implementation="eager"
-    ).eval()
+    cls = Gemma3ForConditionalGeneration if kind == "gemma3-multimodal" else AutoModelForCausalLM
+    hf_model = cls.from_pretrained(str(path), dtype=torch.float32, attn_implementation="eager")
+    hf_model.eval()
+    if kind == "gemma3-multimodal":
+        assert model.cfg.rotary_scaling_factor == 8.0 and model.cfg.n_layers == 2
     tokens = model.to_tokens(TINY_TEXT, padding_side="right")  # [2, ~60] > sliding window
     assert tokens.shape[1] > 4 * model.cfg.window_size
     logit_diff, resid_diffs, _, _, hf_logits = _parity(model, hf_model, tokens)
