@@ -1,0 +1,221 @@
+"""Typed configuration of a JumpReLU training run, split by concern.
+
+`DataConfig` says what the SAE reads (model, hook, corpus, token budget), `OptimConfig` how it
+is trained (width, sparsity coefficient, learning-rate schedule, STE bandwidth), and `RunConfig`
+where the run writes (activation cache, checkpoints, output SAE). `TrainConfig` bundles the three;
+its flat form (`to_flat` / `from_flat`) is what `scope train --config FILE.yaml` reads, one key
+per field, and what is written beside the trained weights as `training_config.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+_HOOK_RE = re.compile(r"^(hook_\w+|blocks\.\d+\.[\w.]+)$")
+SAVE_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _positive(obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ValueError(f"{type(obj).__name__}.{name} must be > 0, got {value!r}")
+
+
+def _non_negative(obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"{type(obj).__name__}.{name} must be >= 0, got {value!r}")
+
+
+@dataclass
+class DataConfig:
+    """What the SAE reads: the model, the hook site and the token windows it sees."""
+
+    model: str = "bundled"
+    """Model spec `load_model` accepts ("bundled" = Gemma 3 270M, offline)."""
+    hook_name: str = "blocks.9.hook_resid_post"
+    """TransformerLens hook whose activations the SAE reconstructs."""
+    corpus: str = "default"
+    """Corpus spec `scope.corpus` accepts ("default" = the standard library's source text)."""
+    ctx: int = 128
+    """Tokens per window, BOS included."""
+    train_tokens: int = 2_000_000
+    """Activations (BOS and padding excluded) captured from the corpus's train split."""
+    eval_tokens: int = 65_536
+    """Activations captured from the held-out split for the final report."""
+    capture_batch_size: int = 16
+    """Windows per model forward pass while capturing."""
+
+    def __post_init__(self) -> None:
+        _positive(self, "ctx", "train_tokens", "eval_tokens", "capture_batch_size")
+        if self.ctx < 2:
+            raise ValueError("DataConfig.ctx must be >= 2 (BOS plus at least one token)")
+        if not _HOOK_RE.match(self.hook_name):
+            raise ValueError(f"DataConfig.hook_name {self.hook_name!r} is not a TransformerLens "
+                             "hook name; use e.g. 'blocks.9.hook_resid_post'")
+
+
+@dataclass
+class OptimConfig:
+    """How the JumpReLU SAE is trained (Rajamanoharan et al. 2024; Gemma Scope report)."""
+
+    d_sae: int = 4096
+    """Number of features."""
+    l0_coefficient: float = 1e-3
+    """lambda in `loss = ||x - x_hat||^2 + lambda * L0`, in the normalised scale (E||x||^2 = 1)."""
+    l0_warmup_steps: int = 200
+    """Steps over which lambda rises linearly from 0 to `l0_coefficient`."""
+    bandwidth: float = 1e-3
+    """Width epsilon of the rectangle kernel of the straight-through estimators (normalised scale)."""
+    threshold_init: float = 1e-3
+    """Initial threshold of every feature (normalised scale)."""
+    lr: float = 7e-5
+    """Peak Adam learning rate."""
+    lr_warmup_steps: int = 100
+    """Steps over which the learning rate rises linearly from 10% to `lr`."""
+    lr_decay_fraction: float = 0.2
+    """Final fraction of training over which the learning rate decays linearly to 0."""
+    adam_betas: tuple[float, float] = (0.0, 0.999)
+    """Adam (beta1, beta2); Gemma Scope uses beta1 = 0."""
+    batch_size: int = 4096
+    """Activations per optimiser step."""
+    epochs: float = 1.0
+    """Passes over the captured training activations (fractions allowed)."""
+    dead_steps: int = 500
+    """A feature that has not fired for this many steps counts as dead (and gets the aux loss)."""
+    dead_coefficient: float = 0.0
+    """Weight of the auxiliary loss `relu(threshold - pre)` that revives dead features; 0 = off."""
+    sparse_below: float = 0.05
+    """Use the sparse-product step (same gradients) while under this fraction of features fire."""
+    seed: int = 0
+    """Seed of the initialisation and of the shuffling order."""
+
+    def __post_init__(self) -> None:
+        _positive(self, "d_sae", "bandwidth", "threshold_init", "lr", "batch_size", "epochs",
+                  "dead_steps")
+        _non_negative(self, "l0_coefficient", "l0_warmup_steps", "lr_warmup_steps",
+                      "dead_coefficient", "sparse_below")
+        if not 0.0 <= self.lr_decay_fraction <= 1.0:
+            raise ValueError("OptimConfig.lr_decay_fraction must lie in [0, 1], "
+                             f"got {self.lr_decay_fraction!r}")
+        betas = tuple(float(b) for b in self.adam_betas)
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"OptimConfig.adam_betas must be two numbers in [0, 1), got "
+                             f"{self.adam_betas!r}")
+        self.adam_betas = betas  # YAML gives a list
+
+
+@dataclass
+class RunConfig:
+    """Where the run writes and how often it reports and checkpoints."""
+
+    out: str = "runs/train/sae"
+    """Folder of the trained SAE (native format: cfg.json + sae_weights.safetensors)."""
+    run_dir: str = "runs/train"
+    """Folder of the activation cache, checkpoints and the progress log."""
+    checkpoint_every: int = 200
+    """Optimiser steps between checkpoints (a checkpoint is also written at the end)."""
+    resume: bool = True
+    """Resume from the checkpoint in `run_dir` when one matches this config."""
+    log_every: int = 25
+    """Optimiser steps between progress lines (loss, L0, FVU, dead fraction)."""
+    save_dtype: str = "float32"
+    """Dtype of the saved weights: float32, float16 or bfloat16."""
+    release: str = ""
+    """`cfg.release` of the saved SAE (e.g. "bundled"); empty for a local file."""
+    sae_id: str = ""
+    """`cfg.sae_id` of the saved SAE."""
+    eval_lm_windows: int = 64
+    """Held-out windows used for the delta-LM-loss figure of the report (0 = skip it)."""
+    threads: int = 0
+    """torch CPU threads (0 = leave torch's default)."""
+
+    def __post_init__(self) -> None:
+        _positive(self, "checkpoint_every", "log_every")
+        _non_negative(self, "eval_lm_windows", "threads")
+        if self.save_dtype not in SAVE_DTYPES:
+            raise ValueError(f"RunConfig.save_dtype must be one of {SAVE_DTYPES}, "
+                             f"got {self.save_dtype!r}")
+
+
+def _coerce(value: Any, default: Any) -> Any:
+    """YAML 1.1 reads `7e-5` as a string and `1` as an int: give float fields floats."""
+    if isinstance(default, float) and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except ValueError:
+            return value  # __post_init__ names the field
+    return value
+
+
+@dataclass
+class TrainConfig:
+    """A whole training run: data, optimisation and output."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    """What the SAE reads."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """How it is trained."""
+    run: RunConfig = field(default_factory=RunConfig)
+    """Where the run writes."""
+
+    def to_flat(self) -> dict[str, Any]:
+        """One key per field of the three sections (the YAML / CLI form); JSON-serialisable."""
+        flat: dict[str, Any] = {}
+        for section in (self.data, self.optim, self.run):
+            for f in dataclasses.fields(section):
+                value = getattr(section, f.name)
+                flat[f.name] = list(value) if isinstance(value, tuple) else value
+        return flat
+
+    @classmethod
+    def from_flat(cls, flat: dict[str, Any]) -> TrainConfig:
+        """Build from a flat mapping (YAML keys with dashes or underscores); unknown keys raise.
+
+        Args:
+            flat: field name -> value; missing fields take their defaults.
+
+        Returns:
+            The validated config.
+        """
+        sections = {name: {f.name for f in dataclasses.fields(kind)} for name, kind in
+                    (("data", DataConfig), ("optim", OptimConfig), ("run", RunConfig))}
+        kwargs: dict[str, dict[str, Any]] = {name: {} for name in sections}
+        for key, value in flat.items():
+            name = str(key).replace("-", "_")
+            owner = next((s for s, names in sections.items() if name in names), None)
+            if owner is None:
+                known = sorted(n for names in sections.values() for n in names)
+                raise ValueError(f"unknown training option {key!r}; known: {', '.join(known)}")
+            kwargs[owner][name] = _coerce(value, _DEFAULTS[owner][name])
+        return cls(DataConfig(**kwargs["data"]), OptimConfig(**kwargs["optim"]),
+                   RunConfig(**kwargs["run"]))
+
+    @staticmethod
+    def field_docs() -> dict[str, tuple[Any, str]]:
+        """field name -> (default, one-line help), for generating CLI flags."""
+        import ast
+        import inspect
+
+        docs: dict[str, tuple[Any, str]] = {}
+        for kind in (DataConfig, OptimConfig, RunConfig):
+            tree = ast.parse(inspect.getsource(kind))
+            body = tree.body[0].body  # type: ignore[attr-defined]
+            for node, nxt in zip(body, body[1:], strict=False):
+                if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and (
+                        isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)):
+                    docs[node.target.id] = (None, str(nxt.value.value).strip())
+            defaults = kind()
+            for f in dataclasses.fields(kind):
+                help_text = docs.get(f.name, (None, ""))[1]
+                docs[f.name] = (getattr(defaults, f.name), help_text)
+        return docs
+
+
+_DEFAULTS = {name: dataclasses.asdict(kind()) for name, kind in
+             (("data", DataConfig), ("optim", OptimConfig), ("run", RunConfig))}
