@@ -247,11 +247,25 @@ def _build(cfg: HookedTransformerConfig, state_dict: dict[str, torch.Tensor], to
         )
     model.move_model_modules_to_device()
     model.eval()
+    _store_unembed_transposed(model)
     if tokenizer is not None and not model.cfg.tokenizer_prepends_bos:
         log.warning("tokenizer of %s does not add BOS; model.to_tokens prepends it instead", spec)
     model.scope_spec = spec  # what load_model accepts to rebuild this model (stores record it)
     _fix_to_str_tokens(model)
     return model
+
+
+def _store_unembed_transposed(model: HookedTransformer) -> None:
+    """Keep W_U [d_model, d_vocab] as the transpose of a contiguous [d_vocab, d_model] tensor.
+
+    TransformerLens 3.9's Unembed runs `F.linear(x, W_U.T.contiguous())` on every forward; with a
+    plain W_U that copies the whole unembedding (670 MB for Gemma's 262k vocabulary) each call,
+    which made one generated token cost over a second on CPU. Stored this way `.T` is already
+    contiguous and the copy is a no-op; values are unchanged.
+    """
+    W_U = model.unembed.W_U
+    model.unembed.W_U = torch.nn.Parameter(W_U.detach().T.contiguous().T,
+                                           requires_grad=W_U.requires_grad)
 
 
 def _fix_to_str_tokens(model: HookedTransformer) -> None:
