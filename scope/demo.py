@@ -8,10 +8,7 @@ configuration is reused; an interrupted one resumes.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
-
-log = logging.getLogger(__name__)
 
 DEFAULT_OUT = Path("runs") / "demo"
 DEFAULT_TOKENS = 131_072
@@ -28,7 +25,8 @@ def build_demo_store(
     """Extract features of the bundled demo SAE over the default corpus into `out`.
 
     Args:
-        out: store folder; a complete store made with the same settings is reused as is.
+        out: store folder; a complete store made with the same settings is reused as is, a
+            partial one resumes (`scope.extract` decides).
         tokens: token budget of the extraction.
         ctx: context length of each window (BOS included).
         batch_size: windows per forward pass.
@@ -40,24 +38,8 @@ def build_demo_store(
     import scope
     from scope.corpus import Corpus
 
-    out = Path(out)
-    store = _finished(out, tokens, ctx)
-    if store is not None:
-        log.info("reusing the finished demo store in %s (delete it to rebuild)", out)
-        return store
     model = scope.load_model("bundled", device=device)
     sae = scope.load_sae("bundled", model=model)
     corpus = Corpus(source="default", split="all")
     return scope.extract(model, [sae], corpus, out, tokens=tokens, ctx=ctx, batch_size=batch_size)
 
-
-def _finished(out: Path, tokens: int, ctx: int):
-    """The store in `out` when it is complete and was made with these settings, else None."""
-    if not (out / "manifest.json").is_file():
-        return None
-    import scope
-
-    store = scope.open_store(out)
-    config = store.manifest.get("config", {})
-    same = config.get("tokens") == tokens and store.manifest.get("ctx") == ctx
-    return store if store.manifest.get("status") == "complete" and same else None
