@@ -53,9 +53,11 @@ if "feature" not in st.session_state:
     if qp.get("sae") in names:
         st.session_state["sae"] = qp.get("sae")
     try:
-        st.session_state["feature"] = max(0, int(qp.get("feature", 0)))
-    except ValueError:
-        st.session_state["feature"] = 0
+        st.session_state["feature"] = max(0, int(qp["feature"]))
+    except (KeyError, ValueError):  # no deep link: start on the first feature that fired
+        sae0 = st.session_state.get("sae", names[0])
+        live = data.live_features(path, sae0 if sae0 in names else names[0])
+        st.session_state["feature"] = int(live[0]) if len(live) else 0
 st.session_state["store_path"] = path
 
 # "sae" is plain session state (it outlives page switches); "sae_box" is its widget.

@@ -211,18 +211,23 @@ def live_pair(path: str, sae: str) -> tuple[Any, Any, str | None]:
         return None, None, f"cannot load SAE {sae!r}: {_describe(exc)}"
 
 
-def encode_prompt(model, sae, text: str) -> tuple[list[str], np.ndarray]:
-    """Run text through the model to the SAE's site and encode it: (tokens, acts [pos, d_sae])."""
+def encode_prompt(model, sae, text: str) -> tuple[list[str], np.ndarray, bool]:
+    """Run text through the model to the SAE's site and encode it.
+
+    Returns:
+        (token strings, feature activations [pos, d_sae], whether position 0 is BOS).
+    """
     import torch
 
     from scope import capture
 
-    tokens = model.to_tokens(text)
+    tokens = model.to_tokens(text)  # [1, pos], BOS prepended
     with torch.no_grad():
         acts = capture(model, tokens, [sae.cfg.hook_name])[sae.cfg.hook_name]
         feats = sae.encode(acts.to(next(sae.parameters()).dtype))
     strs = [str(s) for s in model.to_str_tokens(tokens[0])]
-    return strs, feats[0].float().cpu().numpy()
+    bos_id = getattr(model.tokenizer, "bos_token_id", None)
+    return strs, feats[0].float().cpu().numpy(), bos_id is not None and int(tokens[0, 0]) == bos_id
 
 
 def generate_pair(
@@ -245,6 +250,7 @@ class PromptRun:
 
     tokens: list[str] = field(default_factory=list)
     acts: np.ndarray | None = None  # [pos, d_sae]
+    bos: bool = False  # position 0 is BOS (SAEs never saw it: left out of rankings)
     error: str | None = None
 
 
@@ -255,5 +261,5 @@ def prompt_run(path: str, sae: str, text: str) -> PromptRun:
     if error:
         return PromptRun(error=error)
     with model_lock(path):
-        tokens, acts = encode_prompt(model, sae_obj, text)
-    return PromptRun(tokens=tokens, acts=acts)
+        tokens, acts, bos = encode_prompt(model, sae_obj, text)
+    return PromptRun(tokens=tokens, acts=acts, bos=bos)

@@ -131,7 +131,8 @@ def test_feature_navigation_widgets(store_path, monkeypatch):
     store = scope.open_store(store_path)
     sae = store.sae_names[0]
     at = ok(app_for(store_path, monkeypatch))
-    assert at.session_state["feature"] == 0
+    first_live = int(np.flatnonzero(store.densities(sae) > 0)[0])
+    assert at.session_state["feature"] == first_live  # no deep link: the first live feature
     at.number_input(key="feature_box").set_value(7).run()
     assert ok(at).session_state["feature"] == 7 and at.subheader[0].value == "Feature 7"
     at.button(key="next").click().run()
@@ -234,7 +235,8 @@ def test_inspector_selects_and_opens_feature(store_path, monkeypatch):
     at.switch_page("pages/inspector.py").run()
     ok(at)
     at.text_area(key="inspect_text").input("the cat sat <b>on</b> the mat").run()
-    box = ok(at).selectbox(key="inspect_feature")
+    assert ok(at).dataframe[0].value["features"][0].startswith("(BOS")
+    box = at.selectbox(key="inspect_feature")
     assert box.options, "no feature fired on the prompt"
     target = int(box.options[min(2, len(box.options) - 1)].split()[0].lstrip("#"))
     box.set_value(target).run()

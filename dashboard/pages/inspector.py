@@ -28,8 +28,10 @@ if run.error:
     st.stop()
 
 acts = run.acts
+# BOS carries huge, meaningless activations (SAEs were never trained on it): rank without it
+skip = 1 if run.bos and len(run.tokens) > 1 else 0
 per_token = render.top_features_per_token(acts, run.tokens, k)
-ranked = render.prompt_features(acts, k=50)
+ranked = render.prompt_features(acts[skip:], k=50)
 
 left, right = st.columns([3, 2])
 with left:
@@ -38,7 +40,8 @@ with left:
         {
             "pos": p,
             "token": render.display_token(tok),
-            "features": "  ".join(f"#{f} ({render.format_value(v)})" for f, v in feats) or "—",
+            "features": "(BOS: not read by SAEs)" if p < skip else
+            "  ".join(f"#{f} ({render.format_value(v)})" for f, v in feats) or "—",
         }
         for p, (tok, feats) in enumerate(zip(run.tokens, per_token, strict=True))
     ]
@@ -52,7 +55,8 @@ with right:
         "Feature (ranked by its peak on this prompt)", list(labels), format_func=labels.get,
         key="inspect_feature",
     )
-    column = acts[:, feature]
+    column = acts[:, feature].copy()
+    column[:skip] = 0.0
     st.markdown(f"**Feature {feature} over the prompt**")
     st.html(render.tokens_html(run.tokens, column.tolist(), float(column.max())))
 
