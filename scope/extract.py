@@ -14,8 +14,10 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 import time
+import types
 from collections.abc import Sequence
 from contextlib import contextmanager
 from datetime import timedelta
@@ -74,6 +76,7 @@ def extract(
     progress: bool = True,
     model_spec: str | None = None,
     sae_specs: Sequence[str | None] | None = None,
+    logits: bool = True,
 ) -> Store:
     """Record, for every feature of every SAE, what makes it fire over a corpus.
 
@@ -93,6 +96,8 @@ def extract(
         progress: show a tqdm bar (tokens/s, ETA).
         model_spec: what `load_model` accepts to rebuild the model (default: `model.scope_spec`).
         sae_specs: per SAE, what `load_sae` accepts (default: from each SAE's config).
+        logits: compute the decoder logit tables (one `d_sae x d_model x d_vocab` product per
+            SAE, about a minute for 16k features on 2 CPU cores); False leaves them empty.
 
     Returns:
         The opened store (`scope.open_store(out)`).
@@ -105,6 +110,7 @@ def extract(
     world = int(os.environ.get("WORLD_SIZE", "1"))
     specs = _sae_specs(saes, sae_specs)
     config = _config(model, saes, specs, corpus, tokens, ctx, batch_size, top_k, shard, model_spec)
+    config["logits"] = bool(logits)
     if world > 1 and shard is None:
         return _extract_distributed(model, saes, corpus, Path(out), config, checkpoint_every,
                                     overwrite, progress)
@@ -145,7 +151,8 @@ class _Run:
             self.accs = [FeatureAccumulator(s.cfg.d_sae, self.ctx, self.config["top_k"],
                                             device=s.W_enc.device) for s in self.saes]
             self.pool = WindowPool()
-            self.logits = [decoder_logits(self.model, s) for s in self.saes]
+            self.logits = [decoder_logits(self.model, s, enabled=self.config["logits"])
+                           for s in self.saes]
             self._checkpoint(STATUS_PARTIAL)
         self._loop()
         self._checkpoint(STATUS_COMPLETE)
@@ -248,12 +255,14 @@ class _Run:
 
 
 @torch.no_grad()
-def decoder_logits(model: Any, sae: Any, k: int = N_LOGITS) -> dict[str, np.ndarray]:
+def decoder_logits(model: Any, sae: Any, k: int = N_LOGITS, enabled: bool = True
+                   ) -> dict[str, np.ndarray]:
     """The k most positive and most negative logit effects of each feature's decoder direction.
 
     `W_dec[f] @ (diag(ln_final.w) @ W_U)` with unprocessed weights (REFERENCE.md §4); attention
     SAEs (`attn.hook_z`) are first mapped to the residual stream through that layer's `W_O`.
-    Sites whose output is not in the residual stream get empty tables (ids -1).
+    Sites whose output is not in the residual stream (or `enabled=False`) get empty tables
+    (ids -1).
 
     Returns:
         `logit_pos_ids / logit_neg_ids [d_sae, k]` int32, `logit_pos_vals / _neg_vals` float32.
@@ -266,6 +275,8 @@ def decoder_logits(model: Any, sae: Any, k: int = N_LOGITS) -> dict[str, np.ndar
     cfg = model.cfg
     W_dec = sae.W_dec.detach()
     hook = sae.cfg.hook_name_out or sae.cfg.hook_name
+    if not enabled:
+        return empty
     if W_dec.shape[1] == cfg.d_model:
         to_resid = None
     elif hook.endswith("attn.hook_z") and W_dec.shape[1] == cfg.n_heads * cfg.d_head:
@@ -436,3 +447,15 @@ def _extract_distributed(model, saes, corpus, out, config, checkpoint_every, ove
     if canonical(store.manifest.get("config")) != canonical(config):
         raise StoreError(f"{out}: the merged store's configuration differs from this run's")
     return store
+
+
+class _CallableModule(types.ModuleType):
+    """`scope.extract` names both this module and its function: importing the submodule makes
+    Python set the package attribute to the module, so the module forwards calls to `extract`
+    and `scope.extract(model, saes, corpus, out)` works whatever was imported first."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Store:
+        return extract(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
