@@ -220,6 +220,23 @@ def test_known_answer_recovers_planted_directions():
     assert state.history[-1]["fvu"] < 0.05
 
 
+def test_target_l0_controller_moves_lambda_towards_the_target():
+    torch.set_num_threads(1)
+
+    def run(target: float) -> tuple[float, float]:
+        directions, batches = _planted(n_true=16, d_in=16, p=0.2)
+        cfg = OptimConfig(d_sae=16, lr=3e-3, l0_coefficient=0.05, l0_warmup_steps=10,
+                          batch_size=1024, target_l0=target)
+        sae = JumpReLUTrainingSAE(16, 16, generator=torch.Generator().manual_seed(0))
+        state = fit(sae, batches(), cfg, 300, scale=0.5, progress=False, log_every=50)
+        return state.history[-1]["l0"], state.l0_scale
+
+    plain_l0, plain_scale = run(0.0)
+    ctrl_l0, ctrl_scale = run(8.0)
+    assert plain_scale == 1.0 and ctrl_scale < 0.5
+    assert ctrl_l0 > plain_l0 and abs(ctrl_l0 - 8.0) < abs(plain_l0 - 8.0)
+
+
 def test_resume_from_checkpoint_is_bit_identical(tmp_path):
     from scope.train.trainer import load_checkpoint, save_checkpoint
 

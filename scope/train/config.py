@@ -70,6 +70,8 @@ class OptimConfig:
     """lambda in `loss = ||x - x_hat||^2 + lambda * L0`, in the normalised scale (E||x||^2 = 1)."""
     l0_warmup_steps: int = 200
     """Steps over which lambda rises linearly from 0 to `l0_coefficient`."""
+    target_l0: float = 0.0
+    """If > 0, after the warmup lambda is nudged (at most 1% a step) towards this mean L0."""
     bandwidth: float = 1e-3
     """Width epsilon of the rectangle kernel of the straight-through estimators (normalised scale)."""
     threshold_init: float = 1e-3
@@ -99,7 +101,7 @@ class OptimConfig:
         _positive(self, "d_sae", "bandwidth", "threshold_init", "lr", "batch_size", "epochs",
                   "dead_steps")
         _non_negative(self, "l0_coefficient", "l0_warmup_steps", "lr_warmup_steps",
-                      "dead_coefficient", "sparse_below")
+                      "dead_coefficient", "sparse_below", "target_l0")
         if not 0.0 <= self.lr_decay_fraction <= 1.0:
             raise ValueError("OptimConfig.lr_decay_fraction must lie in [0, 1], "
                              f"got {self.lr_decay_fraction!r}")

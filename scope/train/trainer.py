@@ -40,7 +40,7 @@ REPORT_FILENAME = "report.json"
 _RESUME_KEYS = ("model", "hook_name", "corpus", "ctx", "train_tokens", "d_sae", "l0_coefficient",
                 "l0_warmup_steps", "bandwidth", "threshold_init", "lr", "lr_warmup_steps",
                 "lr_decay_fraction", "adam_betas", "batch_size", "epochs", "dead_steps",
-                "dead_coefficient", "seed")
+                "dead_coefficient", "target_l0", "seed")
 
 
 # --------------------------------------------------------------------------------------------
@@ -58,6 +58,8 @@ class FitState:
     """[d_sae] steps since each feature last fired (dead-feature tracking)."""
     history: list[dict[str, float]] = field(default_factory=list)
     """Progress records (one per log interval)."""
+    l0_scale: float = 1.0
+    """Multiplier of the L0 coefficient set by the `target_l0` controller (1 without it)."""
 
 
 def lr_at(step: int, total: int, cfg: OptimConfig) -> float:
@@ -122,7 +124,7 @@ def fit(sae: JumpReLUTrainingSAE, batches: Iterator[torch.Tensor], cfg: OptimCon
         for group in optimizer.param_groups:
             group["lr"] = lr
         dead = state.steps_since_fired >= cfg.dead_steps
-        lam = l0_coefficient_at(state.step, cfg)
+        lam = l0_coefficient_at(state.step, cfg) * state.l0_scale
         optimizer.zero_grad(set_to_none=True)
         if density < cfg.sparse_below:  # same gradients as the autograd reference, faster
             out = sae.sparse_step(x, lam, dead, cfg.dead_coefficient)
@@ -130,6 +132,10 @@ def fit(sae: JumpReLUTrainingSAE, batches: Iterator[torch.Tensor], cfg: OptimCon
             out = sae(x, lam, dead, cfg.dead_coefficient)
             out.loss.backward()
         density = float(out.l0) / sae.d_sae
+        if cfg.target_l0 and state.step >= cfg.l0_warmup_steps:
+            # multiplicative controller: at most +-1% per step, towards the target L0
+            error = max(-1.0, min(1.0, float(out.l0) / cfg.target_l0 - 1.0))
+            state.l0_scale *= math.exp(0.01 * error)
         sae.project_decoder_grad()
         optimizer.step()
         sae.normalize_decoder()
@@ -143,13 +149,14 @@ def fit(sae: JumpReLUTrainingSAE, batches: Iterator[torch.Tensor], cfg: OptimCon
         if state.step % log_every == 0 or state.step == total_steps:
             record = sums.record(state.step, lr, float((state.steps_since_fired >=
                                                         cfg.dead_steps).float().mean()))
+            record["l0_coefficient"] = lam
             record["tokens_per_s"] = round(sums.tokens / max(time.time() - start, 1e-9), 1)
             state.history.append(record)
             bar.set_postfix(loss=f"{record['loss']:.4f}", l0=f"{record['l0']:.1f}",
                             fvu=f"{record['fvu']:.3f}", dead=f"{record['dead']:.2f}")
-            log.info("step %d/%d  loss %.4f  mse %.4f  L0 %.1f  FVU %.4f  dead %.3f  lr %.2e",
-                     state.step, total_steps, record["loss"], record["mse"], record["l0"],
-                     record["fvu"], record["dead"], lr)
+            log.info("step %d/%d  loss %.4f  mse %.4f  L0 %.1f  FVU %.4f  dead %.3f  lr %.2e  "
+                     "lambda %.2e", state.step, total_steps, record["loss"], record["mse"],
+                     record["l0"], record["fvu"], record["dead"], lr, lam)
             if progress_file is not None:
                 with open(progress_file, "a") as fh:
                     fh.write(json.dumps(record) + "\n")
@@ -195,6 +202,7 @@ def save_checkpoint(path: Path, sae: JumpReLUTrainingSAE, optimizer: torch.optim
     """Write a resumable checkpoint atomically (temporary file, then rename)."""
     payload = {"sae": sae.state_dict(), "optimizer": optimizer.state_dict(), "step": state.step,
                "steps_since_fired": state.steps_since_fired, "history": state.history,
+               "l0_scale": state.l0_scale,
                "scale": scale, "config": cfg.to_flat()}
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
@@ -215,7 +223,8 @@ def load_checkpoint(path: Path, sae: JumpReLUTrainingSAE, optimizer: torch.optim
         return None
     sae.load_state_dict(payload["sae"])
     optimizer.load_state_dict(payload["optimizer"])
-    state = FitState(payload["step"], payload["steps_since_fired"], payload["history"])
+    state = FitState(payload["step"], payload["steps_since_fired"], payload["history"],
+                     payload.get("l0_scale", 1.0))
     log.info("resuming from %s at step %d", path, state.step)
     return state, float(payload["scale"])
 
