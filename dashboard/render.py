@@ -275,6 +275,19 @@ def density_summary(densities: np.ndarray) -> dict[str, float]:
     }
 
 
+def describe_corpus(corpus: object) -> str:
+    """One line for the manifest's corpus description (a string, or a dict of its fields)."""
+    if not isinstance(corpus, dict):
+        return str(corpus) if corpus else "?"
+    parts = [str(corpus.get("source") or corpus.get("name") or "?")]
+    for key, value in corpus.items():
+        if key in ("source", "name") or value in (None, "", [], {}):
+            continue
+        text = str(value)
+        parts.append(f"{key} {text[:12] + '…' if len(text) > 16 else text}")
+    return ", ".join(parts)
+
+
 def neuronpedia_url(neuronpedia_id: str | None, feature: int) -> str | None:
     """Link to a feature on Neuronpedia, e.g. gemma-2-2b/20-gemmascope-res-16k -> .../1234."""
     if not neuronpedia_id:

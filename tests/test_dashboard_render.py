@@ -132,3 +132,10 @@ def test_parse_steering():
 def test_md_escape():
     assert render.md_escape("**x** [a](javascript:1)") == r"\*\*x\*\* \[a\]\(javascript\:1\)"
     assert render.md_escape("plain words") == "plain words"
+
+
+def test_describe_corpus():
+    assert render.describe_corpus("stdlib") == "stdlib"
+    text = render.describe_corpus({"source": "texts", "split": "all", "sha256": "0123456789abcdef0"})
+    assert text == "texts, split all, sha256 0123456789ab…"
+    assert render.describe_corpus(None) == "?"

@@ -14,14 +14,13 @@ manifest = store.manifest
 st.subheader("Store overview")
 model = manifest.get("model") or {}
 corpus = manifest.get("corpus")
-c = st.columns(4)
-c[0].metric("Model", str(model.get("name", "?")))
+c = st.columns([2, 1, 1, 1])
+c[0].metric("Model", str(model.get("name", "?")), help=f"spec: {model.get('spec')}")
 c[1].metric("SAEs", len(store.sae_names))
 c[2].metric("Tokens", f"{int(manifest.get('tokens') or 0):,}")
 c[3].metric("Status", str(manifest.get("status", "?")))
-corpus_text = corpus if isinstance(corpus, str) else (corpus or {}).get("name", corpus)
 st.caption(
-    f"Corpus: {render.md_escape(corpus_text)} · "
+    f"Corpus: {render.md_escape(render.describe_corpus(corpus))} · "
     f"context {manifest.get('ctx', '?')} · top-k {manifest.get('top_k', '?')} · "
     f"format v{manifest.get('format_version', '?')} · scope {manifest.get('tool_version', '?')}"
 )
