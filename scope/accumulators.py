@@ -79,6 +79,9 @@ class Slots:
               fetch: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]) -> None:
         """Keep the `s` largest keys among the current slots and the candidates.
 
+        Slots are unordered in memory (`sorted_arrays` orders them by key): a winning candidate
+        overwrites the slot of an evicted entry in place, so a batch touches only what changes.
+
         Args:
             cand_key: `[d_sae, C]` candidate keys; negative means no candidate.
             fetch: `(features [n], cols [n]) -> (window [n], value [n], pos [n], acts [n, pos])`
@@ -87,27 +90,30 @@ class Slots:
         s = self.key.shape[1]
         cand_key = torch.where(cand_key >= 0, cand_key,
                                _empty_keys(cand_key.shape, cand_key.device, offset=s))
-        new_key, idx = torch.cat([self.key, cand_key], dim=1).topk(s, dim=1)
-        changed = (idx != torch.arange(s, device=idx.device)).any(dim=1).nonzero().squeeze(1)
-        if changed.numel() == 0:
+        # Only rows where some candidate beats the row's current minimum can change.
+        rows = (cand_key.amax(dim=1) > self.key.amin(dim=1)).nonzero().squeeze(1)
+        if rows.numel() == 0:
             return
-        idx_c, key_c = idx[changed], new_key[changed]
-        keep = idx_c.clamp(max=s - 1)
-        window = self.window[changed].gather(1, keep)
-        value = self.value[changed].gather(1, keep)
-        pos = self.pos[changed].gather(1, keep)
-        acts = self.acts[changed].gather(1, keep[..., None].expand(-1, -1, self.acts.shape[2]))
-        won = (idx_c >= s) & (key_c >= 0)
-        r, j = won.nonzero(as_tuple=True)
-        if r.numel():
-            w, v, p, a = fetch(changed[r], idx_c[r, j] - s)
-            window[r, j], value[r, j], pos[r, j], acts[r, j] = w, v, p.to(torch.int32), a
-        empty = key_c < 0
-        if empty.any():
-            key_c = torch.where(empty, _empty_keys(key_c.shape, key_c.device), key_c)
-            window[empty], value[empty], pos[empty], acts[empty] = -1, 0.0, 0, 0.0
-        self.key[changed], self.window[changed], self.value[changed] = key_c, window, value
-        self.pos[changed], self.acts[changed] = pos, acts
+        both = torch.cat([self.key[rows], cand_key[rows]], dim=1)
+        idx = both.topk(s, dim=1).indices
+        chosen = torch.zeros_like(both, dtype=torch.bool).scatter_(1, idx, True)
+        evicted = (~chosen[:, :s]).nonzero(as_tuple=True)  # (row, slot), row-major
+        won = chosen[:, s:].nonzero(as_tuple=True)  # (row, col): the same count per row
+        if won[0].numel() == 0:
+            return
+        r, slot, col = rows[evicted[0]], evicted[1], won[1]
+        w, v, p, a = fetch(r, col)
+        self.key[r, slot] = cand_key[r, col]
+        self.window[r, slot], self.value[r, slot] = w, v
+        self.pos[r, slot], self.acts[r, slot] = p.to(torch.int32), a.to(self.acts.dtype)
+
+    def sorted_arrays(self) -> dict[str, torch.Tensor]:
+        """The slots of every row ordered by key, best first (empty slots last)."""
+        order = self.key.argsort(dim=1, descending=True, stable=True)
+        out = {name: getattr(self, name).gather(1, order)
+               for name in ("key", "window", "value", "pos")}
+        out["acts"] = self.acts.gather(1, order[..., None].expand(-1, -1, self.acts.shape[2]))
+        return out
 
 
 class FeatureAccumulator:
@@ -165,7 +171,8 @@ class FeatureAccumulator:
         band = torch.bucketize(ctx_max, self._band_inner, right=True).T  # [d_sae, batch]
         hkey = band_keys(cand_windows, self._feat[:, None])
         fired = cand_vals > 0
-        for b in band[fired].unique().tolist():
+        present = torch.bincount(band[fired], minlength=self.n_bands).nonzero().squeeze(1)
+        for b in present.tolist():
             self.bands[b].offer(torch.where(fired & (band == b), hkey, -1), fetch)
 
     @torch.no_grad()
@@ -203,7 +210,9 @@ class FeatureAccumulator:
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = np.where(count > 0, act_sum.astype(np.float64) / 2.0**SUM_BITS / count, 0.0)
             density = count / self.tokens if self.tokens else np.zeros_like(count, np.float64)
-        top_w, top_p = cpu(self.top.window), cpu(self.top.pos)
+        top = {k: cpu(v) for k, v in self.top.sorted_arrays().items()}
+        bands = [{k: cpu(v) for k, v in b.sorted_arrays().items()} for b in self.bands]
+        top_w, top_p = top["window"], top["pos"]
         top_token = np.full(top_w.shape, -1, dtype=np.int32)
         if window_index is not None and window_tokens is not None and len(window_index):
             rows = np.searchsorted(window_index, top_w).clip(0, len(window_index) - 1)
@@ -211,13 +220,13 @@ class FeatureAccumulator:
             top_token = np.where(found, window_tokens[rows, top_p], -1).astype(np.int32)
         summary = {"firing_count": count, "act_sum_fixed": act_sum,
                    "max_activation": cpu(self.max), "mean_activation": mean.astype(np.float32),
-                   "density": density.astype(np.float64), "top_value": cpu(self.top.value),
+                   "density": density.astype(np.float64), "top_value": top["value"],
                    "top_token": top_token,
                    "tokens_counted": np.asarray([self.tokens], dtype=np.int64)}
-        stack = lambda attr: np.stack([cpu(getattr(b, attr)) for b in self.bands], 1)  # noqa: E731
+        stack = lambda attr: np.stack([b[attr] for b in bands], 1)  # noqa: E731
         per_feature = {"histogram": cpu(self.hist), "top_window": top_w,
-                       "top_value": cpu(self.top.value), "top_pos": top_p,
-                       "top_acts": cpu(self.top.acts), "band_window": stack("window"),
+                       "top_value": top["value"], "top_pos": top_p,
+                       "top_acts": top["acts"], "band_window": stack("window"),
                        "band_value": stack("value"), "band_pos": stack("pos"),
                        "band_acts": stack("acts")}
         return summary, per_feature

@@ -153,7 +153,6 @@ class _Run:
             self.pool = WindowPool()
             self.logits = [decoder_logits(self.model, s, enabled=self.config["logits"])
                            for s in self.saes]
-            self._checkpoint(STATUS_PARTIAL)
         self._loop()
         self._checkpoint(STATUS_COMPLETE)
         log.info("store complete: %s (%d tokens)", self.out, self.manifest["tokens"])

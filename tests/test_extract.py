@@ -12,7 +12,7 @@ import scope
 from scope.corpus import Corpus
 from scope.errors import CorpusError, ShapeMismatchError, StoreError
 from scope.merge import merge_stores
-from scope.store import open_store
+from scope.store import open_store, read_manifest
 
 CTX, BS, K = 16, 4, 5
 TEXTS = [f"Document {i}: " + " ".join(TINY_TEXT) * (1 + i % 3) for i in range(12)]
@@ -123,7 +123,7 @@ def test_resume_after_interrupts_is_bit_identical(model, saes, reference, tmp_pa
         with pytest.raises(KeyboardInterrupt):
             _extract(model, saes, out)
         monkeypatch.setattr(type(saes[1]), "encode", encode)
-        assert open_store(out).manifest["status"] == "partial"
+        assert read_manifest(out)["status"] == "partial"
     store = _extract(model, saes, out)
     assert store.manifest["status"] == "complete"
     assert store_arrays(out) == store_arrays(reference.path)
