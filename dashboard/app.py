@@ -1,9 +1,10 @@
 """The dashboard's entry point and router: `streamlit run dashboard/app.py -- STORE`.
 
 It opens the store (cached), puts the SAE selector in the sidebar (shared by every page) and
-hands over to `st.navigation`. Pages live in `pages/`; the data they read comes from `data.py`
-and their HTML and figures from the pure helpers in `render.py`. `scope dashboard STORE` runs
-this file; tests drive it with `streamlit.testing.v1.AppTest` and $SCOPE_DASHBOARD_STORE.
+hands over to `st.navigation`. Pages live in `views/`, not `pages/`: Streamlit would also serve
+a `pages/` folder as legacy pages that skip this router. The data they read comes from
+`data.py`, their HTML and figures from the pure helpers in `render.py`. `scope dashboard STORE`
+runs this file; tests drive it with `streamlit.testing.v1.AppTest` and $SCOPE_DASHBOARD_STORE.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from dashboard import data, render  # noqa: E402
 st.set_page_config(page_title="scope dashboard", layout="wide")
 
 PAGES = {
-    "feature": st.Page("pages/feature.py", title="Feature", default=True),
-    "inspector": st.Page("pages/inspector.py", title="Prompt inspector"),
-    "steering": st.Page("pages/steering.py", title="Steering"),
-    "overview": st.Page("pages/overview.py", title="Store overview"),
+    "feature": st.Page("views/feature.py", title="Feature", default=True),
+    "inspector": st.Page("views/inspector.py", title="Prompt inspector"),
+    "steering": st.Page("views/steering.py", title="Steering"),
+    "overview": st.Page("views/overview.py", title="Store overview"),
 }
 
 path = data.store_path()

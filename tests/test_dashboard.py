@@ -162,9 +162,9 @@ def test_sae_selector_switches_every_page(store_path, monkeypatch):
     assert at.number_input(key="feature_box").max == D_SAE2 - 1
     feat = store.feature(second, D_SAE2 - 1)
     assert at.metric[1].value == f"{feat.max_activation:.3g}"
-    at.switch_page("pages/overview.py").run()
+    at.switch_page("views/overview.py").run()
     assert {m.label: m.value for m in ok(at).metric}["Features"] == f"{D_SAE2:,}"
-    at.switch_page("pages/inspector.py").run()
+    at.switch_page("views/inspector.py").run()
     assert ok(at).session_state["sae"] == second
 
 
@@ -214,7 +214,7 @@ def test_dead_feature_renders(store_path, monkeypatch):
 def test_overview_page(store_path, monkeypatch):
     store = scope.open_store(store_path)
     at = app_for(store_path, monkeypatch)
-    at.switch_page("pages/overview.py").run()
+    at.switch_page("views/overview.py").run()
     ok(at)
     metrics = {m.label: m.value for m in at.metric}
     dens = store.densities(store.sae_names[0])
@@ -232,7 +232,7 @@ def test_overview_page(store_path, monkeypatch):
 
 def test_inspector_selects_and_opens_feature(store_path, monkeypatch):
     at = app_for(store_path, monkeypatch)
-    at.switch_page("pages/inspector.py").run()
+    at.switch_page("views/inspector.py").run()
     ok(at)
     at.text_area(key="inspect_text").input("the cat sat <b>on</b> the mat").run()
     assert ok(at).dataframe[0].value["features"][0].startswith("(BOS")
@@ -259,7 +259,7 @@ def _steer(at: AppTest, spec: str) -> dict:
 
 def test_steering_changes_text_only_when_strong(store_path, monkeypatch):
     at = app_for(store_path, monkeypatch)
-    at.switch_page("pages/steering.py").run()
+    at.switch_page("views/steering.py").run()
     ok(at)
     zero = _steer(at, "3:0")
     assert zero["default"] == zero["steered"]
@@ -274,7 +274,7 @@ def test_steering_changes_text_only_when_strong(store_path, monkeypatch):
 
 def test_steering_rejects_bad_spec(store_path, monkeypatch):
     at = app_for(store_path, monkeypatch)
-    at.switch_page("pages/steering.py").run()
+    at.switch_page("views/steering.py").run()
     at.text_input(key="steer_spec").input(f"{D_SAE + 5}:3").run()
     assert "out of range" in ok(at).error[0].value
     at.text_input(key="steer_spec").input("three:3").run()
@@ -285,10 +285,10 @@ def test_without_model_store_pages_work_and_live_pages_explain(modelless_store, 
     at = ok(app_for(modelless_store, monkeypatch, feature=1))
     assert at.subheader[0].value == "Feature 1"
     assert not at.get("link_button")  # no Neuronpedia id
-    for page in ["pages/overview.py", "pages/inspector.py", "pages/steering.py"]:
+    for page in ["views/overview.py", "views/inspector.py", "views/steering.py"]:
         at.switch_page(page).run()
         ok(at)
-        if page != "pages/overview.py":
+        if page != "views/overview.py":
             assert at.warning and "unavailable" in at.warning[0].value
             assert "cannot load model" in at.warning[0].value
 
@@ -379,6 +379,10 @@ def test_browser_feature_page(store_path, tmp_path):
             assert any("<script>alert" in b.text or "<img src=x" in b.text for b in boxes)
             assert not any("alert" in (s.get_attribute("innerHTML") or "")
                            for s in browser.find_elements(By.TAG_NAME, "script"))
+            # a deep link to another page still goes through the router (sidebar SAE selector)
+            browser.get(f"{url}/overview")
+            WebDriverWait(browser, 60).until(lambda b: "Dead features" in b.page_source)
+            assert "KeyError" not in browser.page_source and "SAE" in browser.page_source
         finally:
             browser.quit()
     finally:

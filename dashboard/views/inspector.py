@@ -64,4 +64,4 @@ with right:
         st.session_state["feature"] = int(st.session_state["inspect_feature"])
 
     if st.button(f"Open feature {feature}'s page", key="inspect_open", on_click=_open):
-        st.switch_page("pages/feature.py")
+        st.switch_page("views/feature.py")
