@@ -108,7 +108,7 @@ def _run_child(mode: str, tokens: int, args) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tokens", type=int, default=16384, help="tokens of the 1x corpus")
+    p.add_argument("--tokens", type=int, default=16384, help="tokens of the 1x corpus (8 batches of 16 x 128)")
     p.add_argument("--ctx", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--l0", type=float, default=64.0, help="target features per token")
