@@ -22,11 +22,22 @@ NEURONPEDIA_BASE = "https://www.neuronpedia.org"
 _POS_RGB = (255, 138, 0)
 _NEG_RGB = (40, 120, 255)
 
-_TOKEN_STYLE = (
-    "white-space:pre-wrap;border-radius:3px;padding:1px 0;margin:0;"
-    "font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:0.85em;"
+# Shared token styles, sent once per st.html block so each token carries only its colour
+# (a page of 20 contexts is ~5x smaller than with inline styles, and renders faster).
+TOKEN_CSS = (
+    "<style>"
+    ".scope-tokens{line-height:1.9;margin:2px 0 6px 0;overflow-wrap:anywhere}"
+    ".scope-tok{white-space:pre-wrap;border-radius:3px;padding:1px 0;margin:0;"
+    "font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:0.85em}"
+    ".scope-peak{border-bottom:2px solid #c04000}"
+    ".scope-more{color:#888}"
+    "</style>"
 )
-_BOX_STYLE = "line-height:1.9;margin:2px 0 6px 0;overflow-wrap:anywhere;"
+
+
+def with_css(fragment: str) -> str:
+    """Prefix an HTML fragment of token lines with the token styles."""
+    return TOKEN_CSS + fragment
 
 
 def esc(text: object) -> str:
@@ -93,27 +104,27 @@ def tokens_html(
         prefix, suffix: plain text shown before/after (escaped), e.g. "…" for a cropped window.
 
     Returns:
-        A `<div class="scope-tokens">` of `<span class="scope-tok" title="…">` elements.
+        A `<div class="scope-tokens">` of `<span class="scope-tok" title="…">` elements, shaded
+        ones with an inline background colour; show it with `with_css` (the shared styles).
     """
     if len(tokens) != len(activations):
         raise ValueError(f"{len(tokens)} tokens but {len(activations)} activations")
     acts = [float(a) for a in activations]
     if max_value is None:
         max_value = max((abs(a) for a in acts), default=0.0)
-    parts = [f'<div class="scope-tokens" style="{_BOX_STYLE}">']
+    parts = ['<div class="scope-tokens">']
     if prefix:
-        parts.append(f'<span style="color:#888">{esc(prefix)}</span>')
+        parts.append(f'<span class="scope-more">{esc(prefix)}</span>')
     for i, (tok, act) in enumerate(zip(tokens, acts, strict=True)):
-        style = f"{_TOKEN_STYLE}background-color:{shade(act, max_value)};"
-        if i == highlight:
-            style += "border-bottom:2px solid #c04000;"
+        cls = "scope-tok scope-peak" if i == highlight else "scope-tok"
+        colour = shade(act, max_value)
+        style = f' style="background-color:{colour}"' if colour != "transparent" else ""
         title = f"{display_token(tok)!r}  activation {format_value(act)}"
         parts.append(
-            f'<span class="scope-tok" data-act="{act:.4g}" title="{esc(title)}" '
-            f'style="{style}">{esc(display_token(tok))}</span>'
+            f'<span class="{cls}" title="{esc(title)}"{style}>{esc(display_token(tok))}</span>'
         )
     if suffix:
-        parts.append(f'<span style="color:#888">{esc(suffix)}</span>')
+        parts.append(f'<span class="scope-more">{esc(suffix)}</span>')
     parts.append("</div>")
     return "".join(parts)
 
@@ -161,6 +172,42 @@ def example_html(
         prefix="… " if w.start > 0 else "",
         suffix=" …" if w.end < len(tokens) else "",
     )
+
+
+def contexts_html(top_examples, band_examples, max_value: float, *, full: bool = False) -> str:
+    """The feature page's contexts as one HTML block: the top-k, then samples per band.
+
+    Args:
+        top_examples: objects with `.tokens`, `.activations`, `.max_position`,
+            `.max_activation` (a store `Example` or the dashboard's copy), best first.
+        band_examples: objects with `.low`, `.high`, `.examples` (same kind of examples).
+        max_value: the feature's max activation (full colour).
+        full: show whole contexts instead of a window around each peak.
+    """
+    head = '<div style="font-weight:600;margin:10px 0 4px 0">{}</div>'
+    parts = [TOKEN_CSS, head.format(f"Top {len(top_examples)} contexts")]
+    if not top_examples:
+        parts.append('<div class="scope-more">No contexts: the feature did not fire.</div>')
+    for e in top_examples:
+        line = example_html(e.tokens, e.activations, e.max_position, max_value,
+                            left=None if full else 24)
+        parts.append(
+            '<div style="display:flex;gap:8px;align-items:baseline">'
+            f'<code style="min-width:4.5em;text-align:right">{format_value(e.max_activation)}'
+            f"</code>{line}</div>"
+        )
+    if band_examples:
+        parts.append(head.format("Samples across activation bands"))
+    for band in band_examples:
+        parts.append(
+            '<div style="margin-top:6px;color:#666;font-size:0.85em">activation '
+            f"{esc(format_value(band.low))} – {esc(format_value(band.high))} "
+            f"({len(band.examples)} samples)</div>"
+        )
+        for e in band.examples:
+            parts.append(example_html(e.tokens, e.activations, e.max_position, max_value,
+                                      left=None if full else 16, right=6))
+    return "".join(parts)
 
 
 def logit_table_html(rows: Sequence[tuple[str, float]], title: str, positive: bool = True) -> str:

@@ -25,15 +25,17 @@ def test_tokens_html_escapes_bodies_and_titles():
     for title in out.split('title="')[1:]:
         value = title.split('"', 1)[0]
         assert "<" not in value and ">" not in value
-    assert out.count('class="scope-tok"') == 4
+    assert out.count('class="scope-tok"') == 4 and "scope-peak" not in out
+    assert out.count("<span") == 4
 
 
 def test_tokens_html_shading_and_hover_values():
     out = render.tokens_html([" a", " b", " c"], [0.0, 1.5, 3.0], max_value=3.0, highlight=2)
-    assert "transparent" in out  # zero activation: no shading
+    assert out.count("background-color") == 2  # zero activation: no shading
     assert "rgba(255,138,0,0.500)" in out and "rgba(255,138,0,1.000)" in out
     assert "activation 1.5" in out and "activation 3" in out
-    assert "border-bottom" in out  # the highlighted peak
+    assert 'class="scope-tok scope-peak"' in out  # the highlighted peak
+    assert render.with_css(out).startswith("<style>") and "border-bottom" in render.TOKEN_CSS
     with pytest.raises(ValueError):
         render.tokens_html(["a"], [1.0, 2.0])
 
@@ -59,8 +61,8 @@ def test_context_window_crops_around_peak():
     w = render.context_window(toks, acts, 1, left=5, right=2)
     assert w.start == 0 and w.center == 1
     html = render.example_html(toks, acts, 50, 1.0, left=5, right=2)
-    assert html.count('class="scope-tok"') == 8 and "…" in html
-    assert render.example_html(toks, acts, 50, 1.0, left=None).count('class="scope-tok"') == 100
+    assert html.count('<span class="scope-tok') == 8 and "…" in html
+    assert render.example_html(toks, acts, 50, 1.0, left=None).count('<span class="scope-tok') == 100
 
 
 def test_logit_table_escapes():
@@ -139,3 +141,16 @@ def test_describe_corpus():
     text = render.describe_corpus({"source": "texts", "split": "all", "sha256": "0123456789abcdef0"})
     assert text == "texts, split all, sha256 0123456789ab…"
     assert render.describe_corpus(None) == "?"
+
+
+def test_contexts_html_one_block():
+    from types import SimpleNamespace as NS
+
+    ex = NS(tokens=["<b>", " x", " y"], activations=[0.0, 2.0, 1.0], max_position=1,
+            max_activation=2.0)
+    band = NS(low=0.5, high=1.0, examples=[ex])
+    out = render.contexts_html([ex, ex], [band], 2.0)
+    assert out.startswith("<style>") and "Top 2 contexts" in out
+    assert "Samples across activation bands" in out and "activation 0.5 – 1 (1 samples)" in out
+    assert out.count('<div class="scope-tokens">') == 3 and "<b>" not in out
+    assert "did not fire" in render.contexts_html([], [], 0.0)

@@ -58,7 +58,8 @@ with right:
     column = acts[:, feature].copy()
     column[:skip] = 0.0
     st.markdown(f"**Feature {feature} over the prompt**")
-    st.html(render.tokens_html(run.tokens, column.tolist(), float(column.max())))
+    line = render.tokens_html(run.tokens, column.tolist(), float(column.max()))
+    st.html(render.with_css(line))
 
     def _open() -> None:
         st.session_state["feature"] = int(st.session_state["inspect_feature"])
