@@ -35,7 +35,18 @@ _EXPORTS = {
     "evaluate": "scope.evals",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+__all__ = [
+    "JumpReLUSAE",
+    "capture",
+    "evaluate",
+    "extract",
+    "generate",
+    "load_model",
+    "load_sae",
+    "open_store",
+    "steering",
+    "__version__",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from scope.activations import capture

@@ -108,7 +108,17 @@ def load_sae(
     sae = _dispatch(spec, sae_id, device=device, dtype=dtype, hook_name=hook_name)
     if model is not None:
         check_against_model(sae, model)
+    sae.scope_spec = _spec_string(spec, sae_id)  # what load_sae accepts again (stores record it)
     return sae
+
+
+def _spec_string(spec: str | os.PathLike, sae_id: str | None) -> str:
+    """One string that `load_sae` resolves to the same SAE: release/id, an absolute path, or
+    the name as given ("bundled", "release/id")."""
+    if sae_id is not None:
+        return f"{spec}/{sae_id}"
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if path.exists() else str(spec)
 
 
 def _dispatch(spec, sae_id, *, device, dtype, hook_name) -> JumpReLUSAE:

@@ -65,3 +65,11 @@ def test_import_scope_is_light():
     code = "import sys, scope; print(sorted({'torch', 'transformer_lens'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_public_names_resolve():
+    import scope
+
+    assert set(scope.__all__) == set(scope._EXPORTS) | {"__version__"}
+    for name in scope._EXPORTS:
+        assert callable(getattr(scope, name)), name
