@@ -230,6 +230,11 @@ def logit_table_html(rows: Sequence[tuple[str, float]], title: str, positive: bo
     return head + "".join(body) + "</tbody></table>"
 
 
+# Figures carry their own light template; the pages pass theme=None to st.plotly_chart, which
+# skips Streamlit's theme pass in the browser (~40 ms of a feature page's redraw).
+_TEMPLATE = "plotly_white"
+
+
 def log_spaced(bin_edges: Sequence[float]) -> bool:
     """True when positive edges grow by a constant ratio (the store's log-spaced histogram)."""
     e = np.asarray(bin_edges, dtype=float)
@@ -270,6 +275,7 @@ def histogram_figure(counts: Sequence[float], bin_edges: Sequence[float], title:
         lo, hi = edges[max(nz[0] - 1, 0)], edges[min(nz[-1] + 2, len(edges) - 1)]
         xaxis["range"] = [float(np.log10(lo)), float(np.log10(hi))] if log_x else [lo, hi]
     fig.update_layout(
+        template=_TEMPLATE,
         title=title or None,
         height=260,
         margin=dict(l=10, r=10, t=30 if title else 10, b=10),
@@ -300,6 +306,7 @@ def density_figure(densities: np.ndarray, bins: int = 60):
             hovertemplate="log10 density %{x:.2f}<br>features %{y}<extra></extra>",
         )
     fig.update_layout(
+        template=_TEMPLATE,
         height=300,
         margin=dict(l=10, r=10, t=10, b=10),
         xaxis_title="log10(firing density), live features",

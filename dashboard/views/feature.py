@@ -89,7 +89,7 @@ with left:
     if sum(view.hist_counts) > 0:
         st.plotly_chart(
             render.histogram_figure(view.hist_counts, view.hist_edges),
-            config={"displayModeBar": False}, key="histogram",
+            config={"displayModeBar": False}, key="histogram", theme=None,
         )
     else:
         st.info("This feature never fired on the corpus (dead feature): no histogram.")

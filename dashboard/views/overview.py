@@ -46,7 +46,8 @@ d[1].metric("Dead features", f"{summary['dead']:,}")
 d[2].metric("Dense (>10%)", f"{summary['dense']:,}")
 d[3].metric("Median live density", render.format_density(summary["median_live_density"]))
 if summary["live"]:
-    st.plotly_chart(render.density_figure(dens), config={"displayModeBar": False}, key="density")
+    st.plotly_chart(render.density_figure(dens), config={"displayModeBar": False}, key="density",
+                    theme=None)
 else:
     st.info("No feature fired in this store.")
 
