@@ -144,7 +144,7 @@ def bench_browser(store: Path, start: int, n: int) -> list[float]:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from scope.dashboard_launch import start_dashboard
+    from scope.dashboard_launch import start_dashboard, stop_dashboard
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -185,8 +185,7 @@ def bench_browser(store: Path, start: int, n: int) -> list[float]:
             browser.quit()
             shutil.rmtree(profile, ignore_errors=True)
     finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+        stop_dashboard(proc)
     return times
 
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from scope.errors import ScopeError, StoreError
@@ -86,18 +88,45 @@ def start_dashboard(
     return subprocess.Popen(argv, **popen_kwargs)
 
 
+class _Terminated(Exception):
+    """SIGTERM arrived while serving."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise _Terminated
+
+
+def stop_dashboard(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """Stop a server from `start_dashboard`: SIGTERM, then SIGKILL if it lingers."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        log.warning("dashboard server %d did not stop in %.0f s; killing it", proc.pid, timeout)
+        proc.kill()
+        proc.wait()
+
+
 def dashboard_command(
     store: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
     open_browser: bool = False,
 ) -> int:
-    """Serve the dashboard for `store` until interrupted; returns Streamlit's exit status."""
+    """Serve the dashboard for `store` until interrupted; returns Streamlit's exit status.
+
+    Ctrl-C or SIGTERM to this process stops the Streamlit server too (no orphaned server).
+    """
     proc = start_dashboard(store, host, port, open_browser=open_browser)
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
     try:
         return proc.wait()
+    except _Terminated:
+        stop_dashboard(proc)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_dashboard(proc)
         raise
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)

@@ -12,6 +12,7 @@ import html
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -320,6 +321,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _server_alive(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -348,8 +354,8 @@ def test_browser_feature_page(store_path, tmp_path):
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "scope.cli", "dashboard", store_path, "--port", str(port)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
     try:
         _wait_healthy(url, proc)
         opts = webdriver.ChromeOptions()
@@ -386,8 +392,12 @@ def test_browser_feature_page(store_path, tmp_path):
         finally:
             browser.quit()
     finally:
-        proc.terminate()
+        proc.terminate()  # `scope dashboard` stops its Streamlit server on SIGTERM
         try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+        finally:
+            try:  # never leave a server behind, whatever happened above
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        assert not _server_alive(port), "the Streamlit server outlived `scope dashboard`"
