@@ -92,6 +92,8 @@ class OptimConfig:
     """A feature that has not fired for this many steps counts as dead (and gets the aux loss)."""
     dead_coefficient: float = 0.0
     """Weight of the auxiliary loss `relu(threshold - pre)` that revives dead features; 0 = off."""
+    spike_clip: float = 0.0
+    """If > 0, scale a step's gradient down to this multiple of its running mean norm."""
     sparse_below: float = 0.05
     """Use the sparse-product step (same gradients) while under this fraction of features fire."""
     seed: int = 0
@@ -101,7 +103,7 @@ class OptimConfig:
         _positive(self, "d_sae", "bandwidth", "threshold_init", "lr", "batch_size", "epochs",
                   "dead_steps")
         _non_negative(self, "l0_coefficient", "l0_warmup_steps", "lr_warmup_steps",
-                      "dead_coefficient", "sparse_below", "target_l0")
+                      "dead_coefficient", "sparse_below", "target_l0", "spike_clip")
         if not 0.0 <= self.lr_decay_fraction <= 1.0:
             raise ValueError("OptimConfig.lr_decay_fraction must lie in [0, 1], "
                              f"got {self.lr_decay_fraction!r}")

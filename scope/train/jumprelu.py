@@ -167,7 +167,8 @@ class JumpReLUTrainingSAE(nn.Module):
             l0_coefficient: lambda of the L0 penalty for this step (after warmup).
             dead_mask: bool [d_sae], features that count as dead (for the auxiliary loss).
             dead_coefficient: weight of `sum_dead relu(threshold - pre)`, which pulls the
-                pre-activations of dead features up towards their thresholds.
+                pre-activations of dead features up towards their thresholds (it moves only those
+                features' encoder weights and biases).
 
         Returns:
             A `TrainStepOutput`.
@@ -179,7 +180,9 @@ class JumpReLUTrainingSAE(nn.Module):
         l0 = step(pre, self.threshold, self.bandwidth).sum(dim=-1).mean()
         loss = mse + l0_coefficient * l0
         if dead_coefficient > 0 and dead_mask is not None and bool(dead_mask.any()):
-            gap = torch.relu(self.threshold.detach()[dead_mask] - pre[:, dead_mask])
+            # only the dead features' encoder moves: b_dec and the thresholds are left alone
+            pre_dead = (x - self.b_dec.detach()) @ self.W_enc[:, dead_mask] + self.b_enc[dead_mask]
+            gap = torch.relu(self.threshold.detach()[dead_mask] - pre_dead)
             loss = loss + dead_coefficient * gap.sum(dim=-1).mean()
         return TrainStepOutput(x_hat, pre, (f != 0).detach(), loss, mse.detach(), l0.detach())
 
@@ -232,6 +235,7 @@ class JumpReLUTrainingSAE(nn.Module):
         grad_W_dec = f_t @ g  # [d_sae, d_in]
         grad_W_enc = (dpre_t @ xc).T  # [d_in, d_sae]
         grad_b_enc = torch.zeros(d_sae, dtype=x.dtype).index_add_(0, cols, dpre)
+        grad_b_dec = g.sum(dim=0) - self.W_enc @ grad_b_enc
         if dead_coefficient > 0 and dead_mask is not None and bool(dead_mask.any()):
             dead = dead_mask.nonzero(as_tuple=True)[0]
             gap = theta[dead] - pre[:, dead]  # [batch, n_dead]
@@ -239,7 +243,6 @@ class JumpReLUTrainingSAE(nn.Module):
             dgap = (gap > 0).to(x.dtype) * (-dead_coefficient / n)
             grad_W_enc[:, dead] += xc.T @ dgap
             grad_b_enc[dead] += dgap.sum(dim=0)
-        grad_b_dec = g.sum(dim=0) - self.W_enc @ grad_b_enc
         for param, grad in ((self.W_enc, grad_W_enc.contiguous()), (self.W_dec, grad_W_dec),
                             (self.b_enc, grad_b_enc), (self.b_dec, grad_b_dec),
                             (self.threshold, dtheta)):

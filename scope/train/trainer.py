@@ -40,7 +40,7 @@ REPORT_FILENAME = "report.json"
 _RESUME_KEYS = ("model", "hook_name", "corpus", "ctx", "train_tokens", "d_sae", "l0_coefficient",
                 "l0_warmup_steps", "bandwidth", "threshold_init", "lr", "lr_warmup_steps",
                 "lr_decay_fraction", "adam_betas", "batch_size", "epochs", "dead_steps",
-                "dead_coefficient", "target_l0", "seed")
+                "dead_coefficient", "target_l0", "spike_clip", "seed")
 
 
 # --------------------------------------------------------------------------------------------
@@ -60,6 +60,10 @@ class FitState:
     """Progress records (one per log interval)."""
     l0_scale: float = 1.0
     """Multiplier of the L0 coefficient set by the `target_l0` controller (1 without it)."""
+    grad_norm_ema: float = 0.0
+    """Running mean of the gradient norm (for `spike_clip`)."""
+    clipped: int = 0
+    """Steps whose gradient `spike_clip` scaled down."""
 
 
 def lr_at(step: int, total: int, cfg: OptimConfig) -> float:
@@ -132,6 +136,15 @@ def fit(sae: JumpReLUTrainingSAE, batches: Iterator[torch.Tensor], cfg: OptimCon
             out = sae(x, lam, dead, cfg.dead_coefficient)
             out.loss.backward()
         density = float(out.l0) / sae.d_sae
+        if cfg.spike_clip:  # a rare huge-norm activation must not blow up Adam (beta1 = 0)
+            norm = float(torch.sqrt(sum(p.grad.pow(2).sum() for p in sae.parameters())))
+            if state.grad_norm_ema and norm > cfg.spike_clip * state.grad_norm_ema:
+                for p in sae.parameters():
+                    p.grad.mul_(cfg.spike_clip * state.grad_norm_ema / norm)
+                state.clipped += 1
+                norm = cfg.spike_clip * state.grad_norm_ema
+            state.grad_norm_ema = norm if not state.grad_norm_ema else (
+                0.99 * state.grad_norm_ema + 0.01 * norm)
         if cfg.target_l0 and state.step >= cfg.l0_warmup_steps:
             # multiplicative controller: at most +-1% per step, towards the target L0
             error = max(-1.0, min(1.0, float(out.l0) / cfg.target_l0 - 1.0))
@@ -150,6 +163,7 @@ def fit(sae: JumpReLUTrainingSAE, batches: Iterator[torch.Tensor], cfg: OptimCon
             record = sums.record(state.step, lr, float((state.steps_since_fired >=
                                                         cfg.dead_steps).float().mean()))
             record["l0_coefficient"] = lam
+            record["clipped_steps"] = state.clipped
             record["tokens_per_s"] = round(sums.tokens / max(time.time() - start, 1e-9), 1)
             state.history.append(record)
             bar.set_postfix(loss=f"{record['loss']:.4f}", l0=f"{record['l0']:.1f}",
@@ -202,7 +216,8 @@ def save_checkpoint(path: Path, sae: JumpReLUTrainingSAE, optimizer: torch.optim
     """Write a resumable checkpoint atomically (temporary file, then rename)."""
     payload = {"sae": sae.state_dict(), "optimizer": optimizer.state_dict(), "step": state.step,
                "steps_since_fired": state.steps_since_fired, "history": state.history,
-               "l0_scale": state.l0_scale,
+               "l0_scale": state.l0_scale, "grad_norm_ema": state.grad_norm_ema,
+               "clipped": state.clipped,
                "scale": scale, "config": cfg.to_flat()}
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
@@ -224,7 +239,8 @@ def load_checkpoint(path: Path, sae: JumpReLUTrainingSAE, optimizer: torch.optim
     sae.load_state_dict(payload["sae"])
     optimizer.load_state_dict(payload["optimizer"])
     state = FitState(payload["step"], payload["steps_since_fired"], payload["history"],
-                     payload.get("l0_scale", 1.0))
+                     payload.get("l0_scale", 1.0), payload.get("grad_norm_ema", 0.0),
+                     payload.get("clipped", 0))
     log.info("resuming from %s at step %d", path, state.step)
     return state, float(payload["scale"])
 
