@@ -516,12 +516,17 @@ def _load_local_npz(path: Path, *, device, dtype, hook_name) -> JumpReLUSAE:
 
 
 def load_bundled(*, device=None, dtype=None) -> JumpReLUSAE:
-    """The demo SAE shipped in `scope/bundled/demo_sae/` (native folder)."""
+    """The demo SAE shipped in `scope/bundled/demo_sae/` (native folder).
+
+    It is stored in float16 to keep the package small but loads as float32 unless `dtype` says
+    otherwise: Gemma's residual stream reaches ~1e5 at BOS, past float16's range, and the
+    pre-activations would overflow to inf/NaN there.
+    """
     if not (BUNDLED_DIR / WEIGHTS_FILENAME).is_file():
         raise UnknownSAEError(
             f"the bundled demo SAE is missing ({BUNDLED_DIR / WEIGHTS_FILENAME} not found); "
             "train it with `scope train` (see configs/train/) or reinstall the package")
-    return JumpReLUSAE.load(BUNDLED_DIR, device=device, dtype=dtype)
+    return JumpReLUSAE.load(BUNDLED_DIR, device=device, dtype=dtype or torch.float32)
 
 
 # ------------------------------------------------------------------------------------------------

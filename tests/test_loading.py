@@ -214,3 +214,14 @@ def test_d_in_mismatch_with_model(tmp_path, caplog):
     write_saelens_folder(tmp_path / "ok", ok, hook_name="blocks.1.hook_resid_post")
     with caplog.at_level(logging.WARNING):
         assert scope.load_sae(tmp_path / "ok", model=model).d_in == model.cfg.d_model
+
+
+def test_bundled_sae_computes_in_float32_even_at_bos_scale():
+    """Stored in float16, but Gemma's BOS residual (~1e5) would overflow float16 pre-acts."""
+    from scope.loading import load_sae
+
+    sae = load_sae("bundled")
+    assert sae.dtype == torch.float32 and sae.scope_spec == "bundled"
+    x = torch.randn(2, sae.d_in, generator=torch.Generator().manual_seed(0)) * 1e5
+    assert torch.isfinite(sae.encode(x)).all()
+    assert load_sae("bundled", dtype="float16").dtype == torch.float16
