@@ -338,6 +338,7 @@ def test_cli_train_end_to_end_on_a_tiny_model(tmp_path):
     report = json.loads((tmp_path / "sae" / "report.json").read_text())
     for key in ("l0", "fvu", "dead_fraction", "delta_lm_loss"):
         assert key in report["heldout"]
+    assert report["train_sample"]["n_tokens"] == report["training"]["train_activations"]
     assert (tmp_path / "sae" / "training_config.json").is_file()
     # a rerun resumes from the final checkpoint and the caches: no new step, same weights
     assert main(["train", "--config", str(tmp_path / "train.yaml")]) == 0

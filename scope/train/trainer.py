@@ -35,6 +35,8 @@ CHECKPOINT_FILENAME = "checkpoint.pt"
 PROGRESS_FILENAME = "progress.jsonl"
 TRAINING_CONFIG_FILENAME = "training_config.json"
 REPORT_FILENAME = "report.json"
+#: training activations the report's `train_sample` figures (L0, FVU, dead fraction) use
+TRAIN_SAMPLE_TOKENS = 400_000
 #: the optimisation is fully determined by these config keys; a checkpoint made under others
 #: is not resumed
 _RESUME_KEYS = ("model", "hook_name", "corpus", "ctx", "train_tokens", "d_sae", "l0_coefficient",
@@ -461,6 +463,9 @@ def train(cfg: TrainConfig, *, model: Any = None, progress: bool = True) -> Trai
     inference = cast_for_saving(
         to_inference(sae, scale, cfg, d_in=d_in, model_name=model_name), cfg.run.save_dtype)
     report: dict[str, Any] = {"heldout": heldout_report(inference.float(), eval_cache.all())}
+    # "dead" depends on the window: also count features that never fire on a larger sample of
+    # the training activations
+    report["train_sample"] = heldout_report(inference, train_cache.sample(TRAIN_SAMPLE_TOKENS))
     inference = cast_for_saving(inference, cfg.run.save_dtype)  # .float() above cast in place
     if cfg.run.eval_lm_windows:
         report["heldout"].update(_lm_report(model, inference, cfg))
