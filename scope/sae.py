@@ -14,7 +14,6 @@ import dataclasses
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from scope.atomic import atomic_write
 from scope.errors import SAEFormatError
 
 log = logging.getLogger(__name__)
@@ -363,10 +363,10 @@ class JumpReLUSAE(nn.Module):
         skip = tensors.pop("affine_skip", None)
         if skip is not None:  # SAELens's W_skip is [d_out, d_in]
             tensors[SAELENS_SKIP_KEY] = skip.T.contiguous()
-        _atomic_write(folder / WEIGHTS_FILENAME,
+        atomic_write(folder / WEIGHTS_FILENAME,
                       lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
         cfg_json = json.dumps(self.saelens_cfg_dict(), indent=2, sort_keys=False)
-        _atomic_write(folder / CFG_FILENAME, lambda tmp: Path(tmp).write_text(cfg_json + "\n"))
+        atomic_write(folder / CFG_FILENAME, lambda tmp: Path(tmp).write_text(cfg_json + "\n"))
         return folder
 
     def saelens_cfg_dict(self) -> dict[str, Any]:
@@ -615,15 +615,3 @@ def _jsonable(obj: Any) -> Any:
         return obj
     except TypeError:
         return json.loads(json.dumps(obj, default=str))
-
-
-def _atomic_write(dest: Path, write) -> None:
-    """Call write(tmp_path) on a temporary file beside `dest`, then rename it over `dest`."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
