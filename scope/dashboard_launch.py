@@ -61,6 +61,7 @@ def dashboard_argv(
         "--server.port", str(int(port)),
         "--server.headless", "false" if open_browser else "true",
         "--browser.gatherUsageStats", "false",
+        "--client.toolbarMode", "minimal",  # no "Deploy" button on a local research tool
         "--", str(Path(store).resolve()),
     ]
 
