@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from scope.atomic import atomic_write, atomic_write_text
+
 log = logging.getLogger(__name__)
 
 META_FILENAME = "meta.json"
@@ -30,9 +32,7 @@ CACHE_FORMAT_VERSION = 1
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 class ActivationCache:
@@ -121,10 +121,11 @@ class ActivationCache:
             return
         data = np.concatenate(self._pending)
         name = f"shard_{self.n_shards:05d}.npy"
-        tmp = self.folder / (name + ".tmp")
-        with open(tmp, "wb") as fh:
-            np.save(fh, data)
-        os.replace(tmp, self.folder / name)
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as fh:  # a file object: np.save(path) would append ".npy"
+                np.save(fh, data)
+
+        atomic_write(self.folder / name, write)
         self.meta["shards"].append({"file": name, "tokens": int(len(data))})
         self.meta["tokens"] += int(len(data))
         self.meta["windows_done"] += self._pending_windows

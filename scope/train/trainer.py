@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from scope.atomic import atomic_write
 from scope.train.buffer import ActivationCache, shuffled_batches
 from scope.train.config import OptimConfig, TrainConfig
 from scope.train.jumprelu import JumpReLUTrainingSAE
@@ -221,9 +222,7 @@ def save_checkpoint(path: Path, sae: JumpReLUTrainingSAE, optimizer: torch.optim
                "l0_scale": state.l0_scale, "grad_norm_ema": state.grad_norm_ema,
                "clipped": state.clipped,
                "scale": scale, "config": cfg.to_flat()}
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
     log.debug("checkpoint at step %d -> %s", state.step, path)
 
 
