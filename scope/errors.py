@@ -53,6 +53,10 @@ class StoreError(ScopeError, ValueError):
     """A feature store that is missing, corrupt, or made with a different configuration."""
 
 
+class CheckpointError(ScopeError, ValueError):
+    """A training checkpoint that is corrupt, truncated, not scope's format or of another SAE."""
+
+
 class SteeringError(ScopeError, ValueError):
     """A steering request that cannot be applied (unknown feature, bad strength, foreign SAE)."""
 
