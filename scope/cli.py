@@ -246,8 +246,9 @@ def _add_eval(sub) -> None:
     p.add_argument("--sae", default="bundled", help="RELEASE/SAE_ID, a local path, or 'bundled'")
     p.add_argument("--corpus", default="default", help="'default' (the Python standard library's "
                    "text), a file or folder of .txt/.jsonl/.parquet, or hf:DATASET")
-    p.add_argument("--split", default="heldout", choices=["all", "train", "heldout"],
-                   help="split of the default corpus (default: heldout, unseen by `scope train`)")
+    p.add_argument("--split", choices=["all", "train", "heldout"],
+                   help="document split (default: heldout for the default corpus, text "
+                   "`scope train` never saw; all for a corpus you give)")
     p.add_argument("--tokens", type=int, default=32768, help="token budget (default 32768)")
     p.add_argument("--ctx", type=int, default=128, help="context length incl. BOS (default 128)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
@@ -260,8 +261,9 @@ def _run_eval(args) -> int:
     from scope.corpus import Corpus
     from scope.evals import evaluate
 
+    split = args.split or ("heldout" if args.corpus == "default" else "all")
     model, sae = _load_model_and_sae(args)
-    corpus = Corpus(source=args.corpus, split=args.split)
+    corpus = Corpus(source=args.corpus, split=split)
     report = evaluate(model, sae, corpus, ctx=args.ctx, max_tokens=args.tokens,
                       batch_size=args.batch_size)
     for key, value in report.as_dict().items():

@@ -20,7 +20,7 @@ class ScopeError(Exception):
 
 
 class ConfigError(ScopeError, ValueError):
-    """A `--config` file or flag value that does not fit the command (wrong key, type, range)."""
+    """A `--config` file, flag or argument value that does not fit (wrong key, type or range)."""
 
 
 class UnknownModelError(ScopeError, ValueError):
