@@ -9,14 +9,24 @@ flags given on the command line win over the file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from scope.errors import ScopeError
+from scope import cli_checks as C
+from scope.errors import ScopeError, UsageError
 
 log = logging.getLogger("scope")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors raised as `UsageError` (printed by `main`, exit 2)."""
+
+    def error(self, message: str):  # noqa: D102 (argparse API)
+        self.print_usage(sys.stderr)
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
 def _example(text: str) -> str:
@@ -50,17 +60,6 @@ def subcommand(fn: Callable) -> Callable:
     """Register an `_add_<name>(sub)` function (listed in --help in the order of ORDER)."""
     _ADDERS.append(fn)
     return fn
-
-
-def _feature_arg(text: str) -> tuple[int, float]:
-    """Parse `--feature 123:8.0` into (123, 8.0)."""
-    index, sep, value = text.partition(":")
-    try:
-        return int(index), float(value) if sep else 1.0
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--feature {text!r}: expected INDEX:STRENGTH, e.g. 1234:8.0"
-        ) from None
 
 
 def _load_model_and_sae(args):
@@ -111,7 +110,7 @@ def _add_saes(sub) -> None:
         _run_saes,
     )
     p.add_argument("release", nargs="?", help="a release name; omit to list every release")
-    p.add_argument("--layer", type=int, help="only SAEs at this layer")
+    p.add_argument("--layer", type=C.NON_NEGATIVE, help="only SAEs at this layer")
     p.add_argument("--width", help="only SAEs of this width label, e.g. 16k, 65k, 1m")
 
 
@@ -163,15 +162,15 @@ def _add_extract(sub) -> None:
     p.add_argument("--text-field", default="text", help="JSONL/parquet/dataset text field")
     p.add_argument("--split", default="all", choices=["all", "train", "heldout"],
                    help="document split of the corpus (default: all)")
-    p.add_argument("--out", type=Path, help="store folder to write (required)")
-    p.add_argument("--tokens", type=int, help="token budget (default: the whole corpus)")
-    p.add_argument("--ctx", type=int, default=128, help="context length incl. BOS (default 128)")
-    p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
-    p.add_argument("--top-k", type=int, default=20, help="top contexts kept per feature")
-    p.add_argument("--shard", help="i/n: extract this deterministic slice (merge with `scope "
+    p.add_argument("--out", type=C.folder_arg, help="store folder to write (required)")
+    p.add_argument("--tokens", type=C.POSITIVE, help="token budget (default: the whole corpus)")
+    p.add_argument("--ctx", type=C.CTX, default=128, help="context length incl. BOS (default 128)")
+    p.add_argument("--batch-size", type=C.POSITIVE, default=16, help="windows per forward pass")
+    p.add_argument("--top-k", type=C.POSITIVE, default=20, help="top contexts kept per feature")
+    p.add_argument("--shard", type=C.shard_arg, help="i/n: extract this deterministic slice (merge with `scope "
                    "merge`)")
-    p.add_argument("--device", help="torch device (default: CUDA when available, else CPU)")
-    p.add_argument("--checkpoint-every", type=float, default=300.0,
+    p.add_argument("--device", type=C.device_arg, help="torch device (default: CUDA when available, else CPU)")
+    p.add_argument("--checkpoint-every", type=C.SECONDS, default=300.0,
                    help="seconds between checkpoints (default 300)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a store made with a different configuration in --out")
@@ -187,6 +186,7 @@ def _run_extract(args) -> int:
 
     if args.out is None:
         raise StoreError("scope extract needs --out DIR (or `out:` in the --config file)")
+    C.check_corpus(args.corpus)
     device = args.device
     if device is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         import torch
@@ -219,7 +219,7 @@ def _add_merge(sub) -> None:
         _run_merge,
     )
     p.add_argument("stores", nargs="+", type=Path, help="shard stores (any order)")
-    p.add_argument("--out", type=Path, required=True, help="folder of the merged store")
+    p.add_argument("--out", type=C.folder_arg, required=True, help="folder of the merged store")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a different store already in --out")
 
@@ -227,6 +227,7 @@ def _add_merge(sub) -> None:
 def _run_merge(args) -> int:
     from scope.merge import merge_stores
 
+    C.check_out_is_not_an_input(args.out, args.stores)
     store = merge_stores(args.stores, args.out, overwrite=args.overwrite)
     print(f"merged {len(args.stores)} shards into {store.path}: {store.manifest['tokens']} tokens")
     return 0
@@ -249,10 +250,10 @@ def _add_eval(sub) -> None:
     p.add_argument("--split", choices=["all", "train", "heldout"],
                    help="document split (default: heldout for the default corpus, text "
                    "`scope train` never saw; all for a corpus you give)")
-    p.add_argument("--tokens", type=int, default=32768, help="token budget (default 32768)")
-    p.add_argument("--ctx", type=int, default=128, help="context length incl. BOS (default 128)")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
-    p.add_argument("--json", type=Path, help="also write the report to this JSON file")
+    p.add_argument("--tokens", type=C.POSITIVE, default=32768, help="token budget (default 32768)")
+    p.add_argument("--ctx", type=C.CTX, default=128, help="context length incl. BOS (default 128)")
+    p.add_argument("--batch-size", type=C.POSITIVE, default=8, help="sequences per forward pass")
+    p.add_argument("--json", type=C.file_arg, help="also write the report to this JSON file")
 
 
 def _run_eval(args) -> int:
@@ -262,6 +263,7 @@ def _run_eval(args) -> int:
     from scope.evals import evaluate
 
     split = args.split or ("heldout" if args.corpus == "default" else "all")
+    C.check_corpus(args.corpus)
     model, sae = _load_model_and_sae(args)
     corpus = Corpus(source=args.corpus, split=split)
     report = evaluate(model, sae, corpus, ctx=args.ctx, max_tokens=args.tokens,
@@ -284,16 +286,16 @@ def _add_steer(sub) -> None:
     )
     p.add_argument("--model", default="bundled", help="model spec (default 'bundled')")
     p.add_argument("--sae", default="bundled", help="RELEASE/SAE_ID, a local path, or 'bundled'")
-    p.add_argument("--feature", type=_feature_arg, action="append", required=True,
+    p.add_argument("--feature", type=C.feature_arg, action="append", required=True,
                    metavar="INDEX:STRENGTH", help="feature and strength; repeat for several")
     p.add_argument("--prompt", required=True, help="text to continue")
     p.add_argument("--mode", choices=["add", "clamp"], default="add",
                    help="add STRENGTH x the decoder direction, or clamp the feature to STRENGTH")
     p.add_argument("--relative", type=Path, metavar="STORE",
                    help="add strengths as multiples of each feature's max activation in STORE")
-    p.add_argument("--max-new-tokens", type=int, default=40)
-    p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--seed", type=int, default=0, help="same seed, same text (default 0)")
+    p.add_argument("--max-new-tokens", type=C.NON_NEGATIVE, default=40)
+    p.add_argument("--temperature", type=C.TEMPERATURE, default=0.7)
+    p.add_argument("--seed", type=C.SEED, default=0, help="same seed, same text (default 0)")
 
 
 def _run_steer(args) -> int:
@@ -303,6 +305,8 @@ def _run_steer(args) -> int:
 
     model, sae = _load_model_and_sae(args)
     store = scope.open_store(args.relative) if args.relative else None
+    if store is not None:
+        C.check_relative_store(store, sae, args.sae)
     features = dict(args.feature)
     gen = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
     default = scope.generate(model, args.prompt, **gen)
@@ -333,7 +337,7 @@ def _add_dashboard(sub) -> None:
     p.add_argument("store", type=Path, help="feature store folder (from `scope extract`)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8501, help="TCP port (default 8501)")
+    p.add_argument("--port", type=C.PORT, default=8501, help="TCP port (default 8501)")
     p.add_argument("--open-browser", action="store_true",
                    help="open a browser tab (default: headless, print the URL)")
 
@@ -341,6 +345,7 @@ def _add_dashboard(sub) -> None:
 def _run_dashboard(args) -> int:
     from scope.dashboard_launch import dashboard_command
 
+    C.warn_if_exposed(args.host)
     return dashboard_command(args.store, args.host, args.port, open_browser=args.open_browser)
 
 
@@ -398,13 +403,13 @@ def _add_demo(sub) -> None:
         "scope demo            # or: scope demo --no-browser --port 8502",
         _run_demo,
     )
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"store folder (default {DEFAULT_OUT})")
-    p.add_argument("--tokens", type=int, default=DEFAULT_TOKENS,
+    p.add_argument("--out", type=C.folder_arg, default=DEFAULT_OUT, help=f"store folder (default {DEFAULT_OUT})")
+    p.add_argument("--tokens", type=C.POSITIVE, default=DEFAULT_TOKENS,
                    help=f"tokens to extract over (default {DEFAULT_TOKENS}, a few minutes on 2 cores)")
-    p.add_argument("--ctx", type=int, default=DEFAULT_CTX, help="context length incl. BOS")
-    p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
+    p.add_argument("--ctx", type=C.CTX, default=DEFAULT_CTX, help="context length incl. BOS")
+    p.add_argument("--batch-size", type=C.POSITIVE, default=16, help="windows per forward pass")
     p.add_argument("--host", default="127.0.0.1", help="dashboard address (default: local only)")
-    p.add_argument("--port", type=int, default=8501, help="dashboard port")
+    p.add_argument("--port", type=C.PORT, default=8501, help="dashboard port")
     p.add_argument("--no-browser", action="store_true",
                    help="serve the dashboard without opening a browser (CI, remote machines)")
     p.add_argument("--no-dashboard", action="store_true",
@@ -415,6 +420,7 @@ def _run_demo(args) -> int:
     from scope.dashboard_launch import dashboard_command
     from scope.demo import build_demo_store
 
+    C.warn_if_exposed(args.host)
     store = build_demo_store(args.out, tokens=args.tokens, ctx=args.ctx,
                              batch_size=args.batch_size)
     print(f"feature store ready: {args.out} ({store.manifest.get('tokens')} tokens, "
@@ -429,7 +435,7 @@ def _run_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="scope",
         description="Interpretability toolkit for Gemma models: load Gemma 2/3 with hooks, "
         "encode activations with Gemma Scope SAEs, extract feature stores, browse and steer.",
@@ -506,11 +512,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = _parse(parser, argv)
-    except SystemExit as exc:  # argparse: --help, --version, or a usage error it printed
-        return exc.code if isinstance(exc.code, int) else 2
+    except SystemExit as exc:  # argparse: --help or --version
+        return exc.code if isinstance(exc.code, int) else 0
     except ScopeError as exc:
         command = next((a for a in argv if a in parser._subparsers._group_actions[0].choices), "")
-        return _report(f"scope {command}", exc)
+        return _report(f"scope {command}".strip(), exc)
     if not getattr(args, "run", None):
         parser.print_help()
         return 0
@@ -518,7 +524,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    return _run(args)
+    with _sigterm_interrupts():
+        return _run(args)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so cleanups run (temporary files, partial checkpoints)."""
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """While a command runs, SIGTERM stops it like Ctrl-C does (exit status 143)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -536,6 +567,9 @@ def _report(where: str, exc: BaseException, *, verbose: bool = False) -> int:
     if isinstance(exc, ScopeError):
         print(f"{where}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    if isinstance(exc, Terminated):
+        print(f"{where}: terminated", file=sys.stderr)
+        return 143
     if isinstance(exc, KeyboardInterrupt):
         print(f"{where}: interrupted", file=sys.stderr)
         return 130

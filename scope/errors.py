@@ -23,6 +23,10 @@ class ConfigError(ScopeError, ValueError):
     """A `--config` file, flag or argument value that does not fit (wrong key, type or range)."""
 
 
+class UsageError(ConfigError):
+    """A command line the `scope` command cannot parse: unknown flag, missing or malformed value."""
+
+
 class UnknownModelError(ScopeError, ValueError):
     """A model name, id or path that scope cannot resolve."""
 
