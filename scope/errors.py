@@ -53,6 +53,10 @@ class StoreError(ScopeError, ValueError):
     """A feature store that is missing, corrupt, or made with a different configuration."""
 
 
+class StoreOutsideError(StoreError):
+    """A store whose manifest names a path outside the store folder (refused: never followed)."""
+
+
 class SteeringError(ScopeError, ValueError):
     """A steering request that cannot be applied (unknown feature, bad strength, foreign SAE)."""
 
