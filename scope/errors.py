@@ -71,6 +71,10 @@ class CheckpointError(ScopeError, ValueError):
     """A training checkpoint that is corrupt, truncated, not scope's format or of another SAE."""
 
 
+class StoreOutsideError(StoreError):
+    """A store whose manifest names a path outside the store folder (refused: never followed)."""
+
+
 class SteeringError(ScopeError, ValueError):
     """A steering request that cannot be applied (unknown feature, bad strength, foreign SAE)."""
 

@@ -28,7 +28,7 @@ from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 from scope.atomic import atomic_write, atomic_write_text
-from scope.errors import StoreError
+from scope.errors import StoreError, StoreOutsideError
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,29 @@ def read_manifest(root: str | os.PathLike) -> dict | None:
     if int(manifest["format_version"]) > FORMAT_VERSION:
         raise StoreError(f"{root} has store format {manifest['format_version']}, newer than this "
                          f"scope reads ({FORMAT_VERSION}); upgrade scope")
+    check_manifest_paths(Path(root), manifest)
     return manifest
+
+
+def check_manifest_paths(root: Path, manifest: Mapping[str, Any]) -> None:
+    """Refuse a manifest whose `data` or `saes[].dir` would lead outside the store folder."""
+    names = [("data", manifest.get("data"))]
+    names += [("saes[].dir", s.get("dir") if isinstance(s, Mapping) else s)
+              for s in manifest.get("saes") or []]
+    base = root.resolve()
+    for key, name in names:
+        if name is None and key == "data":
+            continue
+        bad = (not isinstance(name, str) or not name or name in (".", "..")
+               or "/" in name or "\\" in name or "\0" in name)
+        if not bad:
+            target = (base / name).resolve()
+            bad = target == base or not target.is_relative_to(base)
+        if bad:
+            raise StoreOutsideError(
+                f"{root / MANIFEST}: {key} = {name!r} is not a plain folder name inside the "
+                f"store; refusing a store that points outside its folder. Re-extract it or "
+                f"fix the manifest by hand")
 
 
 def write_manifest(root: str | os.PathLike, manifest: Mapping[str, Any]) -> None:

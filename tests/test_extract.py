@@ -197,3 +197,30 @@ def test_store_module_imports_only_numpy_and_safetensors():
 
 def test_torch_tensor_state_is_on_model_device(reference):
     assert torch.device("cpu").type == "cpu"  # GPU runs are checked on a device machine
+
+
+@pytest.mark.parametrize("field", ["dir", "data"])
+def test_store_pointing_outside_is_refused(reference, tmp_path, field):
+    """A manifest whose paths lead outside the store is refused by open_store and merge."""
+    import json
+    import shutil
+
+    from scope.errors import StoreOutsideError
+
+    root = tmp_path / "a" / "b" / "c" / "d"
+    shard = root / "s0"
+    shutil.copytree(reference.path, shard)
+    m = json.loads((shard / "manifest.json").read_text())
+    m["config"]["shard"] = m["shard"] = [0, 1]
+    if field == "dir":
+        m["saes"][0]["dir"] = "../../../../X"
+    else:
+        m["data"] = "../../../../X"
+    (shard / "manifest.json").write_text(json.dumps(m))
+    before = sorted(p for p in tmp_path.rglob("*"))
+    with pytest.raises(StoreOutsideError, match=r"\.\./\.\./"):
+        open_store(shard)
+    with pytest.raises(StoreOutsideError):
+        merge_stores([shard], root / "merged")
+    after = sorted(p for p in tmp_path.rglob("*") if not p.is_relative_to(root / "merged"))
+    assert after == before and not (tmp_path / "a" / "X").exists()
