@@ -13,10 +13,12 @@ Shapes: shards `[n, d_in]`, batches `[batch_size, d_in]`.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import re
+import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -127,7 +129,16 @@ class ActivationCache:
             with open(tmp, "wb") as fh:  # a file object: np.save(path) would append ".npy"
                 np.save(fh, data)
 
-        atomic_write(self.folder / name, write)
+        try:
+            atomic_write(self.folder / name, write)
+        except OSError as exc:
+            if exc.errno is not None:
+                raise
+            # numpy reports a short write as "N requested and M written", without errno
+            free = shutil.disk_usage(self.folder).free
+            raise OSError(errno.ENOSPC, f"No space left on device: a {data.nbytes:,}-byte "
+                          f"activation shard does not fit in the {free:,} bytes free",
+                          str(self.folder / name)) from exc
         self.meta["shards"].append({"file": name, "tokens": int(len(data))})
         self.meta["tokens"] += int(len(data))
         self.meta["windows_done"] += self._pending_windows
