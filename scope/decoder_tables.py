@@ -21,10 +21,11 @@ N_LOGITS = 10
 N_NEIGHBOURS = 10
 LOGIT_CHUNK = 4096  # features per block of the logit tables
 VOCAB_CHUNK = 8192  # vocabulary columns per block
-NEIGHBOUR_BLOCK = 2048  # features per block of the cosine matrix ([block, d_sae] float32)
+NEIGHBOUR_BLOCK = 2048  # tile side of the cosine matrix ([block, block] float32)
 #: cosines are rounded to multiples of 2**-20 before ranking, so that equal directions tie
 #: exactly whatever order a matrix product summed in (ties then go to the lower index)
 COSINE_GRID = 2.0**20
+_SPARE = 6  # candidates kept beyond the k best before ties are settled
 
 
 def final_norm_gain(model: Any) -> torch.Tensor | None:
@@ -114,6 +115,15 @@ def _order(idx: torch.Tensor, vals: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return idx.gather(1, order), vals.gather(1, order)
 
 
+def _rank_row(row: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The exact top k of one row of rounded cosines, ties by lower index (the slow path)."""
+    row = torch.round(row * COSINE_GRID) / COSINE_GRID
+    thr = row.topk(k).values[-1]
+    pick = torch.cat([(row > thr).nonzero().squeeze(1), (row == thr).nonzero().squeeze(1)])[:k]
+    i, v = _order(pick[None], row[pick][None])
+    return i[0], v[0]
+
+
 @torch.no_grad()
 def decoder_neighbours(W_dec: torch.Tensor, k: int = N_NEIGHBOURS, block: int = NEIGHBOUR_BLOCK
                        ) -> dict[str, np.ndarray]:
@@ -121,7 +131,8 @@ def decoder_neighbours(W_dec: torch.Tensor, k: int = N_NEIGHBOURS, block: int = 
 
     Cosine similarity of decoder rows (zero rows have cosine 0 with everything), rounded to
     multiples of 2**-20; best first, ties by lower index, the feature itself excluded. Computed
-    `block` rows at a time, so memory is `block x d_sae` floats whatever the width.
+    one `block x block` tile of the (symmetric) cosine matrix at a time, each tile once, keeping
+    a few candidates per row: memory is `block**2 + d_sae * (k + 6)` floats whatever the width.
 
     Args:
         W_dec: `[d_sae, d_in]` decoder.
@@ -138,24 +149,44 @@ def decoder_neighbours(W_dec: torch.Tensor, k: int = N_NEIGHBOURS, block: int = 
     kk = min(k, F - 1)
     if kk <= 0:
         return {S.NEIGHBOUR_INDEX: index, S.NEIGHBOUR_COSINE: cosine}
-    for start in range(0, F, block):
-        end = min(start + block, F)
-        rows = torch.arange(end - start, device=W.device)
-        sims = Wn[start:end] @ Wn.T  # [b, F]
-        sims = torch.round(sims * COSINE_GRID) / COSINE_GRID
-        sims[rows, rows + start] = -torch.inf
-        top = sims.topk(kk, dim=1)
-        idx, vals = _order(top.indices, top.values)
-        # Rows where equal values straddle the k-th place: take the lowest indices among them.
-        thr = vals[:, -1:]
-        for r in ((sims >= thr).sum(1) > kk).nonzero().squeeze(1).tolist():
-            row = sims[r]
-            pick = torch.cat([(row > thr[r]).nonzero().squeeze(1),
-                              (row == thr[r]).nonzero().squeeze(1)])[:kk]
-            i, v = _order(pick[None], row[pick][None])
-            idx[r], vals[r] = i[0], v[0]
-        index[start:end, :kk] = idx.cpu().numpy()
-        cosine[start:end, :kk] = vals.cpu().numpy()
+    extra = min(F - 1, kk + _SPARE)  # candidates per row: the top kk plus a margin for ties
+    cand_val = torch.full((F, extra), -torch.inf, device=W.device)
+    cand_idx = torch.zeros((F, extra), dtype=torch.long, device=W.device)
+
+    def offer(rows: slice, vals: torch.Tensor, cols: torch.Tensor) -> None:
+        """Keep each row's `extra` largest raw cosines among its candidates and `vals`."""
+        n = min(extra, vals.shape[1])
+        top = vals.topk(n, dim=1)
+        both_v = torch.cat([cand_val[rows], top.values], dim=1)
+        both_i = torch.cat([cand_idx[rows], cols[top.indices]], dim=1)
+        best = both_v.topk(extra, dim=1)
+        cand_val[rows], cand_idx[rows] = best.values, both_i.gather(1, best.indices)
+
+    # The cosine matrix is symmetric: each block pair is computed once and offered both ways.
+    starts = list(range(0, F, block))
+    for a in starts:
+        ra = slice(a, min(a + block, F))
+        for b in starts[starts.index(a):]:
+            rb = slice(b, min(b + block, F))
+            sims = Wn[ra] @ Wn[rb].T  # [block, block]
+            if a == b:
+                sims.fill_diagonal_(-torch.inf)
+            offer(ra, sims, torch.arange(rb.start, rb.stop, device=W.device))
+            if a != b:
+                offer(rb, sims.T, torch.arange(ra.start, ra.stop, device=W.device))
+    vals = torch.round(cand_val * COSINE_GRID) / COSINE_GRID
+    idx, vals = _order(cand_idx, vals)
+    idx, vals = idx[:, :kk].clone(), vals[:, :kk].clone()
+    # The candidates hold every entry that can round to the kk-th value unless the last
+    # candidate is within one grid step of it (many equal directions): redo those rows exactly.
+    if extra < F - 1:
+        unsure = cand_val.min(dim=1).values >= vals[:, -1] - 1.0 / COSINE_GRID
+        for r in unsure.nonzero().squeeze(1).tolist():
+            row = Wn[r] @ Wn.T
+            row[r] = -torch.inf
+            idx[r], vals[r] = _rank_row(row, kk)
+    index[:, :kk] = idx.cpu().numpy()
+    cosine[:, :kk] = vals.cpu().numpy()
     return {S.NEIGHBOUR_INDEX: index, S.NEIGHBOUR_COSINE: cosine}
 
 

@@ -200,7 +200,7 @@ def _v1_copy(store, dest):
         for p in (dest / m["data"] / "saes" / entry["dir"]).glob("features_*"):
             a = load_file(str(p))
             for key, value in ((S.TOP_ACTS, S.TOP_VALUE), (S.BAND_ACTS, S.BAND_VALUE)):
-                a[key] = (a[key].astype(np.float32) * a[value][..., None]).astype(np.float16)
+                a[key] = np.clip(a[key].astype(np.float32) * a[value][..., None], 0, 65504).astype(np.float16)
             del a[S.TOKEN_SKETCH]
             t = load_file(str(tables / p.name))
             a.update({k: t[k] for k in S.LOGIT_KEYS})
