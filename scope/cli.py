@@ -30,7 +30,8 @@ def _subparser(sub, name: str, help: str, example: str, run: Callable) -> argpar
         description=f"{help}\n\n{_example(example)}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", type=Path, help="YAML file whose keys are this command's flags")
+    p.add_argument("--config", type=Path, help="YAML file whose keys are this command's flags "
+                   "(typed like the flags; a repeatable flag takes a list or one value)")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     p.set_defaults(run=run)
     return p
@@ -248,8 +249,9 @@ def _add_eval(sub) -> None:
     p.add_argument("--sae", default="bundled", help="RELEASE/SAE_ID, a local path, or 'bundled'")
     p.add_argument("--corpus", default="default", help="'default' (the Python standard library's "
                    "text), a file or folder of .txt/.jsonl/.parquet, or hf:DATASET")
-    p.add_argument("--split", default="heldout", choices=["all", "train", "heldout"],
-                   help="split of the default corpus (default: heldout, unseen by `scope train`)")
+    p.add_argument("--split", choices=["all", "train", "heldout"],
+                   help="document split (default: heldout for the default corpus, text "
+                   "`scope train` never saw; all for a corpus you give)")
     p.add_argument("--tokens", type=int, default=32768, help="token budget (default 32768)")
     p.add_argument("--ctx", type=int, default=128, help="context length incl. BOS (default 128)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
@@ -262,8 +264,9 @@ def _run_eval(args) -> int:
     from scope.corpus import Corpus
     from scope.evals import evaluate
 
+    split = args.split or ("heldout" if args.corpus == "default" else "all")
     model, sae = _load_model_and_sae(args)
-    corpus = Corpus(source=args.corpus, split=args.split)
+    corpus = Corpus(source=args.corpus, split=split)
     report = evaluate(model, sae, corpus, ctx=args.ctx, max_tokens=args.tokens,
                       batch_size=args.batch_size)
     for key, value in report.as_dict().items():
@@ -376,12 +379,8 @@ def _run_train(args) -> int:
     from scope.train.trainer import train
 
     fields = TrainConfig.field_docs()
-    try:
-        cfg = TrainConfig.from_flat({k: getattr(args, k) for k in fields
-                                     if getattr(args, k, None) is not None})
-    except (TypeError, ValueError) as exc:
-        print(f"scope train: error: {exc}", file=sys.stderr)
-        return 2
+    cfg = TrainConfig.from_flat({k: getattr(args, k) for k in fields
+                                 if getattr(args, k, None) is not None})
     result = train(cfg)
     held = result.report["heldout"]
     print(f"saved {result.out}")
@@ -455,39 +454,67 @@ def _version() -> str:
     return f"scope {__version__}"
 
 
-def _apply_config(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
-    """Parse argv; when --config is given, its keys become defaults that the flags override."""
-    args = parser.parse_args(argv)
-    config = getattr(args, "config", None)
-    if config is None:
-        return args
-    import yaml
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """Parse argv; with --config, the file's keys become defaults that the flags override.
 
-    if not config.is_file():
-        parser.error(f"--config {config}: no such file")
-    data = yaml.safe_load(config.read_text()) or {}
-    if not isinstance(data, dict):
-        parser.error(f"--config {config}: expected a mapping of flag names to values")
+    The file is checked against the chosen command's flags and their types first
+    (`scope.config_file`); a required flag may come from the file; a repeated flag given on the
+    command line replaces the file's list.
+    """
+    subparsers = parser._subparsers._group_actions[0].choices
+    required = [a for sub in subparsers.values() for a in sub._actions
+                if a.required and a.option_strings]
+    for action in required:  # checked below, once the config file had its say
+        action.required = False
+    try:
+        args = parser.parse_args(argv)
+        if getattr(args, "config", None) is not None:
+            args = _apply_config(parser, argv, args)
+    finally:
+        for action in required:
+            action.required = True
+    sub = subparsers.get(getattr(args, "command", None) or "")
+    missing = [a for a in required if sub is not None and a in sub._actions
+               and getattr(args, a.dest, None) is None]
+    if missing:
+        sub.error("the following arguments are required: "
+                  + ", ".join(a.option_strings[0] for a in missing))
+    return args
+
+
+def _apply_config(parser: argparse.ArgumentParser, argv: Sequence[str],
+                  args: argparse.Namespace) -> argparse.Namespace:
+    """Re-parse argv with the --config file's (checked) values as the command's defaults."""
+    from scope.config_file import config_defaults, read_config_file
+
     sub = parser._subparsers._group_actions[0].choices[args.command]  # the chosen subparser
-    known = {a.dest for a in sub._actions}
-    defaults = {}
-    for key, value in data.items():
-        dest = str(key).replace("-", "_")
-        if dest not in known:
-            parser.error(
-                f"--config {config}: unknown key {key!r} for `scope {args.command}`; "
-                f"known keys: {', '.join(sorted(k for k in known if k != 'help'))}"
-            )
-        defaults[dest] = value
+    defaults = config_defaults(sub, read_config_file(args.config), args.config,
+                               f"scope {args.command}")
     sub.set_defaults(**defaults)
-    return parser.parse_args(argv)
+    merged = parser.parse_args(argv)
+    for action in sub._actions:  # argparse appends command-line items to a list default
+        if isinstance(action, argparse._AppendAction) and getattr(args, action.dest) is not None:
+            setattr(merged, action.dest, getattr(args, action.dest))
+    return merged
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `scope` console script; callable from tests with a list of args."""
+    """Entry point of the `scope` console script; callable from tests with a list of args.
+
+    Returns the exit status: 0 on success, 2 for a usage error (a flag, a config file, a name or
+    an input file the user must change), 1 for a fault while running (network, disk, a bug),
+    130 when interrupted. Errors print one `scope COMMAND: error: ...` line, never a traceback
+    (`-v` adds the traceback of an unexpected error).
+    """
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = _apply_config(parser, argv)
+    try:
+        args = _parse(parser, argv)
+    except SystemExit as exc:  # argparse: --help, --version, or a usage error it printed
+        return exc.code if isinstance(exc.code, int) else 2
+    except ScopeError as exc:
+        command = next((a for a in argv if a in parser._subparsers._group_actions[0].choices), "")
+        return _report(f"scope {command}", exc)
     if not getattr(args, "run", None):
         parser.print_help()
         return 0
@@ -495,14 +522,56 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the chosen command and turn every exception into one line and an exit status."""
     try:
         return int(args.run(args) or 0)
-    except ScopeError as exc:
-        print(f"scope {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"scope {args.command}: interrupted", file=sys.stderr)
+    except BaseException as exc:  # noqa: BLE001 (each kind gets its message in _report)
+        if isinstance(exc, SystemExit):
+            raise
+        return _report(f"scope {args.command}", exc, verbose=args.verbose)
+
+
+def _report(where: str, exc: BaseException, *, verbose: bool = False) -> int:
+    """Print one line for `exc` (a traceback only for an unexpected error with -v); exit status."""
+    if isinstance(exc, ScopeError):
+        print(f"{where}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        print(f"{where}: interrupted", file=sys.stderr)
         return 130
+    if isinstance(exc, BrokenPipeError):  # `scope saes | head`
+        return 0
+    if isinstance(exc, OSError):
+        print(f"{where}: error: {_os_message(exc)}", file=sys.stderr)
+        return 1
+    if verbose:
+        import traceback
+
+        traceback.print_exception(exc)
+    if type(exc).__name__ == "OutOfMemoryError":
+        print(f"{where}: error: out of memory ({exc}); lower --batch-size or use a smaller model",
+              file=sys.stderr)
+        return 1
+    print(f"{where}: internal error: {type(exc).__name__}: {exc}\nThis is a bug in scope; rerun "
+          "with -v for the traceback and report it.", file=sys.stderr)
+    return 1
+
+
+def _os_message(exc: OSError) -> str:
+    """One line for an operating-system error: what failed, on which file, and a hint."""
+    import errno
+
+    path = f" ({exc.filename})" if exc.filename else ""
+    hint = {errno.ENOSPC: "free disk space and rerun (an interrupted run resumes)",
+            errno.EACCES: "check the file's permissions",
+            errno.EROFS: "write somewhere writable",
+            errno.ENOTDIR: "a path component is a file, not a folder",
+            errno.EISDIR: "expected a file, found a folder"}.get(exc.errno or 0, "")
+    return f"{exc.strerror or exc}{path}" + (f"; {hint}" if hint else "")
 
 
 if __name__ == "__main__":  # pragma: no cover

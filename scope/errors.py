@@ -14,6 +14,14 @@ from collections.abc import Iterable
 class ScopeError(Exception):
     """Base class of every error scope raises on purpose."""
 
+    exit_code: int = 2
+    """Exit status of the `scope` command: 2 when the user must change the command or its
+    inputs (the default), 1 for a fault while running a correct command (network, disk)."""
+
+
+class ConfigError(ScopeError, ValueError):
+    """A `--config` file, flag or argument value that does not fit (wrong key, type or range)."""
+
 
 class UnknownModelError(ScopeError, ValueError):
     """A model name, id or path that scope cannot resolve."""
@@ -28,6 +36,8 @@ class UnknownSAEError(ScopeError, KeyError):
 
 class HubUnavailableError(ScopeError, ConnectionError):
     """The Hugging Face hub cannot be reached and the file is not in the local cache."""
+
+    exit_code = 1
 
 
 class SAEFormatError(ScopeError, ValueError):
@@ -51,6 +61,10 @@ class CorpusError(ScopeError, ValueError):
 
 class StoreError(ScopeError, ValueError):
     """A feature store that is missing, corrupt, or made with a different configuration."""
+
+
+class CheckpointError(ScopeError, ValueError):
+    """A training checkpoint that is corrupt, truncated, not scope's format or of another SAE."""
 
 
 class StoreOutsideError(StoreError):
