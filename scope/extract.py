@@ -29,6 +29,7 @@ import torch
 
 import scope
 from scope.accumulators import BAND_EDGES, BAND_SAMPLES, HIST_EDGES, SUM_BITS, FeatureAccumulator
+from scope.activations import norm_gain
 from scope.corpus import Corpus, as_corpus, iter_batches, token_strings
 from scope.errors import CorpusError, ShapeMismatchError, StoreError
 from scope.merge import (
@@ -258,7 +259,7 @@ def decoder_logits(model: Any, sae: Any, k: int = N_LOGITS, enabled: bool = True
                    ) -> dict[str, np.ndarray]:
     """The k most positive and most negative logit effects of each feature's decoder direction.
 
-    `W_dec[f] @ (diag(ln_final.w) @ W_U)` with unprocessed weights (REFERENCE.md §4); attention
+    `W_dec[f] @ (diag(gain) @ W_U)` with the final norm's gain (`norm_gain`, 1 + w for Gemma); attention
     SAEs (`attn.hook_z`) are first mapped to the residual stream through that layer's `W_O`.
     Sites whose output is not in the residual stream (or `enabled=False`) get empty tables
     (ids -1).
@@ -286,7 +287,7 @@ def decoder_logits(model: Any, sae: Any, k: int = N_LOGITS, enabled: bool = True
     W_U = model.W_U.detach()  # [d_model, d_vocab]
     n_vocab = min(W_U.shape[1], len(model.tokenizer))
     W_U = W_U[:, :n_vocab]
-    gain = model.ln_final.w.detach() if hasattr(model.ln_final, "w") else None
+    gain = norm_gain(model, "ln_final").to(W_U.dtype)  # Gemma: 1 + w (the bridge keeps raw w)
     out = {key: v.copy() for key, v in empty.items()}
     # Blocks of features x blocks of vocabulary keep each product compute-bound and ~100 MB.
     for start in range(0, F, LOGIT_CHUNK):
