@@ -78,7 +78,8 @@ def test_statistics_and_top_contexts_equal_brute_force(model, saes, reference):
 
 def test_logit_tables_follow_reference_formula(model, saes, reference):
     sae = saes[0]
-    direction = (sae.W_dec * model.ln_final.w) @ model.W_U[:, : len(model.tokenizer)]
+    gain = 1 + model.original_model.model.norm.weight  # Gemma's RMSNorm multiplies by 1 + w
+    direction = (sae.W_dec * gain) @ model.W_U[:, : len(model.tokenizer)]
     for i in (0, 7):
         feat = reference.feature(reference.sae_names[0], i)
         want = direction[i].topk(10)
