@@ -63,10 +63,11 @@ def subcommand(fn: Callable) -> Callable:
 
 
 def _load_model_and_sae(args):
-    import scope
+    from scope.loading import load_sae
+    from scope.models import load_model
 
-    model = scope.load_model(args.model, device=getattr(args, "device", None))
-    sae = scope.load_sae(args.sae, model=model)
+    model = load_model(args.model, device=getattr(args, "device", None))
+    sae = load_sae(args.sae, model=model)
     return model, sae
 
 
@@ -180,9 +181,11 @@ def _add_extract(sub) -> None:
 def _run_extract(args) -> int:
     import os
 
-    import scope
     from scope.corpus import Corpus
     from scope.errors import StoreError
+    from scope.extract import extract
+    from scope.loading import load_sae
+    from scope.models import load_model
 
     if args.out is None:
         raise StoreError("scope extract needs --out DIR (or `out:` in the --config file)")
@@ -193,11 +196,11 @@ def _run_extract(args) -> int:
 
         if torch.cuda.is_available():
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    model = scope.load_model(args.model, device=device)
+    model = load_model(args.model, device=device)
     specs = args.sae or ["bundled"]
-    saes = [scope.load_sae(spec, model=model) for spec in specs]
+    saes = [load_sae(spec, model=model) for spec in specs]
     corpus = Corpus(source=args.corpus, text_field=args.text_field, split=args.split)
-    store = scope.extract(model, saes, corpus, args.out, tokens=args.tokens, ctx=args.ctx,
+    store = extract(model, saes, corpus, args.out, tokens=args.tokens, ctx=args.ctx,
                           batch_size=args.batch_size, top_k=args.top_k, shard=args.shard,
                           checkpoint_every=args.checkpoint_every, overwrite=args.overwrite,
                           progress=not args.no_progress, model_spec=args.model,
@@ -225,7 +228,7 @@ def _add_merge(sub) -> None:
 
 
 def _run_merge(args) -> int:
-    from scope.merge import merge_stores
+    from scope.store.merge import merge_stores
 
     C.check_out_is_not_an_input(args.out, args.stores)
     store = merge_stores(args.stores, args.out, overwrite=args.overwrite)
@@ -303,17 +306,18 @@ def _add_steer(sub) -> None:
 def _run_steer(args) -> int:
     import textwrap
 
-    import scope
+    from scope.steer import generate, steering
+    from scope.store import open_store
 
     model, sae = _load_model_and_sae(args)
-    store = scope.open_store(args.relative) if args.relative else None
+    store = open_store(args.relative) if args.relative else None
     if store is not None:
         C.check_relative_store(store, sae, args.sae)
     features = dict(args.feature)
     gen = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
-    default = scope.generate(model, args.prompt, **gen)
-    with scope.steering(model, sae, features, mode=args.mode, relative_to=store):
-        steered = scope.generate(model, args.prompt, **gen)
+    default = generate(model, args.prompt, **gen)
+    with steering(model, sae, features, mode=args.mode, relative_to=store):
+        steered = generate(model, args.prompt, **gen)
     what = ", ".join(f"{i}:{v:g}" for i, v in features.items())
     width = 48
     left = textwrap.wrap(args.prompt + default, width) or [""]

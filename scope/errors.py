@@ -75,6 +75,22 @@ class StoreOutsideError(StoreError):
     """A store whose manifest names a path outside the store folder (refused: never followed)."""
 
 
+class StoreCorruptError(StoreError):
+    """A store file that is missing, truncated or not what its name says."""
+
+
+class StoreLockedError(StoreError):
+    """Another live run is writing the same store folder."""
+
+
+class StoreFullError(StoreError, OSError):
+    """The disk filled up while writing a store; the last complete generation is kept."""
+
+
+class NonFiniteActivationError(ScopeError, ValueError):
+    """An SAE produced a NaN or infinite feature activation during extraction."""
+
+
 class SteeringError(ScopeError, ValueError):
     """A steering request that cannot be applied (unknown feature, bad strength, foreign SAE)."""
 
