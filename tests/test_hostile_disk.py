@@ -12,7 +12,7 @@ import yaml
 from hostile import Case, params, run_case
 from test_hostile_cli import _eval, _extract, _files
 
-from scope.errors import StoreError
+from scope.errors import StoreFullError
 
 
 def _mount(path: Path, size: str) -> bool:
@@ -76,10 +76,10 @@ ROWS = [
     Case("eval-json-on-a-full-disk", _eval("--json", "{root}/disk/report.json"), OSError,
          "No space left on device", code=1, setup=_setup_full, writes=("disk",),
          check=_old_report_kept),
-    Case("extract-onto-a-small-disk", _extract("--out", "{root}/disk/out"),
-         (OSError, StoreError, Exception), "No space left on device", code=1, setup=_files,
+    Case("extract-onto-a-small-disk", _extract("--out", "{root}/disk/out"), StoreFullError,
+         "not enough space in", code=1, setup=_files,
          writes=("disk",), check=_no_temp_files),
-    Case("train-onto-a-small-disk", _train_on_disk, (OSError, Exception),
+    Case("train-onto-a-small-disk", _train_on_disk, OSError,
          "No space left on device", code=1, setup=_files, writes=("disk",),
          check=_no_temp_files),
 ]

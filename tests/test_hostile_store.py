@@ -16,7 +16,7 @@ import pytest
 from hostile import REPO, Case, params, run_case
 from test_hostile_cli import _extract, _files, _steer
 
-from scope.errors import StoreError, StoreOutsideError
+from scope.errors import StoreCorruptError, StoreError, StoreOutsideError
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +96,6 @@ def _not_there(*names):
     return check
 
 
-PENDING = "corrupt store data files are wrapped in StoreError by the store helper (issue 13)"
-
 ROWS = [
     Case("merge-sae-dir-traversal", _merge, StoreOutsideError, "saes[].dir = '../../../../X'",
          setup=_store(_manifest(_set("dir", "../../../../X"))), check=_not_there("merged")),
@@ -121,12 +119,10 @@ ROWS = [
          StoreError, "sae", setup=_store(), check=_not_there("merged")),
     Case("extract-over-a-different-store", _extract_into_store, StoreError,
          "different configuration", setup=_store()),
-    Case("summary-truncated", _relative, StoreError, "summary.safetensors",
-         setup=_store(_truncate_summary),
-         marks=(pytest.mark.xfail(strict=True, reason=PENDING),)),
-    Case("summary-garbage", _relative, StoreError, "summary.safetensors",
-         setup=_store(_garbage_summary),
-         marks=(pytest.mark.xfail(strict=True, reason=PENDING),)),
+    Case("summary-truncated", _relative, StoreCorruptError, "summary.safetensors is unreadable",
+         setup=_store(_truncate_summary)),
+    Case("summary-garbage", _relative, StoreCorruptError, "the store is corrupt",
+         setup=_store(_garbage_summary)),
 ]
 
 
@@ -138,7 +134,6 @@ def test_hostile_store(case: Case, store, tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the --out lock file is the store helper's (issue 13)")
 def test_second_run_on_the_same_out_is_refused(store, tmp_path):
     """While one `scope extract` writes --out, a second one on the same --out is refused."""
     _files(tmp_path)
@@ -158,4 +153,4 @@ def test_second_run_on_the_same_out_is_refused(store, tmp_path):
         first.terminate()
         first.wait(timeout=120)
     assert second.returncode == 2 and "Traceback" not in second.stderr
-    assert "another" in second.stderr or "lock" in second.stderr, second.stderr[-2000:]
+    assert "is being written by another run (pid" in second.stderr, second.stderr[-2000:]
