@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from scope.errors import ScopeError
+from scope.explore_cli import register as _register_explore
 
 log = logging.getLogger("scope")
 
@@ -427,6 +428,9 @@ def _run_demo(args) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+
+
+_register_explore(subcommand, _subparser)  # labels, explain, export (scope/explore_cli.py)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,6 +29,7 @@ from safetensors.numpy import load_file, save_file
 
 from scope.atomic import atomic_write, atomic_write_text
 from scope.errors import StoreError
+from scope.labels import Explanation, feature_explanation, feature_label
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +257,16 @@ class Feature:
     def bottom_logits(self) -> list[tuple[str, float]]:
         """The 10 tokens whose logits the decoder direction lowers most, most negative first."""
         return self._store._logits(self._rows["logit_neg_ids"], self._rows["logit_neg_vals"])
+
+    @property
+    def label(self) -> str:
+        """Its explanation's text when one is stored, else the automatic label (scope.labels)."""
+        return feature_label(self)
+
+    @property
+    def explanation(self) -> Explanation | None:
+        """The stored explanation (`.text`, `.score`, `.explainer`), or None."""
+        return feature_explanation(self)
 
     @property
     def neuronpedia_url(self) -> str | None:
