@@ -243,7 +243,8 @@ def explain_feature(feat, explainer: ChatModel, judge: ChatModel, negatives: Seq
     if text is None:
         log.warning("feature %s: the explainer gave no usable explanation", feat.index)
         return None
-    mine = {context_text(e, marked=False) for e in explain + held}
+    known = list(feat.top_examples) + [e for b in (feat.band_examples or []) for e in b.examples]
+    mine = {context_text(e, marked=False) for e in known}  # never offered as a negative
     neg = [t for t in negatives if t not in mine]
     neg = rng.sample(neg, min(len(held), len(neg)))
     items = [(context_text(e, marked=False), 1) for e in held] + [(t, 0) for t in neg]
