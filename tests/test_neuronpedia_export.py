@@ -44,17 +44,17 @@ def test_export_round_trip(store_path, tmp_path):
         assert e["frac_nonzero"] == pytest.approx(f.density)
         assert e["pos_str"] == [t for t, _ in f.top_logits]
         assert e["neg_str"] == [t for t, _ in f.bottom_logits]
-        assert e["pos_values"] == pytest.approx([v for _, v in f.top_logits], abs=5e-4)
+        assert e["pos_values"] == pytest.approx([v for _, v in f.top_logits], abs=6e-4)
         counts, _ = f.histogram
         assert sum(e["freq_hist_data_bar_heights"]) == int(np.asarray(counts).sum())
         assert all(v > 0 for v in e["freq_hist_data_bar_values"])
         top = [a for a in e["activations"] if a["bin_min"] == -1]
         assert [a["tokens"] for a in top] == [x.tokens for x in f.top_examples]
         for a, x in zip(top, f.top_examples, strict=True):
-            assert a["values"] == pytest.approx(x.activations, abs=5e-4)
+            assert a["values"] == pytest.approx(x.activations, abs=6e-4)
             assert max(a["values"]) == pytest.approx(x.max_activation, rel=2e-3)  # fp16 acts
         bands = [a for a in e["activations"] if a["bin_min"] != -1]
         want = [(b.low, b.high, x.tokens) for b in f.band_examples for x in b.examples]
         assert [(a["bin_min"], a["bin_max"], a["tokens"]) for a in bands] == [
-            (pytest.approx(lo, abs=5e-4), pytest.approx(hi, abs=5e-4), t) for lo, hi, t in want]
+            (pytest.approx(lo, abs=6e-4), pytest.approx(hi, abs=6e-4), t) for lo, hi, t in want]
         assert all(0 <= a["bin_contains"] <= 1 for a in bands)
