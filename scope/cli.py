@@ -289,9 +289,14 @@ def _add_steer(sub) -> None:
                    help="add STRENGTH x the decoder direction, or clamp the feature to STRENGTH")
     p.add_argument("--relative", type=Path, metavar="STORE",
                    help="add strengths as multiples of each feature's max activation in STORE")
-    p.add_argument("--max-new-tokens", type=int, default=40)
-    p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--seed", type=int, default=0, help="same seed, same text (default 0)")
+    from scope import steer_defaults as sd  # shared with the dashboard's steering page
+
+    p.epilog = sd.describe()
+    p.add_argument("--max-new-tokens", type=int, default=sd.MAX_NEW_TOKENS,
+                   help="(default %(default)s)")
+    p.add_argument("--temperature", type=float, default=sd.TEMPERATURE,
+                   help="0 = greedy (default %(default)s)")
+    p.add_argument("--seed", type=int, default=sd.SEED, help="same seed, same text (default 0)")
 
 
 def _run_steer(args) -> int:

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import threading
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -140,7 +141,11 @@ def feature_auto_label(feature) -> str:
     if count <= 0:
         return auto_label(0.0, 0)
     fires_on = list(getattr(feature, "fires_on", None) or [])
-    positions = [int(e.max_position) for e in feature.top_examples]
+    top = list(feature.top_examples)
+    positions = [int(e.max_position) for e in top]
+    if not fires_on and top:  # a store without token shares: the peak tokens of top contexts
+        peaks = Counter(e.tokens[e.max_position] for e in top).most_common(LABEL_TOKENS)
+        fires_on = [(t, c / len(top)) for t, c in peaks]
     return auto_label(float(feature.density), count, fires_on, positions)
 
 
