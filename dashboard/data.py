@@ -129,6 +129,12 @@ def feature_view(path: str, sae: str, index: int, labels_mtime: int = 0) -> Feat
     return to_view(get_store(path).feature(sae, int(index)), sae)
 
 
+@st.cache_data(show_spinner=False)
+def firing_counts(path: str, sae: str) -> np.ndarray:
+    """Number of tokens each feature fired on, [d_sae]."""
+    return np.asarray(get_store(path).firing_counts(sae), dtype=np.int64)
+
+
 def histograms_may_be_clipped(path: str) -> bool:
     """True for a store whose histograms may clip large activations into the last bin."""
     return bool(getattr(get_store(path), "histograms_may_be_clipped", False))

@@ -91,10 +91,11 @@ def store_caption(name: str, manifest: dict) -> str:
 
 def display_token(token: str) -> str:
     """Make invisible characters visible: newlines as ↵, tabs as ⇥, an empty token as ∅, a long
-    run of spaces as `␣×N` (so a highlighted indentation token stays inside its column)."""
+    run of more than 16 spaces as `␣×N` (so a highlighted whitespace token stays inside its
+    column)."""
     if token == "":
         return "∅"
-    if len(token) > 4 and token.strip(" ") == "":
+    if len(token) > 16 and token.strip(" ") == "":
         return f"␣×{len(token)}"
     return token.replace("\r", "").replace("\n", "↵").replace("\t", "⇥")
 

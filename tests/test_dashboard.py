@@ -237,6 +237,8 @@ def test_inspector_selects_and_opens_feature(store_path, monkeypatch):
     at = app_for(store_path, monkeypatch)
     at.switch_page("views/inspector.py").run()
     ok(at)
+    at.toggle(key="inspect_hide_dense").set_value(False).run()  # a random SAE: most are dense
+    at.toggle(key="inspect_hide_rare").set_value(False).run()
     at.text_area(key="inspect_text").input("the cat sat <b>on</b> the mat").run()
     table = ok(at).html[0].value
     assert "BOS: not read by SAEs" in table
@@ -311,8 +313,9 @@ def test_steering_finds_features_by_label(store_path, monkeypatch):
     from scope.feature_list import FeatureTable
 
     table = FeatureTable.build(store, sae)
-    word = next(w for r in table.query(page_size=200).rows for w in r.label.split("'")
-                if w.isalpha() and len(w) > 2)
+    rows = table.query(page_size=200, hide_dense=False, hide_rare=False).rows
+    word = next(w.strip() for r in rows for w in r.label.split("'")
+                if w.strip().isalpha() and len(w.strip()) > 2)
     at.text_input(key="steer_find").input(word).run()
     box = ok(at).selectbox(key="steer_found")
     pick = box.value

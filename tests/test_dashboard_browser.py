@@ -29,7 +29,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import scope  # noqa: E402
 from test_dashboard import (  # noqa: E402
     _free_port,
     _server_alive,
@@ -37,6 +36,8 @@ from test_dashboard import (  # noqa: E402
     app_for,
     build_store,
 )
+
+import scope  # noqa: E402
 
 PAGES = ["features", "feature", "inspector", "steering", "overview"]
 
@@ -104,10 +105,15 @@ class _Dashboard:
     def shot(self, path: Path) -> None:
         assert self.browser.save_screenshot(str(path)) and path.stat().st_size > 10_000
 
-    def click(self, text: str) -> None:
+    def click(self, text: str, until=None, timeout: float = 300) -> None:
+        from selenium.webdriver.support.ui import WebDriverWait
+
         button = next(b for b in self.browser.find_elements("css selector", "button")
                       if b.text.strip() == text)
         button.click()
+        time.sleep(0.5)
+        WebDriverWait(self.browser, timeout).until(
+            lambda b: "Generating…" not in b.page_source and (until is None or until(b)))
         self.settle()
 
     def close(self) -> None:
@@ -164,12 +170,10 @@ def test_browser_every_page(store_path, tmp_path):
         assert f"Feature {target}" in b.page_source
 
         dash.open("steering", until=lambda b: "Strength sweep" in b.page_source)
-        dash.click("Generate")
-        assert "drift" in b.page_source
+        dash.click("Generate", until=lambda b: "drift" in b.page_source)
         _no_error(b)
         dash.shot(out / "steering.png")
-        dash.click("Strength sweep")
-        assert "× max" in b.page_source
+        dash.click("Strength sweep", until=lambda b: "× max" in b.page_source)
         dash.shot(out / "steering_sweep.png")
 
         dash.open("overview", until=lambda b: "Dead features" in b.page_source)

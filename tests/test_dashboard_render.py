@@ -122,8 +122,8 @@ def test_log_ticks_are_round_and_inside_the_range():
 
 
 def test_whitespace_tokens_stay_short():
-    assert render.display_token(" " * 16) == "␣×16"
-    assert render.display_token("    ") == "    "  # short indentation shows as itself
+    assert render.display_token(" " * 40) == "␣×40"
+    assert render.display_token(" " * 8) == " " * 8  # indentation shows as itself
 
 
 def test_md_text_neutralises_links_and_images():

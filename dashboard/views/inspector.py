@@ -6,10 +6,11 @@ Without a loadable model the page says why and stops.
 
 from __future__ import annotations
 
+import numpy as np
 import streamlit as st
 
 from dashboard import data, render
-from scope.labels import DENSE
+from scope.labels import DENSE, RARE
 
 path = st.session_state["store_path"]
 sae = st.session_state["sae"]
@@ -18,7 +19,7 @@ st.subheader("Prompt inspector")
 text = st.text_area(
     "Prompt", "The quick brown fox jumps over the lazy dog.", key="inspect_text", height=90
 )
-c = st.columns([2, 2, 2], vertical_alignment="bottom")
+c = st.columns([2, 2, 2, 2], vertical_alignment="bottom")
 k = c[0].slider("Features per token", 1, 10, 5, key="inspect_k")
 relative = c[1].toggle(
     "Rank by share of the feature's max", value=True, key="inspect_relative",
@@ -29,6 +30,10 @@ relative = c[1].toggle(
 hide_dense = c[2].toggle(
     f"Hide dense features (> {DENSE:.0%})", value=True, key="inspect_hide_dense",
     help="features that fire on most tokens would top every token's list",
+)
+hide_rare = c[3].toggle(
+    f"Hide rare features (< {RARE} firings)", value=True, key="inspect_hide_rare",
+    help="a feature seen a handful of times sits at its own max whenever it fires",
 )
 if not text.strip():
     st.info("Type a prompt to see which features fire on each token.")
@@ -44,12 +49,15 @@ acts = run.acts
 # BOS carries huge, meaningless activations (SAEs were never trained on it): rank without it
 skip = 1 if run.bos and len(run.tokens) > 1 else 0
 store_max = data.max_activations(path, sae)
-hide = data.densities(path, sae) > DENSE if hide_dense else None
+hide = np.zeros(len(store_max), dtype=bool)
+if hide_dense:
+    hide |= data.densities(path, sae) > DENSE
+if hide_rare:
+    hide |= data.firing_counts(path, sae) < RARE
 names = data.labels(path, sae)
 per_token = render.inspector_rank(acts, store_max, relative=relative, hide=hide, k=k)
 body = acts[skip:].copy()
-if hide is not None:
-    body[:, hide] = 0.0
+body[:, hide] = 0.0
 ranked = render.prompt_features(body, k=50)
 
 left, right = st.columns([3, 2])

@@ -47,14 +47,15 @@ find = st.columns([3, 4, 1], vertical_alignment="bottom")
 query = find[0].text_input("Find a feature by label", key="steer_find",
                            placeholder="e.g. 'def', 'bracket', 'python'")
 if query.strip():
-    found = data.table(path, sae).query(query, page_size=15).rows
+    found = data.table(path, sae).query(query, page_size=15, hide_dense=False,
+                                        hide_rare=False).rows
     if found:
         options = {r.index: f"#{r.index}  {r.label[:70]}" for r in found}
         find[1].selectbox(f"{len(found)} best matches", list(options), format_func=options.get,
                           key="steer_found")
         find[2].button("Add", key="steer_add", on_click=_add_found, width="stretch")
     else:
-        find[1].caption("No label matches (dense and rare features are left out).")
+        find[1].caption("No label matches.")
 
 c1, c2 = st.columns([3, 1])
 spec_text = c1.text_input("Features and strengths (index:strength, comma separated)",
