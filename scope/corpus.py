@@ -128,17 +128,25 @@ class Corpus:
         does not exist or yields no text at all.
         """
         self.skipped.clear()
-        n = 0
+        n = other = 0
         for doc in self._raw_documents():
             if not doc.text.strip():
                 self._skip("empty document", doc.key)
                 continue
             if self.split != "all" and (is_heldout(doc.key) != (self.split == "heldout")):
+                other += 1
                 continue
             n += 1
             yield doc
         if self.skipped:
             log.warning("corpus %s: skipped %s", self.source, dict(self.skipped))
+        if n == 0 and other:
+            split = "train" if self.split == "heldout" else "held-out"
+            raise CorpusError(
+                f"corpus {self.source!r}: all {other} of its documents fall in the {split} split, "
+                f"none in {self.split!r} (a hash of each document's name holds out about "
+                f"{HELDOUT_PERCENT}% of documents); use split 'all' (--split all) or give more "
+                "documents")
         if n == 0:
             detail = f" (skipped: {dict(self.skipped)})" if self.skipped else ""
             raise CorpusError(

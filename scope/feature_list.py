@@ -10,7 +10,6 @@ milliseconds to tens of milliseconds (benchmarks/bench_dashboard.py measures it)
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,28 +50,67 @@ class Page:
 
 
 def bulk_fires_on(store, sae: str, n: int = L.LABEL_TOKENS) -> list[list[tuple[str, float]]]:
-    """Per feature, `(token, share)` best first, for labelling every feature at once.
+    """Per feature, `(token, share of its firings)` best first, for labelling every feature at
+    once without reading each feature's contexts.
 
-    Uses the store's per-feature token shares when it keeps them in bulk; otherwise counts the
-    peak tokens of each feature's top contexts (the summary's `top_token`), which ranks the same
-    tokens first for all but the broadest features.
+    Candidates are the peak tokens of each feature's top contexts (the summary's `top_token`).
+    A format 2 store keeps a count-min sketch of the tokens each feature fires on; their shares
+    come from it, read one range file at a time (what `Feature.fires_on` computes, over
+    candidates from the whole stored contexts, so a token that fires often but never peaks can
+    be missing here). A format 1 store has no sketch: the share is then the token's share of
+    the top contexts.
     """
-    bulk = getattr(store, "fires_on_all", None)
-    if callable(bulk):
-        return [list(x)[:n] for x in bulk(sae)]
     summ = store._summary(sae)
-    tokens, values = np.asarray(summ["top_token"]), np.asarray(summ["top_value"])
+    tokens = np.asarray(summ["top_token"]).astype(np.int64)
+    values = np.asarray(summ["top_value"])
+    valid = (values > 0) & (tokens >= 0)
+    counts = np.asarray(store.firing_counts(sae), dtype=np.float64)
+    est = _sketch_estimates(store, sae, tokens)
     vocab = store.vocab
     out = []
-    for toks, vals in zip(tokens, values, strict=True):
-        valid = toks[(vals > 0) & (toks >= 0)]
-        if valid.size == 0:
+    for i in range(len(tokens)):
+        cand = tokens[i][valid[i]]
+        if cand.size == 0:
             out.append([])
             continue
-        counts = Counter(valid.tolist()).most_common(n)
-        out.append([(vocab[t] if t < len(vocab) else f"<{t}>", c / valid.size)
-                    for t, c in counts])
+        if est is None:
+            ids, c = np.unique(cand, return_counts=True)
+            share = c / cand.size
+        else:
+            ids, first = np.unique(cand, return_index=True)
+            share = np.minimum(1.0, est[i][valid[i]][first] / max(counts[i], 1.0))
+        order = np.lexsort((ids, -share))[:n]
+        out.append([(vocab[t] if t < len(vocab) else f"<{t}>", float(share[j]))
+                    for j, t in zip(order, ids[order].tolist(), strict=True) if share[j] > 0])
     return out
+
+
+def _sketch_estimates(store, sae: str, tokens: np.ndarray) -> np.ndarray | None:
+    """Count-min estimates `[d_sae, k]` of each feature's firings on each of `tokens`, or None
+    for a store without a token sketch."""
+    try:
+        from scope.store import schema as S
+
+        if getattr(store, "format_version", 1) < 2:
+            return None
+        folder = store._sae_folder(sae)
+        size = int(store.info.feature_shard_size)
+        d = len(tokens)
+        est = np.zeros(tokens.shape, dtype=np.float64)
+        for start in range(0, d, size):
+            path, _ = store._range_file(folder, sae, start)
+            sketch = store._read(path, [S.TOKEN_SKETCH])[S.TOKEN_SKETCH]  # [m, depth, width]
+            m, depth, width = sketch.shape
+            tok = tokens[start:start + m]
+            feats = np.arange(start, start + m, dtype=np.int64)[:, None]
+            rows = np.arange(m)[:, None]
+            est[start:start + m] = np.min(
+                [sketch[rows, r, S.token_sketch_buckets(np.maximum(tok, 0), feats, r, width)]
+                 for r in range(depth)], axis=0)
+        return est
+    except (AttributeError, KeyError, ImportError) as exc:
+        log.info("no token sketch for %s (%s): labels use top-context shares", sae, exc)
+        return None
 
 
 @dataclass
