@@ -51,43 +51,21 @@ class Page:
 
 def bulk_fires_on(store, sae: str, n: int = L.LABEL_TOKENS) -> list[list[tuple[str, float]]]:
     """Per feature, `(token, share of its firings)` best first, for labelling every feature at
-    once without reading each feature's contexts.
-
-    Candidates are the peak tokens of each feature's top contexts (the summary's `top_token`).
-    A format 2 store keeps a count-min sketch of the tokens each feature fires on; their shares
-    come from it, read one range file at a time (what `Feature.fires_on` computes, over
-    candidates from the whole stored contexts, so a token that fires often but never peaks can
-    be missing here). A format 1 store has no sketch: the share is then the token's share of
-    the top contexts.
-    """
+    once: `labels.token_shares` over the summary's peak tokens, with the token sketch's counts
+    read one range file at a time (format 2), exactly as `Feature.label` computes them."""
     summ = store._summary(sae)
     tokens = np.asarray(summ["top_token"]).astype(np.int64)
     values = np.asarray(summ["top_value"])
-    valid = (values > 0) & (tokens >= 0)
     counts = np.asarray(store.firing_counts(sae), dtype=np.float64)
     est = _sketch_estimates(store, sae, tokens)
     vocab = store.vocab
-    out = []
-    for i in range(len(tokens)):
-        cand = tokens[i][valid[i]]
-        if cand.size == 0:
-            out.append([])
-            continue
-        if est is None:
-            ids, c = np.unique(cand, return_counts=True)
-            share = c / cand.size
-        else:
-            ids, first = np.unique(cand, return_index=True)
-            share = np.minimum(1.0, est[i][valid[i]][first] / max(counts[i], 1.0))
-        order = np.lexsort((ids, -share))[:n]
-        out.append([(vocab[t] if t < len(vocab) else f"<{t}>", float(share[j]))
-                    for j, t in zip(order, ids[order].tolist(), strict=True) if share[j] > 0])
-    return out
+    return [L.token_shares(tokens[i], values[i], counts[i], vocab,
+                           None if est is None else est[i], n) for i in range(len(tokens))]
 
 
 def _sketch_estimates(store, sae: str, tokens: np.ndarray) -> np.ndarray | None:
     """Count-min estimates `[d_sae, k]` of each feature's firings on each of `tokens`, or None
-    for a store without a token sketch."""
+    for a store without a token sketch (format 1)."""
     try:
         from scope.store import schema as S
 
@@ -95,18 +73,13 @@ def _sketch_estimates(store, sae: str, tokens: np.ndarray) -> np.ndarray | None:
             return None
         folder = store._sae_folder(sae)
         size = int(store.info.feature_shard_size)
-        d = len(tokens)
         est = np.zeros(tokens.shape, dtype=np.float64)
-        for start in range(0, d, size):
+        for start in range(0, len(tokens), size):
             path, _ = store._range_file(folder, sae, start)
             sketch = store._read(path, [S.TOKEN_SKETCH])[S.TOKEN_SKETCH]  # [m, depth, width]
-            m, depth, width = sketch.shape
-            tok = tokens[start:start + m]
+            m = sketch.shape[0]
             feats = np.arange(start, start + m, dtype=np.int64)[:, None]
-            rows = np.arange(m)[:, None]
-            est[start:start + m] = np.min(
-                [sketch[rows, r, S.token_sketch_buckets(np.maximum(tok, 0), feats, r, width)]
-                 for r in range(depth)], axis=0)
+            est[start:start + m] = L.sketch_estimates(sketch, tokens[start:start + m], feats)
         return est
     except (AttributeError, KeyError, ImportError) as exc:
         log.info("no token sketch for %s (%s): labels use top-context shares", sae, exc)

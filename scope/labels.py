@@ -14,7 +14,6 @@ import json
 import math
 import os
 import threading
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -135,17 +134,70 @@ def _pct(share: float) -> str:
     return f"{p:.0f}%" if p >= 1 else "<1%"
 
 
+def token_shares(tokens, values, count: float, vocab: Sequence[str], est=None,
+                 n: int = LABEL_TOKENS) -> list[tuple[str, float]]:
+    """The tokens an automatic label names: `(token, share of firings)` best first.
+
+    Candidates are the peak tokens of the feature's top contexts (`tokens`, `values`: the
+    summary's `top_token` and `top_value` rows). With `est` (count-min estimates of the
+    feature's firings on each of `tokens`, from a format 2 store's token sketch) a share is
+    `est / count`; without it, the token's share of the top contexts. The feature list labels
+    every feature with this same function, so its labels match `Feature.label`.
+    """
+    import numpy as np
+
+    tokens = np.asarray(tokens).astype(np.int64)
+    valid = (np.asarray(values) > 0) & (tokens >= 0)
+    cand = tokens[valid]
+    if cand.size == 0:
+        return []
+    if est is None:
+        ids, c = np.unique(cand, return_counts=True)
+        share = c / cand.size
+    else:
+        ids, first = np.unique(cand, return_index=True)
+        share = np.minimum(1.0, np.asarray(est, dtype=np.float64)[valid][first] / max(count, 1.0))
+    order = np.lexsort((ids, -share))[:n]
+    return [(vocab[t] if t < len(vocab) else f"<{t}>", float(share[j]))
+            for j, t in zip(order, ids[order].tolist(), strict=True) if share[j] > 0]
+
+
+def sketch_estimates(sketch, tokens, features):
+    """Count-min estimates `[..., k]` of firings of `features` on `tokens` from a token sketch
+    `[..., depth, width]` (format 2 stores)."""
+    import numpy as np
+
+    from scope.store.schema import token_sketch_buckets
+
+    sketch = np.asarray(sketch)
+    depth, width = sketch.shape[-2:]
+    tokens = np.maximum(np.asarray(tokens).astype(np.int64), 0)
+    feats = np.asarray(features, dtype=np.int64)
+    if sketch.ndim == 2:
+        return np.min([sketch[r][token_sketch_buckets(tokens, feats, r, width)]
+                       for r in range(depth)], axis=0)
+    rows = np.arange(sketch.shape[0])[:, None]
+    return np.min([sketch[rows, r, token_sketch_buckets(tokens, feats, r, width)]
+                   for r in range(depth)], axis=0)
+
+
 def feature_auto_label(feature) -> str:
-    """`auto_label` of a store feature (reads its fires_on and top contexts)."""
+    """`auto_label` of a store feature (its summary row, token sketch and top contexts)."""
     count = int(feature.firing_count)
     if count <= 0:
         return auto_label(0.0, 0)
-    fires_on = list(getattr(feature, "fires_on", None) or [])
     top = list(feature.top_examples)
     positions = [int(e.max_position) for e in top]
-    if not fires_on and top:  # a store without token shares: the peak tokens of top contexts
-        peaks = Counter(e.tokens[e.max_position] for e in top).most_common(LABEL_TOKENS)
-        fires_on = [(t, c / len(top)) for t, c in peaks]
+    summary = getattr(feature, "_summary", None)
+    if isinstance(summary, Mapping) and "top_token" in summary:
+        rows = feature._rows
+        sketch = rows.get("token_sketch") if isinstance(rows, Mapping) else None
+        est = None if sketch is None else sketch_estimates(sketch, summary["top_token"],
+                                                           int(feature.index))
+        fires_on = token_shares(summary["top_token"], summary["top_value"], count,
+                                feature._store.vocab, est)
+    else:  # a Feature-like object with its own token shares
+        fires_on = list(getattr(feature, "fires_on", None) or [])
     return auto_label(float(feature.density), count, fires_on, positions)
 
 

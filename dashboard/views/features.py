@@ -75,6 +75,9 @@ rows = [{
 if not rows:
     st.info("No feature matches. Clear the search or untick the filters.")
     st.stop()
+if all(r["score"] is None for r in rows):  # no explanation scores on this page: no empty column
+    for r in rows:
+        del r["score"]
 event = st.dataframe(
     rows, hide_index=True, on_select="rerun", selection_mode="single-row", key="fl_table",
     height=min(36 * (len(rows) + 1) + 2, 720), width="stretch",
