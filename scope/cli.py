@@ -17,6 +17,7 @@ from pathlib import Path
 
 from scope import cli_checks as C
 from scope.errors import ScopeError, UsageError
+from scope.explore_cli import register as _register_explore
 
 log = logging.getLogger("scope")
 
@@ -298,9 +299,14 @@ def _add_steer(sub) -> None:
                    help="add STRENGTH x the decoder direction, or clamp the feature to STRENGTH")
     p.add_argument("--relative", type=Path, metavar="STORE",
                    help="add strengths as multiples of each feature's max activation in STORE")
-    p.add_argument("--max-new-tokens", type=C.NON_NEGATIVE, default=40)
-    p.add_argument("--temperature", type=C.TEMPERATURE, default=0.7)
-    p.add_argument("--seed", type=C.SEED, default=0, help="same seed, same text (default 0)")
+    from scope import steer_defaults as sd  # shared with the dashboard's steering page
+
+    p.epilog = sd.describe()
+    p.add_argument("--max-new-tokens", type=C.NON_NEGATIVE, default=sd.MAX_NEW_TOKENS,
+                   help="(default %(default)s)")
+    p.add_argument("--temperature", type=C.TEMPERATURE, default=sd.TEMPERATURE,
+                   help="0 = greedy (default %(default)s)")
+    p.add_argument("--seed", type=C.SEED, default=sd.SEED, help="same seed, same text (default 0)")
 
 
 def _run_steer(args) -> int:
@@ -438,6 +444,9 @@ def _run_demo(args) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+
+
+_register_explore(subcommand, _subparser)  # labels, explain, export (scope/explore_cli.py)
 
 
 def build_parser() -> argparse.ArgumentParser:
