@@ -9,14 +9,25 @@ flags given on the command line win over the file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from scope.errors import ScopeError
+from scope import cli_checks as C
+from scope.errors import ScopeError, UsageError
+from scope.explore_cli import register as _register_explore
 
 log = logging.getLogger("scope")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors raised as `UsageError` (printed by `main`, exit 2)."""
+
+    def error(self, message: str):  # noqa: D102 (argparse API)
+        self.print_usage(sys.stderr)
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
 def _example(text: str) -> str:
@@ -50,17 +61,6 @@ def subcommand(fn: Callable) -> Callable:
     """Register an `_add_<name>(sub)` function (listed in --help in the order of ORDER)."""
     _ADDERS.append(fn)
     return fn
-
-
-def _feature_arg(text: str) -> tuple[int, float]:
-    """Parse `--feature 123:8.0` into (123, 8.0)."""
-    index, sep, value = text.partition(":")
-    try:
-        return int(index), float(value) if sep else 1.0
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--feature {text!r}: expected INDEX:STRENGTH, e.g. 1234:8.0"
-        ) from None
 
 
 def _load_model_and_sae(args):
@@ -112,7 +112,7 @@ def _add_saes(sub) -> None:
         _run_saes,
     )
     p.add_argument("release", nargs="?", help="a release name; omit to list every release")
-    p.add_argument("--layer", type=int, help="only SAEs at this layer")
+    p.add_argument("--layer", type=C.NON_NEGATIVE, help="only SAEs at this layer")
     p.add_argument("--width", help="only SAEs of this width label, e.g. 16k, 65k, 1m")
 
 
@@ -164,15 +164,15 @@ def _add_extract(sub) -> None:
     p.add_argument("--text-field", default="text", help="JSONL/parquet/dataset text field")
     p.add_argument("--split", default="all", choices=["all", "train", "heldout"],
                    help="document split of the corpus (default: all)")
-    p.add_argument("--out", type=Path, help="store folder to write (required)")
-    p.add_argument("--tokens", type=int, help="token budget (default: the whole corpus)")
-    p.add_argument("--ctx", type=int, default=128, help="context length incl. BOS (default 128)")
-    p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
-    p.add_argument("--top-k", type=int, default=20, help="top contexts kept per feature")
-    p.add_argument("--shard", help="i/n: extract this deterministic slice (merge with `scope "
+    p.add_argument("--out", type=C.folder_arg, help="store folder to write (required)")
+    p.add_argument("--tokens", type=C.POSITIVE, help="token budget (default: the whole corpus)")
+    p.add_argument("--ctx", type=C.CTX, default=128, help="context length incl. BOS (default 128)")
+    p.add_argument("--batch-size", type=C.POSITIVE, default=16, help="windows per forward pass")
+    p.add_argument("--top-k", type=C.POSITIVE, default=20, help="top contexts kept per feature")
+    p.add_argument("--shard", type=C.shard_arg, help="i/n: extract this deterministic slice (merge with `scope "
                    "merge`)")
-    p.add_argument("--device", help="torch device (default: CUDA when available, else CPU)")
-    p.add_argument("--checkpoint-every", type=float, default=300.0,
+    p.add_argument("--device", type=C.device_arg, help="torch device (default: CUDA when available, else CPU)")
+    p.add_argument("--checkpoint-every", type=C.SECONDS, default=300.0,
                    help="seconds between checkpoints (default 300)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a store made with a different configuration in --out")
@@ -190,6 +190,7 @@ def _run_extract(args) -> int:
 
     if args.out is None:
         raise StoreError("scope extract needs --out DIR (or `out:` in the --config file)")
+    C.check_corpus(args.corpus)
     device = args.device
     if device is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         import torch
@@ -222,7 +223,7 @@ def _add_merge(sub) -> None:
         _run_merge,
     )
     p.add_argument("stores", nargs="+", type=Path, help="shard stores (any order)")
-    p.add_argument("--out", type=Path, required=True, help="folder of the merged store")
+    p.add_argument("--out", type=C.folder_arg, required=True, help="folder of the merged store")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a different store already in --out")
 
@@ -230,6 +231,7 @@ def _add_merge(sub) -> None:
 def _run_merge(args) -> int:
     from scope.store.merge import merge_stores
 
+    C.check_out_is_not_an_input(args.out, args.stores)
     store = merge_stores(args.stores, args.out, overwrite=args.overwrite)
     print(f"merged {len(args.stores)} shards into {store.path}: {store.manifest['tokens']} tokens")
     return 0
@@ -252,10 +254,10 @@ def _add_eval(sub) -> None:
     p.add_argument("--split", choices=["all", "train", "heldout"],
                    help="document split (default: heldout for the default corpus, text "
                    "`scope train` never saw; all for a corpus you give)")
-    p.add_argument("--tokens", type=int, default=32768, help="token budget (default 32768)")
-    p.add_argument("--ctx", type=int, default=128, help="context length incl. BOS (default 128)")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
-    p.add_argument("--json", type=Path, help="also write the report to this JSON file")
+    p.add_argument("--tokens", type=C.POSITIVE, default=32768, help="token budget (default 32768)")
+    p.add_argument("--ctx", type=C.CTX, default=128, help="context length incl. BOS (default 128)")
+    p.add_argument("--batch-size", type=C.POSITIVE, default=8, help="sequences per forward pass")
+    p.add_argument("--json", type=C.file_arg, help="also write the report to this JSON file")
 
 
 def _run_eval(args) -> int:
@@ -265,6 +267,7 @@ def _run_eval(args) -> int:
     from scope.evals import evaluate
 
     split = args.split or ("heldout" if args.corpus == "default" else "all")
+    C.check_corpus(args.corpus)
     model, sae = _load_model_and_sae(args)
     corpus = Corpus(source=args.corpus, split=split)
     report = evaluate(model, sae, corpus, ctx=args.ctx, max_tokens=args.tokens,
@@ -272,7 +275,9 @@ def _run_eval(args) -> int:
     for key, value in report.as_dict().items():
         print(f"{key:>14}  {value:.6g}" if isinstance(value, float) else f"{key:>14}  {value}")
     if args.json:
-        args.json.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+        from scope.atomic import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(report.as_dict(), indent=2) + "\n")
     return 0
 
 
@@ -287,16 +292,21 @@ def _add_steer(sub) -> None:
     )
     p.add_argument("--model", default="bundled", help="model spec (default 'bundled')")
     p.add_argument("--sae", default="bundled", help="RELEASE/SAE_ID, a local path, or 'bundled'")
-    p.add_argument("--feature", type=_feature_arg, action="append", required=True,
+    p.add_argument("--feature", type=C.feature_arg, action="append", required=True,
                    metavar="INDEX:STRENGTH", help="feature and strength; repeat for several")
     p.add_argument("--prompt", required=True, help="text to continue")
     p.add_argument("--mode", choices=["add", "clamp"], default="add",
                    help="add STRENGTH x the decoder direction, or clamp the feature to STRENGTH")
     p.add_argument("--relative", type=Path, metavar="STORE",
                    help="add strengths as multiples of each feature's max activation in STORE")
-    p.add_argument("--max-new-tokens", type=int, default=40)
-    p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--seed", type=int, default=0, help="same seed, same text (default 0)")
+    from scope import steer_defaults as sd  # shared with the dashboard's steering page
+
+    p.epilog = sd.describe()
+    p.add_argument("--max-new-tokens", type=C.NON_NEGATIVE, default=sd.MAX_NEW_TOKENS,
+                   help="(default %(default)s)")
+    p.add_argument("--temperature", type=C.TEMPERATURE, default=sd.TEMPERATURE,
+                   help="0 = greedy (default %(default)s)")
+    p.add_argument("--seed", type=C.SEED, default=sd.SEED, help="same seed, same text (default 0)")
 
 
 def _run_steer(args) -> int:
@@ -307,6 +317,8 @@ def _run_steer(args) -> int:
 
     model, sae = _load_model_and_sae(args)
     store = open_store(args.relative) if args.relative else None
+    if store is not None:
+        C.check_relative_store(store, sae, args.sae)
     features = dict(args.feature)
     gen = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
     default = generate(model, args.prompt, **gen)
@@ -337,7 +349,7 @@ def _add_dashboard(sub) -> None:
     p.add_argument("store", type=Path, help="feature store folder (from `scope extract`)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8501, help="TCP port (default 8501)")
+    p.add_argument("--port", type=C.PORT, default=8501, help="TCP port (default 8501)")
     p.add_argument("--open-browser", action="store_true",
                    help="open a browser tab (default: headless, print the URL)")
 
@@ -345,6 +357,7 @@ def _add_dashboard(sub) -> None:
 def _run_dashboard(args) -> int:
     from scope.dashboard_launch import dashboard_command
 
+    C.warn_if_exposed(args.host)
     return dashboard_command(args.store, args.host, args.port, open_browser=args.open_browser)
 
 
@@ -402,13 +415,13 @@ def _add_demo(sub) -> None:
         "scope demo            # or: scope demo --no-browser --port 8502",
         _run_demo,
     )
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"store folder (default {DEFAULT_OUT})")
-    p.add_argument("--tokens", type=int, default=DEFAULT_TOKENS,
+    p.add_argument("--out", type=C.folder_arg, default=DEFAULT_OUT, help=f"store folder (default {DEFAULT_OUT})")
+    p.add_argument("--tokens", type=C.POSITIVE, default=DEFAULT_TOKENS,
                    help=f"tokens to extract over (default {DEFAULT_TOKENS}, a few minutes on 2 cores)")
-    p.add_argument("--ctx", type=int, default=DEFAULT_CTX, help="context length incl. BOS")
-    p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
+    p.add_argument("--ctx", type=C.CTX, default=DEFAULT_CTX, help="context length incl. BOS")
+    p.add_argument("--batch-size", type=C.POSITIVE, default=16, help="windows per forward pass")
     p.add_argument("--host", default="127.0.0.1", help="dashboard address (default: local only)")
-    p.add_argument("--port", type=int, default=8501, help="dashboard port")
+    p.add_argument("--port", type=C.PORT, default=8501, help="dashboard port")
     p.add_argument("--no-browser", action="store_true",
                    help="serve the dashboard without opening a browser (CI, remote machines)")
     p.add_argument("--no-dashboard", action="store_true",
@@ -419,6 +432,7 @@ def _run_demo(args) -> int:
     from scope.dashboard_launch import dashboard_command
     from scope.demo import build_demo_store
 
+    C.warn_if_exposed(args.host)
     store = build_demo_store(args.out, tokens=args.tokens, ctx=args.ctx,
                              batch_size=args.batch_size)
     print(f"feature store ready: {args.out} ({store.manifest.get('tokens')} tokens, "
@@ -432,8 +446,11 @@ def _run_demo(args) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+_register_explore(subcommand, _subparser)  # labels, explain, export (scope/explore_cli.py)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="scope",
         description="Interpretability toolkit for Gemma models: load Gemma 2/3 with hooks, "
         "encode activations with Gemma Scope SAEs, extract feature stores, browse and steer.",
@@ -510,11 +527,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = _parse(parser, argv)
-    except SystemExit as exc:  # argparse: --help, --version, or a usage error it printed
-        return exc.code if isinstance(exc.code, int) else 2
+    except SystemExit as exc:  # argparse: --help or --version
+        return exc.code if isinstance(exc.code, int) else 0
     except ScopeError as exc:
         command = next((a for a in argv if a in parser._subparsers._group_actions[0].choices), "")
-        return _report(f"scope {command}", exc)
+        return _report(f"scope {command}".strip(), exc)
     if not getattr(args, "run", None):
         parser.print_help()
         return 0
@@ -522,7 +539,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    return _run(args)
+    with _sigterm_interrupts():
+        return _run(args)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so cleanups run (temporary files, partial checkpoints)."""
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """While a command runs, SIGTERM stops it like Ctrl-C does (exit status 143)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -540,6 +582,9 @@ def _report(where: str, exc: BaseException, *, verbose: bool = False) -> int:
     if isinstance(exc, ScopeError):
         print(f"{where}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    if isinstance(exc, Terminated):
+        print(f"{where}: terminated", file=sys.stderr)
+        return 143
     if isinstance(exc, KeyboardInterrupt):
         print(f"{where}: interrupted", file=sys.stderr)
         return 130
@@ -547,6 +592,10 @@ def _report(where: str, exc: BaseException, *, verbose: bool = False) -> int:
         return 0
     if isinstance(exc, OSError):
         print(f"{where}: error: {_os_message(exc)}", file=sys.stderr)
+        return 1
+    if "No space left on device" in str(exc):  # e.g. safetensors' own error type
+        print(f"{where}: error: disk full ({exc}); free disk space and rerun (an interrupted "
+              "run resumes)", file=sys.stderr)
         return 1
     if verbose:
         import traceback

@@ -161,7 +161,8 @@ def _value_type(action: argparse.Action) -> tuple[type | None, bool]:
         return bool, False
     if not isinstance(action, (argparse._StoreAction, argparse._AppendAction)):
         return None, False
-    kind = action.type if action.type in (int, float) else str
+    base = getattr(action.type, "base", action.type)  # scope.cli_checks.Number(int, ...)
+    kind = base if base in (int, float) else str
     many = isinstance(action, argparse._AppendAction) or action.nargs in ("+", "*") or (
         isinstance(action.nargs, int))
     return kind, many

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from scope.activations import norm_gain
 from scope.store import schema as S
 
 log = logging.getLogger(__name__)
@@ -31,17 +32,13 @@ _SPARE = 6  # candidates kept beyond the k best before ties are settled
 def final_norm_gain(model: Any) -> torch.Tensor | None:
     """The multiplicative gain of the model's final norm (`[d_model]`), or None if it has none.
 
-    Asks the model code (`scope.models.final_norm_gain`) when it provides one, since model
-    implementations store the gain differently (Gemma's `1 + w` in raw HF weights).
+    Gemma's RMSNorm multiplies by `1 + w` and the bridged model keeps the raw `w`, so the gain
+    comes from `scope.activations.norm_gain`, which knows each model's convention.
     """
-    try:
-        from scope.models import final_norm_gain as from_models
-    except ImportError:
-        from_models = None
-    if from_models is not None:
-        return from_models(model)
     ln = getattr(model, "ln_final", None)
-    return ln.w.detach() if ln is not None and hasattr(ln, "w") else None
+    if ln is None or not hasattr(ln, "w"):
+        return None
+    return norm_gain(model, "ln_final")
 
 
 def _empty_logits(F: int, k: int) -> dict[str, np.ndarray]:

@@ -23,6 +23,10 @@ class ConfigError(ScopeError, ValueError):
     """A `--config` file, flag or argument value that does not fit (wrong key, type or range)."""
 
 
+class UsageError(ConfigError):
+    """A command line the `scope` command cannot parse: unknown flag, missing or malformed value."""
+
+
 class UnknownModelError(ScopeError, ValueError):
     """A model name, id or path that scope cannot resolve."""
 
@@ -81,6 +85,11 @@ class StoreLockedError(StoreError):
 
 class StoreFullError(StoreError, OSError):
     """The disk filled up while writing a store; the last complete generation is kept."""
+
+    exit_code = 1
+
+    def __str__(self) -> str:  # StoreFullError(errno, message): show the message
+        return str(self.args[-1]) if self.args else ""
 
 
 class NonFiniteActivationError(ScopeError, ValueError):

@@ -112,16 +112,13 @@ def run_case(case: Case, root: Path, capsys, monkeypatch) -> None:
         assert code == (case.code or 0), err[-2000:]
         assert case.fragment in out + err, (out + err)[-2000:]
     else:
-        assert seen or code == 2, f"silent success (exit {code}): {(out + err)[-1500:]}"
-        if case.error is SystemExit:  # argparse's own usage errors
-            assert code == 2 and case.fragment in err, err[-2000:]
-        else:
-            assert seen, f"no error raised; exit {code}; stderr: {err[-1500:]}"
-            exc = seen[-1]
-            assert isinstance(exc, case.error), f"{type(exc).__name__}: {exc}"
-            assert case.fragment in str(exc), str(exc)
-            assert case.fragment in err, err[-2000:]
-            assert code == (case.code if case.code is not None else exc.exit_code), err
+        assert seen, f"silent success or no named error (exit {code}): {(out + err)[-1500:]}"
+        exc = seen[-1]
+        assert isinstance(exc, case.error), f"{type(exc).__name__}: {exc}"
+        assert case.fragment in str(exc), str(exc)
+        assert case.fragment in err, err[-2000:]
+        want = case.code if case.code is not None else getattr(exc, "exit_code", 1)
+        assert code == want, err
     if case.check:
         case.check(root)
 

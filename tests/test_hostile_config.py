@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from hostile import Case, params, run_case
 
-from scope.errors import ConfigError
+from scope.errors import ConfigError, UsageError
 
 
 def _config(text: str, name: str = "c.yaml"):
@@ -128,7 +128,7 @@ def test_config_values_reach_the_command_with_their_types(tmp_path):
     assert args.feature == [(3, 2.5)] and args.prompt == "hi"
     with pytest.raises(ConfigError, match="expected INDEX:STRENGTH"):
         _parse(tmp_path, "feature: ['x:2']\nprompt: hi\n", "steer")
-    with pytest.raises(SystemExit):  # still required when the file does not give it
+    with pytest.raises(UsageError, match="required: --feature"):  # still required when the file does not give it
         _parse(tmp_path, "prompt: hi\n", "steer")
     args = _parse(tmp_path, "lr: 7e-5\nepochs: 2\nadam_betas: [0, 0.99]\n", "train")
     assert args.lr == 7e-5 and args.epochs == 2.0 and args.adam_betas == [0.0, 0.99]

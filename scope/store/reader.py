@@ -22,6 +22,7 @@ import numpy as np
 from safetensors import safe_open
 
 from scope.errors import StoreCorruptError, StoreError, suggest
+from scope.labels import Explanation, feature_explanation, feature_label
 from scope.store import schema as S
 
 log = logging.getLogger(__name__)
@@ -191,6 +192,16 @@ class Feature:
         return [(vocab[t] if 0 <= t < len(vocab) else f"<{t}>",
                  min(1.0, float(est[j]) / self.firing_count))
                 for j, t in zip(order, ids[order].tolist(), strict=True) if est[j] > 0]
+
+    @property
+    def label(self) -> str:
+        """Its explanation's text when one is stored, else the automatic label (scope.labels)."""
+        return feature_label(self)
+
+    @property
+    def explanation(self) -> Explanation | None:
+        """The stored explanation (`.text`, `.score`, `.explainer`), or None."""
+        return feature_explanation(self)
 
     @property
     def neuronpedia_url(self) -> str | None:

@@ -10,8 +10,10 @@ per field, and what is written beside the trained weights as `training_config.js
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from scope.errors import ConfigError, suggest
@@ -23,14 +25,16 @@ SAVE_DTYPES = ("float32", "float16", "bfloat16")
 def _positive(obj: Any, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                math.isfinite(value) and value > 0):
             raise ConfigError(f"{type(obj).__name__}.{name} must be > 0, got {value!r}")
 
 
 def _non_negative(obj: Any, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                math.isfinite(value) and value >= 0):
             raise ConfigError(f"{type(obj).__name__}.{name} must be >= 0, got {value!r}")
 
 
@@ -104,7 +108,7 @@ class OptimConfig:
     def __post_init__(self) -> None:
         _positive(self, "d_sae", "bandwidth", "threshold_init", "lr", "batch_size", "epochs",
                   "dead_steps")
-        _non_negative(self, "l0_coefficient", "l0_warmup_steps", "lr_warmup_steps",
+        _non_negative(self, "l0_coefficient", "l0_warmup_steps", "lr_warmup_steps", "seed",
                       "dead_coefficient", "sparse_below", "target_l0", "spike_clip")
         if not 0.0 <= self.lr_decay_fraction <= 1.0:
             raise ConfigError("OptimConfig.lr_decay_fraction must lie in [0, 1], "
@@ -145,6 +149,15 @@ class RunConfig:
     def __post_init__(self) -> None:
         _positive(self, "checkpoint_every", "log_every")
         _non_negative(self, "eval_lm_windows", "threads")
+        for name in ("out", "run_dir"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"RunConfig.{name} must be a folder path, got {value!r}")
+            path = Path(value).expanduser()
+            blocker = next((p for p in (path, *path.parents) if p.exists()), None)
+            if blocker is not None and not blocker.is_dir():
+                raise ConfigError(f"RunConfig.{name} {value!r}: {blocker} is a file, not a "
+                                  "folder; choose a folder path")
         if self.save_dtype not in SAVE_DTYPES:
             raise ConfigError(f"RunConfig.save_dtype must be one of {SAVE_DTYPES}, "
                              f"got {self.save_dtype!r}")
