@@ -160,6 +160,11 @@ def test_browser_every_page(store_path, tmp_path):
         _no_error(b)
 
         dash.open("inspector", until=lambda b: "Top features per token" in b.page_source)
+        for label in b.find_elements(  # a random SAE: show its dense and rare features too
+                "xpath", "//label[contains(., 'Hide dense features') or "
+                "contains(., 'Hide rare features')]"):
+            label.click()
+            dash.settle()
         links = b.find_elements("css selector", "a[href*='feature=']")
         assert links, "inspector feature ids are not links"
         _no_error(b)
