@@ -275,7 +275,9 @@ def _run_eval(args) -> int:
     for key, value in report.as_dict().items():
         print(f"{key:>14}  {value:.6g}" if isinstance(value, float) else f"{key:>14}  {value}")
     if args.json:
-        args.json.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+        from scope.atomic import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(report.as_dict(), indent=2) + "\n")
     return 0
 
 
@@ -590,6 +592,10 @@ def _report(where: str, exc: BaseException, *, verbose: bool = False) -> int:
         return 0
     if isinstance(exc, OSError):
         print(f"{where}: error: {_os_message(exc)}", file=sys.stderr)
+        return 1
+    if "No space left on device" in str(exc):  # e.g. safetensors' own error type
+        print(f"{where}: error: disk full ({exc}); free disk space and rerun (an interrupted "
+              "run resumes)", file=sys.stderr)
         return 1
     if verbose:
         import traceback

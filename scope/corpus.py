@@ -338,6 +338,13 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=False))
 
 
+def special_token_ids(tokenizer: Any) -> torch.Tensor:
+    """int64 ids of the tokenizer's BOS, EOS and padding tokens (the positions every statistic,
+    capture and evaluation leaves out: SAEs were never trained on them)."""
+    ids = {getattr(tokenizer, n, None) for n in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    return torch.tensor(sorted(int(i) for i in ids if i is not None), dtype=torch.long)
+
+
 def bos_token_id(tokenizer: Any) -> int:
     """The tokenizer's BOS id; raises `CorpusError` when it has none."""
     bos = getattr(tokenizer, "bos_token_id", None)

@@ -86,6 +86,11 @@ class StoreLockedError(StoreError):
 class StoreFullError(StoreError, OSError):
     """The disk filled up while writing a store; the last complete generation is kept."""
 
+    exit_code = 1
+
+    def __str__(self) -> str:  # StoreFullError(errno, message): show the message
+        return str(self.args[-1]) if self.args else ""
+
 
 class NonFiniteActivationError(ScopeError, ValueError):
     """An SAE produced a NaN or infinite feature activation during extraction."""

@@ -28,12 +28,13 @@ import torch
 from scope import releases
 from scope.errors import (
     ConfigError,
-    HubUnavailableError,
     SAEFormatError,
     ShapeMismatchError,
     UnknownSAEError,
     suggest,
 )
+from scope.hub import cache_root as scope_cache_root
+from scope.hub import hub_error
 from scope.sae import (
     CFG_FILENAME,
     PARAM_NAMES,
@@ -52,14 +53,13 @@ NPZ_FILENAME = "params.npz"
 GS2_CONFIG_FILENAME = "config.json"
 GS2_WEIGHTS_FILENAME = "params.safetensors"
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled" / "demo_sae"
-CACHE_ENV = "SCOPE_CACHE"
 CACHE_VERSION = 1  # bump to invalidate every cached copy
 
 # Gemma Scope 2 stores lowercase keys; affine transcoders add the skip matrix.
 GS2_KEYS = {"w_enc": "W_enc", "w_dec": "W_dec", "b_enc": "b_enc", "b_dec": "b_dec",
             "threshold": "threshold", "affine_skip_connection": "affine_skip"}
 
-# Hugging Face module path in a Gemma Scope 2 config -> TransformerLens hook (REFERENCE.md §2).
+# Hugging Face module path in a Gemma Scope 2 config -> TransformerLens hook (docs/saes.md, "Gemma Scope 2").
 _HF_HOOKS = [
     (re.compile(r"(?:^|\.)layers\.(\d+)\.output$"), "blocks.{L}.hook_resid_post"),
     (re.compile(r"(?:^|\.)layers\.(\d+)\.post_feedforward_layernorm\.output$"),
@@ -169,38 +169,19 @@ def hub_file(repo_id: str, filename: str) -> str:
     """Path of `filename` in `repo_id` via `hf_hub_download` (served from the cache offline).
 
     Raises:
-        HubUnavailableError: hub unreachable (or offline) and the file is not cached.
+        HubUnavailableError: hub unreachable (or offline) and the file is not cached, or gated.
         UnknownSAEError: the repo or file does not exist on the hub.
     """
-    from huggingface_hub import errors as hf_errors
     from huggingface_hub import hf_hub_download
 
     try:
         return hf_hub_download(repo_id, filename)
-    except hf_errors.GatedRepoError as exc:
-        raise HubUnavailableError(
-            f"{repo_id} is gated: accept its license on huggingface.co and run "
-            f"`hf auth login` (needed for {filename})") from exc
-    except (hf_errors.EntryNotFoundError, hf_errors.RepositoryNotFoundError,
-            hf_errors.RevisionNotFoundError) as exc:
-        if isinstance(exc, hf_errors.LocalEntryNotFoundError):
-            raise _unavailable(repo_id, filename, exc) from exc
-        raise UnknownSAEError(f"{repo_id}/{filename} does not exist on the hub ({exc}); "
-                              "check the release and SAE id with `scope saes`") from exc
-    except (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled, OSError) as exc:
-        raise _unavailable(repo_id, filename, exc) from exc
-    except hf_errors.HfHubHTTPError as exc:
-        raise _unavailable(repo_id, filename, exc) from exc
-
-
-def _unavailable(repo_id: str, filename: str, exc: Exception) -> HubUnavailableError:
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
-    why = "HF_HUB_OFFLINE is set" if offline else "the Hugging Face hub is unreachable"
-    return HubUnavailableError(
-        f"cannot get {repo_id}/{filename}: {why} and it is not in the local cache "
-        f"(HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}). Download it once "
-        f"with network access (`hf download {repo_id} {filename}`), or copy the file and load "
-        f"it by path. ({type(exc).__name__})")
+    except Exception as exc:
+        err = hub_error(exc, f"{repo_id}/{filename}", UnknownSAEError,
+                        fix="List releases and SAE ids with `scope saes`.")
+        if err is None:
+            raise
+        raise err from exc
 
 
 def _gs1_registry_config(entry: releases.SAEEntry) -> SAEConfig:
@@ -228,8 +209,7 @@ def _gs1_registry_config(entry: releases.SAEEntry) -> SAEConfig:
 
 def cache_root() -> Path:
     """Folder of cached native copies: `$SCOPE_CACHE/saes` or `~/.cache/scope/saes`."""
-    base = os.environ.get(CACHE_ENV)
-    return (Path(base) if base else Path.home() / ".cache" / "scope") / "saes"
+    return scope_cache_root() / "saes"
 
 
 def _cache_dir(key: str, dtype: torch.dtype | None) -> Path:
@@ -427,7 +407,7 @@ def load_gs2_files(cfg_path: Path, weights_path: Path, *, entry: releases.SAEEnt
     """Load a Gemma Scope 2 SAE/transcoder from its config.json and params.safetensors.
 
     Shapes come from the local safetensors header; hooks from `hf_hook_point_in/out` mapped to
-    TransformerLens names (REFERENCE.md §2), falling back to the registry's guess.
+    TransformerLens names (docs/saes.md), falling back to the registry's guess.
 
     Args:
         cfg_path: config.json; weights_path: params.safetensors.

@@ -26,7 +26,17 @@ RELEASES_DIR = PACKAGED_DIR if (PACKAGED_DIR / "index.json").is_file() else REPO
 INDEX_FILENAME = "index.json"
 GS1_FORMAT = "gemma-scope-1"  # layer_L/width_W/average_l0_N/params.npz, no config
 GS2_FORMAT = "gemma-scope-2"  # site/layer_L_width_W_l0_S/{config.json, params.safetensors}
-NEURONPEDIA_URL = "https://www.neuronpedia.org/{id}"
+#: Neuronpedia, where the registry's SAEs have feature pages (the one copy of this address)
+NEURONPEDIA_BASE = "https://www.neuronpedia.org"
+
+
+def neuronpedia_url(neuronpedia_id: str | None, feature: int | None = None) -> str | None:
+    """Neuronpedia page of an SAE (`gemma-2-2b/20-gemmascope-res-16k`) or of one of its
+    features; None when the SAE has no Neuronpedia id."""
+    if not neuronpedia_id or not isinstance(neuronpedia_id, str):
+        return None
+    base = f"{NEURONPEDIA_BASE}/{neuronpedia_id.strip('/')}"
+    return base if feature is None else f"{base}/{int(feature)}"
 
 
 @dataclass(frozen=True)

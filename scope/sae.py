@@ -23,6 +23,8 @@ import torch
 from torch import nn
 
 from scope.atomic import atomic_write
+from scope.dtypes import DTYPES as _DTYPES
+from scope.dtypes import dtype_name, to_torch_dtype
 from scope.errors import ConfigError, SAEFormatError
 
 log = logging.getLogger(__name__)
@@ -36,49 +38,9 @@ PARAM_NAMES = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
 SAELENS_SKIP_KEY = "W_skip"
 KINDS = ("sae", "transcoder")
 
-_DTYPES = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float64": torch.float64,
-}
-_DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "half": "float16",
-                  "float": "float32", "double": "float64"}
-
 # Warn when a sampled decoder row's norm is further than this from 1 (Gemma Scope keeps them unit).
 _UNIT_NORM_TOL = 1e-2
 _NORM_SAMPLE_ROWS = 1024
-
-
-def dtype_name(dtype: torch.dtype | str) -> str:
-    """Canonical name of a floating dtype ("float32", "bfloat16", ...).
-
-    Args:
-        dtype: a torch dtype or a name such as "bf16", "torch.float16".
-
-    Returns:
-        The canonical name.
-
-    Raises:
-        ConfigError: anything that is not a floating dtype we support (int8, "float8", 3, ...).
-    """
-    if isinstance(dtype, torch.dtype):
-        for name, value in _DTYPES.items():
-            if value == dtype:
-                return name
-        raise ConfigError(f"unsupported SAE dtype {dtype}; use one of {', '.join(_DTYPES)}")
-    if not isinstance(dtype, str):
-        raise ConfigError(f"dtype {dtype!r} is not a dtype name; use one of {', '.join(_DTYPES)}")
-    name = dtype.removeprefix("torch.").lower()
-    name = _DTYPE_ALIASES.get(name, name)
-    if name not in _DTYPES:
-        raise ConfigError(f"unsupported SAE dtype {dtype!r}; use one of {', '.join(_DTYPES)}")
-    return name
-
-
-def to_torch_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    """The torch dtype for a name or dtype (see `dtype_name`)."""
-    return _DTYPES[dtype_name(dtype)]
 
 
 @dataclass
@@ -155,9 +117,9 @@ class SAEConfig:
     @property
     def neuronpedia_url(self) -> str | None:
         """Base Neuronpedia page of this SAE (append `/<feature>`), or None."""
-        if not self.neuronpedia_id:
-            return None
-        return f"https://www.neuronpedia.org/{self.neuronpedia_id}"
+        from scope.releases import neuronpedia_url
+
+        return neuronpedia_url(self.neuronpedia_id)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict of every field."""

@@ -117,7 +117,8 @@ def run_case(case: Case, root: Path, capsys, monkeypatch) -> None:
         assert isinstance(exc, case.error), f"{type(exc).__name__}: {exc}"
         assert case.fragment in str(exc), str(exc)
         assert case.fragment in err, err[-2000:]
-        assert code == (case.code if case.code is not None else exc.exit_code), err
+        want = case.code if case.code is not None else getattr(exc, "exit_code", 1)
+        assert code == want, err
     if case.check:
         case.check(root)
 

@@ -77,15 +77,22 @@ def test_statistics_and_top_contexts_equal_brute_force(model, saes, reference):
 
 
 def test_logit_tables_follow_reference_formula(model, saes, reference):
+    """Direct logit effect from the raw Hugging Face weights: W_dec * (1 + norm.weight) @ W_U
+    (Gemma's RMSNorm multiplies by 1 + w), independent of how the hooked model stores its gain."""
+    from builders import _cached_dir
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(_cached_dir("gemma3"), dtype=torch.float32)
+    gain = 1.0 + hf.model.norm.weight.detach()
+    W_U = hf.lm_head.weight.detach().T[:, : len(model.tokenizer)]
     sae = saes[0]
-    gain = 1 + model.original_model.model.norm.weight  # Gemma's RMSNorm multiplies by 1 + w
-    direction = (sae.W_dec * gain) @ model.W_U[:, : len(model.tokenizer)]
+    direction = (sae.W_dec * gain) @ W_U
     for i in (0, 7):
         feat = reference.feature(reference.sae_names[0], i)
         want = direction[i].topk(10)
-        assert [v for _, v in feat.top_logits] == pytest.approx(want.values.tolist(), rel=1e-5)
+        assert [v for _, v in feat.top_logits] == pytest.approx(want.values.tolist(), rel=1e-4)
         assert [t for t, _ in feat.top_logits] == [reference.vocab[j] for j in want.indices]
-        assert feat.bottom_logits[0][1] == pytest.approx(direction[i].min().item(), rel=1e-5)
+        assert feat.bottom_logits[0][1] == pytest.approx(direction[i].min().item(), rel=1e-4)
 
 
 def test_manifest_and_read_api(reference, saes):

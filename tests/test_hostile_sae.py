@@ -161,7 +161,7 @@ ROWS = [
          setup=_native({"d_sae": 32.0})),
     Case("cfg-d_sae-bool", _eval(), SAEFormatError, "'d_sae' must be a positive integer, got True",
          setup=_native({"d_sae": True})),
-    Case("cfg-dtype-int8", _eval(), SAEFormatError, "unsupported SAE dtype 'int8'",
+    Case("cfg-dtype-int8", _eval(), SAEFormatError, "unsupported dtype 'int8'",
          setup=_native({"dtype": "int8"})),
     Case("cfg-dtype-number", _eval(), SAEFormatError, "dtype 16 is not a dtype name",
          setup=_native({"dtype": 16})),

@@ -162,6 +162,28 @@ def test_cache_roundtrip_resume_point_and_stale_key(tmp_path):
     assert fresh.tokens == 0 and not list((tmp_path / "c").glob("shard_*.npy"))
 
 
+def test_hostile_cache_meta_is_never_followed(tmp_path):
+    """A meta.json naming shards outside the folder, or not JSON, starts a fresh cache."""
+    from scope.errors import CheckpointError
+
+    _filled_cache(tmp_path / "c")
+    meta_path = tmp_path / "c" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    outside = tmp_path / "secret.npy"
+    outside.write_bytes(b"x")
+    meta["shards"][0]["file"] = "../secret.npy"
+    meta_path.write_text(json.dumps(meta))
+    assert ActivationCache.open(tmp_path / "c") is None
+    meta_path.write_text("{not json")
+    assert ActivationCache.open(tmp_path / "c") is None
+    fresh = ActivationCache(tmp_path / "c", key={"test": 1}, d_in=8)
+    assert fresh.tokens == 0 and outside.read_bytes() == b"x"
+    cache = _filled_cache(tmp_path / "d")  # a corrupt shard is a named error
+    (tmp_path / "d" / cache.meta["shards"][0]["file"]).write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="unreadable activation shard"):
+        cache.shard(0)
+
+
 def test_shuffle_buffer_is_a_permutation():
     data = torch.arange(1000).float()[:, None]
     gen = torch.Generator().manual_seed(0)

@@ -194,7 +194,7 @@ def fit(sae: JumpReLUTrainingSAE, batches: Iterator[torch.Tensor], cfg: OptimCon
 
 
 class _Sums:
-    """Running sums over one log interval; FVU is a ratio of sums (REFERENCE.md §5)."""
+    """Running sums over one log interval; FVU is a ratio of sums (docs/saes.md, "Metrics")."""
 
     def __init__(self) -> None:
         self.n = self.tokens = 0
@@ -356,8 +356,8 @@ def prepare_data(cfg: TrainConfig, model: Any = None) -> tuple[ActivationCache, 
         meta_path = folder / "meta.json"
         if meta_path.is_file():
             cache = ActivationCache.open(folder)
-            if cache.meta["key"] == _cache_key(cfg, split) and cache.complete and (
-                    cache.tokens >= n_tokens):
+            if cache is not None and cache.meta["key"] == _cache_key(cfg, split) and (
+                    cache.complete and cache.tokens >= n_tokens):
                 caches.append(cache)
                 continue
         model = model if model is not None else _load_model(cfg)
@@ -435,38 +435,28 @@ def to_inference(sae: JumpReLUTrainingSAE, scale: float, cfg: TrainConfig, *, d_
 
 def cast_for_saving(sae: Any, dtype_name: str) -> Any:
     """Cast to the save dtype; float16 falls back to bfloat16 if a weight would overflow it."""
+    from scope.dtypes import dtype_name as canonical
+    from scope.dtypes import to_torch_dtype
+
+    dtype_name = canonical(dtype_name)
     if dtype_name == "float16":
         biggest = max(float(t.abs().max()) for t in sae.state_tensors().values())
         if biggest > torch.finfo(torch.float16).max / 2:
             log.warning("a weight of magnitude %.3g does not fit float16; saving bfloat16",
                         biggest)
             dtype_name = "bfloat16"
-    return sae.to(getattr(torch, dtype_name))
+    return sae.to(to_torch_dtype(dtype_name))
 
 
-@torch.no_grad()
 def heldout_report(sae: Any, acts: torch.Tensor, batch_size: int = 4096) -> dict[str, float]:
     """L0, FVU and dead fraction of an inference SAE on raw held-out activations [n, d_in].
 
-    FVU is a ratio of sums over every token (REFERENCE.md §5); a feature is dead when it
-    fires on none of the tokens.
+    The same definitions as `scope eval` (`scope.evals.reconstruction_stats`): FVU is a ratio of
+    sums over every token; a feature is dead when it fires on none of the tokens.
     """
-    sq_err = sq_norm = l0 = 0.0
-    total = torch.zeros(acts.shape[1], dtype=torch.float64)
-    fired = torch.zeros(sae.d_sae, dtype=torch.bool)
-    for x in acts.split(batch_size):
-        x = x.to(sae.dtype)
-        f = sae.encode(x)  # [batch, d_sae]
-        x_hat = sae.decode(f)
-        sq_err += float((x.double() - x_hat.double()).pow(2).sum())
-        sq_norm += float(x.double().pow(2).sum())
-        total += x.double().sum(dim=0)
-        l0 += float((f != 0).sum())
-        fired |= (f != 0).any(dim=0)
-    n = len(acts)
-    variance = sq_norm - float(total.pow(2).sum()) / n
-    return {"l0": l0 / n, "fvu": sq_err / variance, "dead_fraction": float((~fired).float().mean()),
-            "n_tokens": n}
+    from scope.evals import reconstruction_stats
+
+    return reconstruction_stats(sae, acts, batch_size=batch_size)
 
 
 def _lm_report(model: Any, sae: Any, cfg: TrainConfig) -> dict[str, float]:
