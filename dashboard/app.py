@@ -27,6 +27,7 @@ PAGES = {
     "feature": st.Page("views/feature.py", title="Feature", default=True),
     "inspector": st.Page("views/inspector.py", title="Prompt inspector"),
     "steering": st.Page("views/steering.py", title="Steering"),
+    "attribution": st.Page("views/attribution.py", title="Attribution"),
     "overview": st.Page("views/overview.py", title="Store overview"),
 }
 
