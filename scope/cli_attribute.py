@@ -47,8 +47,9 @@ def add_parser(sub: Any, subparser: Callable[..., argparse.ArgumentParser],
                    help="graph: keep nodes carrying this share of influence (default 0.8)")
     p.add_argument("--edge-threshold", type=float, default=0.98,
                    help="graph: keep edges carrying this share of influence (default 0.98)")
-    p.add_argument("--max-feature-nodes", type=int, default=None,
-                   help="graph: compute incoming edges for at most this many features")
+    p.add_argument("--max-feature-nodes", type=int, default=1024,
+                   help="graph: compute incoming edges for at most this many features, most "
+                        "influential first (default 1024; 0 = all)")
     return p
 
 
@@ -105,7 +106,7 @@ def run_attribute(args: argparse.Namespace) -> int:
     if args.graph:
         g = attribution_graph(model, saes, args.prompt, node_threshold=args.node_threshold,
                               edge_threshold=args.edge_threshold,
-                              max_feature_nodes=args.max_feature_nodes, store=store)
+                              max_feature_nodes=args.max_feature_nodes or None, store=store)
         data = g.to_json(str(args.graph))
         s = g.scores()
         _say()

@@ -308,3 +308,38 @@ def test_bad_target_is_named():
         attribute(model, resid_saes(model)[:1], PROMPT, "cat sat")
     with pytest.raises(ValueError, match="mode"):
         attribute(model, resid_saes(model)[:1], PROMPT, " ", mode="sideways")
+
+
+# ---------------------------------------------------------------------------------------------
+# the bundled model
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_bundled_top_feature_agrees_with_its_ablation(tmp_path):
+    """A prompt with a clear next token: the top feature's attribution ~ its measured ablation."""
+    import scope
+
+    model = scope.load_model("bundled")
+    sae = scope.load_sae("bundled", model=model)
+    prompt = "When Mary and John went to the store, John gave a cold drink to"
+    r = scope.attribute(model, sae, prompt, " Mary", ablation_k=3)
+    assert r.target_prob > 0.5
+    assert r.splice_max_rel_error <= 1e-5
+    ab = r.ablation_check
+    pred, meas = ab.predicted[0], ab.measured[0]
+    assert pred * meas > 0  # same sign
+    assert 1 / 3 <= meas / pred <= 3  # rough size
+    # every shipped demo SAE loads by name, and a multi-layer graph exports the documented fields
+    from scope.attribution.attribute import expand_sae_specs
+
+    specs = expand_sae_specs(["bundled/all"])
+    assert len(specs) >= 4 and specs[0] != "bundled"
+    saes = [scope.load_sae(s, model=model) for s in specs]
+    assert scope.load_sae("bundled").cfg.hook_name == "blocks.9.hook_resid_post"
+    g = scope.attribution_graph(model, saes, prompt, max_feature_nodes=96)
+    data = g.to_json(str(tmp_path / "g.json"))
+    assert g.stats["splice_max_rel_error"] <= 1e-5
+    assert {n["layer"] for n in data["nodes"] if n["feature_type"] == "cross layer transcoder"} \
+        <= {str(s.layer) for s in g.sites}
+    assert data["links"] and data["metadata"]["prompt_tokens"][-1] == " to"

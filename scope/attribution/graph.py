@@ -340,7 +340,7 @@ class _GraphPass:
 def attribution_graph(model: Any, saes: Any, prompt: str | torch.Tensor, *,
                       max_logits: int = 10, logit_probability: float = 0.95,
                       node_threshold: float = 0.8, edge_threshold: float = 0.98,
-                      batch_size: int = 64, max_feature_nodes: int | None = None,
+                      batch_size: int = 32, max_feature_nodes: int | None = 1024,
                       store: Any = None) -> AttributionGraph:
     """Build the attribution graph of one prompt's next-token prediction.
 
@@ -354,7 +354,9 @@ def attribution_graph(model: Any, saes: Any, prompt: str | torch.Tensor, *,
         edge_threshold: default share of edge influence kept (0.98).
         batch_size: target rows per backward pass (the prompt runs as this many copies).
         max_feature_nodes: compute incoming edges for at most this many features (most
-            influential first); None = all with any influence.
+            influential first; the rest stay in the graph as sources); None = every feature
+            with any influence. Each row costs a backward pass through the layers between the
+            feature and the SAE before it, so this bounds the time.
         store: an open feature store; feature labels are read from it when it has them.
 
     Returns:

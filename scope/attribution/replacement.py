@@ -173,14 +173,28 @@ def site_hooks(model: Any, hook_name: str, fn: Callable[[torch.Tensor], torch.Te
     return splice_hooks(model, hook_name, fn)
 
 
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass after the last block."""
+
+
+def _raise_stop(act, hook):
+    raise _Stop
+
+
 def forward(model: Any, tokens: torch.Tensor, *, stop_at_final: bool = False) -> Any:
-    """Run the model; with `stop_at_final`, skip the final norm and unembedding when possible."""
-    if stop_at_final:
-        try:
-            return model(tokens, stop_at_layer=model.cfg.n_layers)
-        except TypeError:  # a model without stop_at_layer: run it whole
-            pass
-    return model(tokens)
+    """Run the model; with `stop_at_final`, end after the last block (no final norm/unembed).
+
+    Hooks attached before this call run first; a last hook on the final residual stream then
+    ends the pass (a TransformerBridge's `stop_at_layer` cannot stop after the last block).
+    """
+    if not stop_at_final:
+        return model(tokens)
+    try:
+        with attached(model, [(final_hook(model), _raise_stop)]):
+            model(tokens)
+    except _Stop:
+        pass
+    return None
 
 
 def clean_run(model: Any, sites: list[Site], tokens: torch.Tensor, freezer: Freezer | None = None

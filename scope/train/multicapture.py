@@ -76,16 +76,18 @@ def fill_caches(cfgs: list[TrainConfig], model: Any = None) -> None:
         t0 = time.time()
         windows = token_windows(Corpus(source=first.corpus, split=split), model.tokenizer,
                                 ctx=first.ctx, batch_size=first.capture_batch_size, start=start)
+        have = {h: c.tokens for h, c in todo.items()}  # written + pending
         for tokens in windows:
-            todo = {h: c for h, c in todo.items() if c.tokens < wanted[h]}
+            todo = {h: c for h, c in todo.items() if have[h] < wanted[h]}
             if not todo:
                 break
             with torch.no_grad():
                 acts = capture(model, tokens, list(todo))
             keep = ~torch.isin(tokens, special)
             for h, cache in todo.items():
-                cache.append(acts[h][keep.to(acts[h].device)].float().cpu(), windows=len(tokens),
-                             flush_tokens=SHARD_TOKENS)
+                kept = acts[h][keep.to(acts[h].device)].float().cpu()
+                cache.append(kept, windows=len(tokens), flush_tokens=SHARD_TOKENS)
+                have[h] += len(kept)
             bar.update(int(keep.sum()))
         bar.close()
         for cache in caches.values():
