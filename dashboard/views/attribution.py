@@ -74,10 +74,11 @@ def _feature_link(name: str | None, feature: int | None) -> str | None:
 
 
 with st.form("attr_form"):
-    prompt = st.text_area("Prompt", st.session_state.get("attr_prompt", "The capital of France is"),
+    prompt = st.text_area("Prompt", st.session_state.get(
+        "attr_prompt", "When Mary and John went to the store, John gave a cold drink to"),
                           height=70)
     c = st.columns([2, 2, 2])
-    target = c[0].text_input("Target token", st.session_state.get("attr_target", " Paris"),
+    target = c[0].text_input("Target token", st.session_state.get("attr_target", " Mary"),
                              help="One token; mind the leading space (' Paris').")
     contrast = c[1].text_input("Contrast token (optional)",
                                st.session_state.get("attr_contrast", ""),
@@ -86,7 +87,8 @@ with st.form("attr_form"):
                       help="total: full backward; direct: attention, norms and other "
                            "features frozen (the graph's edges into the logit).")
     choices = _extra_choices()
-    extra = st.multiselect("Extra SAEs", list(choices), default=[],
+    demo = [c for c in choices if c.startswith("demo SAE")]  # the bundled model's other layers
+    extra = st.multiselect("Extra SAEs", list(choices), default=demo,
                            help="Attribute over several SAEs at once (and draw a graph).")
     go_button = st.form_submit_button("Attribute", type="primary")
 
