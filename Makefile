@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 SHELL  := /bin/bash
 
-.PHONY: install demo test test-fast lint browser bench clean
+.PHONY: install demo test test-fast lint browser bench clean notebooks
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -44,3 +44,13 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Re-run every notebook on the bundled demo and keep its outputs in the file (they are committed,
+# so the notebooks read well on a code-hosting page); tests/test_notebooks.py still executes them.
+notebooks: $(STAMP)
+	for nb in notebooks/*.ipynb; do \
+	  HF_HUB_OFFLINE=1 $(PY) -c "import sys, nbformat; from nbclient import NotebookClient; \
+	    p = sys.argv[1]; nb = nbformat.read(p, as_version=4); \
+	    NotebookClient(nb, timeout=1800, kernel_name='python3', resources={'metadata': {'path': 'notebooks'}}).execute(); \
+	    nbformat.write(nb, p); print('executed', p)" $$nb || exit 1; \
+	done

@@ -9,6 +9,7 @@ runs this file; tests drive it with `streamlit.testing.v1.AppTest` and $SCOPE_DA
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -22,9 +23,11 @@ import streamlit as st  # noqa: E402
 from dashboard import data, render  # noqa: E402
 
 st.set_page_config(page_title="scope dashboard", layout="wide")
+log = logging.getLogger("scope.dashboard")
 
 PAGES = {
     "feature": st.Page("views/feature.py", title="Feature", default=True),
+    "features": st.Page("views/features.py", title="Feature list"),
     "inspector": st.Page("views/inspector.py", title="Prompt inspector"),
     "steering": st.Page("views/steering.py", title="Steering"),
     "attribution": st.Page("views/attribution.py", title="Attribution"),
@@ -40,13 +43,14 @@ if not path:
     st.stop()
 try:
     store = data.get_store(path)
-except Exception as exc:  # shown in the page: a missing or corrupt store
-    st.error(f"Cannot open the feature store at `{path}`: {exc}")
+    names = list(store.sae_names)
+except Exception as exc:  # a missing or corrupt store: a message, never a traceback or a path
+    log.warning("dashboard: cannot open the store at %s: %s", path, exc)
+    st.error(render.store_error_message(exc))
     st.stop()
 
-names = list(store.sae_names)
 if not names:
-    st.error(f"The store at `{path}` holds no SAEs.")
+    st.error("This feature store holds no SAEs: extract again with `scope extract`.")
     st.stop()
 
 # Deep links: ?sae=NAME&feature=N open that feature (read once per session).
@@ -55,10 +59,13 @@ if "feature" not in st.session_state:
     if qp.get("sae") in names:
         st.session_state["sae"] = qp.get("sae")
     try:
-        st.session_state["feature"] = max(0, int(qp["feature"]))
+        st.session_state["feature"] = int(qp["feature"])  # out of range: the page says so
     except (KeyError, ValueError):  # no deep link: start on the first feature that fired
         sae0 = st.session_state.get("sae", names[0])
-        live = data.live_features(path, sae0 if sae0 in names else names[0])
+        try:
+            live = data.live_features(path, sae0 if sae0 in names else names[0])
+        except Exception:  # a corrupt summary: the page shows the error
+            live = []
         st.session_state["feature"] = int(live[0]) if len(live) else 0
 st.session_state["store_path"] = path
 
@@ -77,11 +84,11 @@ with st.sidebar:
         "SAE", names, key="sae_box", on_change=_pick_sae,
         help="The SAE (hook site) every page reads.",
     )
-    manifest = store.manifest
-    model_name = (manifest.get("model") or {}).get("name", "?")
-    st.caption(
-        f"Store {render.md_escape(Path(path).name)} · model {render.md_escape(model_name)} · "
-        f"{int(manifest.get('tokens') or 0):,} tokens · {manifest.get('status', '?')}"
-    )
+    st.caption(render.store_caption(Path(path).name, store.manifest))
 
-st.navigation(list(PAGES.values())).run()
+page = st.navigation(list(PAGES.values()))
+try:
+    page.run()
+except Exception as exc:  # e.g. a store file that went missing or is corrupt: say so, no trace
+    log.warning("dashboard: page %s failed: %s", page.title, exc, exc_info=True)
+    st.error(render.store_error_message(exc))

@@ -78,6 +78,10 @@ class FeatureView:
     top_logits: list[tuple[str, float]]
     bottom_logits: list[tuple[str, float]]
     neuronpedia_url: str | None = None
+    label: str = ""
+    explanation: tuple[str, float | None, str] | None = None  # (text, score, explainer)
+    neighbours: list[tuple[int, float]] = field(default_factory=list)  # (index, cosine)
+    fires_on: list[tuple[str, float]] = field(default_factory=list)  # (token, share)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -92,6 +96,7 @@ def _example(e) -> Example:
 def to_view(feat, sae: str) -> FeatureView:
     """Convert a store `Feature` (which may hold memory maps) to a plain `FeatureView`."""
     counts, edges = feat.histogram
+    exp = getattr(feat, "explanation", None)
     bands = [
         Band(float(b.low), float(b.high), [_example(e) for e in b.examples])
         for b in (getattr(feat, "band_examples", None) or [])
@@ -110,13 +115,29 @@ def to_view(feat, sae: str) -> FeatureView:
         top_logits=[(str(t), float(v)) for t, v in feat.top_logits],
         bottom_logits=[(str(t), float(v)) for t, v in feat.bottom_logits],
         neuronpedia_url=getattr(feat, "neuronpedia_url", None),
+        label=str(getattr(feat, "label", "") or ""),
+        explanation=None if exp is None else (str(exp.text), exp.score, str(exp.explainer)),
+        neighbours=[(int(i), float(c)) for i, c in (getattr(feat, "neighbours", None) or [])],
+        fires_on=[(str(t), float(v)) for t, v in (getattr(feat, "fires_on", None) or [])],
     )
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
-def feature_view(path: str, sae: str, index: int) -> FeatureView:
-    """One feature's slices, read once and kept (a few KB each)."""
+def feature_view(path: str, sae: str, index: int, labels_mtime: int = 0) -> FeatureView:
+    """One feature's slices, read once and kept (a few KB each); `labels_mtime` renews the
+    cached label after an import or `scope explain`."""
     return to_view(get_store(path).feature(sae, int(index)), sae)
+
+
+@st.cache_data(show_spinner=False)
+def firing_counts(path: str, sae: str) -> np.ndarray:
+    """Number of tokens each feature fired on, [d_sae]."""
+    return np.asarray(get_store(path).firing_counts(sae), dtype=np.int64)
+
+
+def histograms_may_be_clipped(path: str) -> bool:
+    """True for a store whose histograms may clip large activations into the last bin."""
+    return bool(getattr(get_store(path), "histograms_may_be_clipped", False))
 
 
 @st.cache_data(show_spinner=False)
@@ -129,6 +150,36 @@ def densities(path: str, sae: str) -> np.ndarray:
 def max_activations(path: str, sae: str) -> np.ndarray:
     """Largest activation of every feature of one SAE, [d_sae]."""
     return np.asarray(get_store(path).max_activations(sae), dtype=np.float64)
+
+
+@st.cache_resource(show_spinner="Indexing the features of this SAE (once per server)…")
+def feature_table(path: str, sae: str, labels_mtime: int):
+    """Every feature's columns and label, with a text index (scope.feature_list.FeatureTable).
+
+    `labels_mtime` (labels.json's mtime) makes an import or `scope explain` show up without a
+    restart."""
+    from scope.feature_list import FeatureTable
+
+    return FeatureTable.build(get_store(path), sae)
+
+
+def labels_mtime(path: str) -> int:
+    from scope.labels import LABELS_FILE
+
+    try:
+        return (Path(path) / LABELS_FILE).stat().st_mtime_ns
+    except OSError:
+        return -1
+
+
+def table(path: str, sae: str):
+    """The current `FeatureTable` of one SAE."""
+    return feature_table(path, sae, labels_mtime(path))
+
+
+def labels(path: str, sae: str) -> list[str]:
+    """Every feature's label (explanation, else the automatic label), by index."""
+    return table(path, sae).labels
 
 
 @st.cache_data(show_spinner=False)
@@ -228,6 +279,51 @@ def encode_prompt(model, sae, text: str) -> tuple[list[str], np.ndarray, bool]:
     strs = [str(s) for s in model.to_str_tokens(tokens[0])]
     bos_id = getattr(model.tokenizer, "bos_token_id", None)
     return strs, feats[0].float().cpu().numpy(), bos_id is not None and int(tokens[0, 0]) == bos_id
+
+
+def continuation_loss(model, prompt: str, continuation: str) -> float:
+    """Mean cross-entropy (nats/token) of `continuation` after `prompt` under `model` as it is
+    (call it with no steering active: this is how far a steered text drifts from what the
+    model itself would say)."""
+    import torch
+
+    n_prompt = model.to_tokens(prompt).shape[1]
+    tokens = model.to_tokens(prompt + continuation)  # [1, pos], BOS prepended
+    if tokens.shape[1] <= n_prompt:
+        return 0.0
+    with torch.no_grad():
+        logits = model(tokens, return_type="logits")[0, :-1].float()  # [pos-1, d_vocab]
+    logp = torch.log_softmax(logits, dim=-1)
+    target = tokens[0, 1:]
+    nll = -logp.gather(1, target[:, None])[:, 0]
+    return float(nll[n_prompt - 1:].mean())
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def default_continuation(path: str, prompt: str, max_new_tokens: int, temperature: float,
+                         seed: int) -> tuple[str, float]:
+    """The unsteered continuation and its loss, cached: steering again with other features or
+    strengths reuses it (only the steered text is generated)."""
+    from scope import generate
+
+    model = live_model(path).model
+    with model_lock(path):
+        text = generate(model, prompt, max_new_tokens=int(max_new_tokens),
+                        temperature=float(temperature), seed=int(seed))
+        return text, continuation_loss(model, prompt, text)
+
+
+def steered_continuation(path: str, model, sae, spec: dict[int, float], mode: str, prompt: str,
+                         *, max_new_tokens: int, temperature: float,
+                         seed: int) -> tuple[str, float]:
+    """A steered continuation and its drift (its loss under the unsteered model)."""
+    from scope import generate, steering
+
+    with model_lock(path):
+        with steering(model, sae, spec, mode=mode):
+            text = generate(model, prompt, max_new_tokens=int(max_new_tokens),
+                            temperature=float(temperature), seed=int(seed))
+        return text, continuation_loss(model, prompt, text)
 
 
 def generate_pair(

@@ -45,7 +45,7 @@ def esc(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
-_MD_SPECIAL = set("\\`*_{}[]()#+-.!|<>~$:")
+_MD_SPECIAL = set("\\`*_{}[]()#+-.!|<>~$:@&")
 
 
 def md_escape(text: object) -> str:
@@ -54,26 +54,83 @@ def md_escape(text: object) -> str:
     return "".join("\\" + c if c in _MD_SPECIAL else c for c in str(text))
 
 
+def md_text(value: object, limit: int = 300) -> str:
+    """Text from a store, a manifest, a model spec or a file name, ready for any Streamlit
+    element that renders Markdown (markdown, caption, subheader, metric, error, help, labels).
+
+    The one helper for that: it cuts the text to `limit` characters and backslash-escapes every
+    Markdown character, so `![x](http://host/)` is shown, not fetched, `[a](b)` is not a link,
+    and `http://host` or `www.host` is not auto-linked (its `:` and `.` are escaped)."""
+    text = str(value)
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return md_escape(text.replace("\r", " ").replace("\n", " "))
+
+
+def as_int(value: object, default: int = 0) -> int:
+    """An int from a manifest field that may be missing or hostile."""
+    try:
+        return int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return default
+
+
+def store_error_message(exc: BaseException) -> str:
+    """What the dashboard says when the store cannot be read: no traceback, no server path."""
+    return ("The feature store cannot be read: it is missing, corrupt or was written by a "
+            f"newer scope ({md_text(type(exc).__name__)}; the server log has the details). "
+            "Extract it again with `scope extract`, or start the dashboard on another store.")
+
+
+def store_caption(name: str, manifest: dict) -> str:
+    """The sidebar's one line about the store (every field escaped)."""
+    model = manifest.get("model") if isinstance(manifest.get("model"), dict) else {}
+    return (f"Store {md_text(name)} · model {md_text(model.get('name', '?'))} · "
+            f"{as_int(manifest.get('tokens')):,} tokens · {md_text(manifest.get('status', '?'))}")
+
+
 def display_token(token: str) -> str:
-    """Make invisible characters visible: newlines as ↵, tabs as ⇥, an empty token as ∅."""
+    """Make invisible characters visible: newlines as ↵, tabs as ⇥, an empty token as ∅, a long
+    run of more than 16 spaces as `␣×N` (so a highlighted whitespace token stays inside its
+    column)."""
     if token == "":
         return "∅"
+    if len(token) > 16 and token.strip(" ") == "":
+        return f"␣×{len(token)}"
     return token.replace("\r", "").replace("\n", "↵").replace("\t", "⇥")
 
 
 def format_value(value: float) -> str:
-    """A compact number for hover text and tables (3 significant digits, no -0)."""
+    """A number as a researcher reads it: `2,030`, `20.3`, `0.203`, `0.00012` (no e-notation,
+    no -0)."""
+    value = float(value)
     if value == 0 or not math.isfinite(value):
         return "0" if value == 0 else str(value)
-    return f"{value:.3g}"
+    a = abs(value)
+    if a >= 999.5:
+        return f"{value:,.0f}"
+    if a >= 1e-4:
+        return f"{value:.3g}"
+    return f"{value:.2e}"
+
+
+def format_count(count: float) -> str:
+    """An integer count with thousands separators: `1,234`."""
+    return f"{int(count):,}"
 
 
 def format_density(density: float) -> str:
-    """A firing fraction as a percentage with enough digits for rare features."""
+    """A firing fraction as a percentage in plain notation: `12.3%`, `0.0077%`, `0.00012%`."""
     if density <= 0:
         return "0% (dead)"
     pct = 100.0 * density
-    return f"{pct:.3g}%" if pct >= 0.001 else f"{pct:.2e}%"
+    if pct >= 1:
+        return f"{pct:.3g}%"
+    digits = max(0, 1 - math.floor(math.log10(pct)))  # two significant digits
+    text = f"{pct:.{digits}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return f"{text}%"
 
 
 def shade(value: float, max_value: float) -> str:
@@ -185,7 +242,8 @@ def contexts_html(top_examples, band_examples, max_value: float, *, full: bool =
         full: show whole contexts instead of a window around each peak.
     """
     head = '<div style="font-weight:600;margin:10px 0 4px 0">{}</div>'
-    parts = [TOKEN_CSS, head.format(f"Top {len(top_examples)} contexts")]
+    n_top = len(top_examples)
+    parts = [TOKEN_CSS, head.format("Top context" if n_top == 1 else f"Top {n_top} contexts")]
     if not top_examples:
         parts.append('<div class="scope-more">No contexts: the feature did not fire.</div>')
     for e in top_examples:
@@ -244,6 +302,19 @@ def log_spaced(bin_edges: Sequence[float]) -> bool:
     return bool(ratios.min() > 1.0001 and np.allclose(ratios, ratios[0], rtol=1e-3))
 
 
+def log_ticks(lo: float, hi: float, max_ticks: int = 9) -> list[float]:
+    """Round tick values (1, 2, 5 x 10^k, thinned to 1 x 10^k when too many) in [lo, hi]."""
+    if lo <= 0 or hi <= lo:
+        return []
+    ticks: list[float] = []
+    for mantissas in ((1, 2, 5), (1,)):
+        ticks = [m * 10.0 ** k for k in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+                 for m in mantissas if lo <= m * 10.0 ** k <= hi]
+        if len(ticks) <= max_ticks:
+            break
+    return ticks
+
+
 def histogram_figure(counts: Sequence[float], bin_edges: Sequence[float], title: str = ""):
     """A plotly step histogram of a feature's nonzero activations (log-count axis).
 
@@ -274,6 +345,9 @@ def histogram_figure(counts: Sequence[float], bin_edges: Sequence[float], title:
     if nz.size:  # show the occupied bins, one empty bin either side
         lo, hi = edges[max(nz[0] - 1, 0)], edges[min(nz[-1] + 2, len(edges) - 1)]
         xaxis["range"] = [float(np.log10(lo)), float(np.log10(hi))] if log_x else [lo, hi]
+        if log_x:  # 1-2-5 ticks labelled in full (plotly's own log ticks read "3 4 5 … 100 2 3")
+            ticks = log_ticks(lo, hi)
+            xaxis.update(tickmode="array", tickvals=ticks, ticktext=[format_value(t) for t in ticks])
     fig.update_layout(
         template=_TEMPLATE,
         title=title or None,
@@ -317,14 +391,15 @@ def density_figure(densities: np.ndarray, bins: int = 60):
 
 
 def density_summary(densities: np.ndarray) -> dict[str, float]:
-    """Counts of dead, live and dense (>10% firing) features and the median live density."""
+    """Counts of dead, live and dense (>1% firing, as the feature list hides) features and the
+    median live density."""
     d = np.asarray(densities, dtype=float)
     live = d[d > 0]
     return {
         "features": int(d.size),
         "dead": int((d <= 0).sum()),
         "live": int(live.size),
-        "dense": int((d > 0.1).sum()),
+        "dense": int((d > 0.01).sum()),
         "median_live_density": float(np.median(live)) if live.size else 0.0,
     }
 
@@ -408,3 +483,106 @@ def steering_rows(spec: dict[int, float], mode: str, d_sae: int | None = None) -
             row["note"] = f"out of range (SAE has {d_sae} features)"
         rows.append(row)
     return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# labels, links, neighbours, inspector
+# ---------------------------------------------------------------------------------------------
+
+
+def feature_href(sae: str, index: int) -> str:
+    """Relative link to a feature's page (a deep link the router reads)."""
+    from urllib.parse import urlencode
+
+    return "./?" + urlencode({"sae": sae, "feature": int(index)})
+
+
+def feature_link(sae: str, index: int, label: str | None = None, *, max_label: int = 60) -> str:
+    """`<a>#index</a>` to the feature's page, followed by its (escaped, shortened) label."""
+    link = (f'<a href="{esc(feature_href(sae, index))}" target="_self" '
+            f'style="font-family:ui-monospace,monospace">#{int(index)}</a>')
+    if not label:
+        return link
+    short = label if len(label) <= max_label else label[: max_label - 1] + "…"
+    return f'{link} <span style="color:#555" title="{esc(label)}">{esc(short)}</span>'
+
+
+def explanation_caption(explanation: tuple[str, float | None, str] | None) -> str:
+    """Markdown for the line under a feature's label: who explained it and how well."""
+    if explanation is None:
+        return ("Automatic label: the tokens it fires on most with their share of its firings "
+                "(import or write explanations with `scope labels import` / `scope explain`).")
+    _, score, explainer = explanation
+    how = (f"detection score {score:.2f} (0.5 = chance, 1 = perfect)" if score is not None
+           else "not scored")
+    return f"Explanation by {md_text(explainer or 'unknown')} · {how}"
+
+
+def neighbours_html(sae: str, rows: Sequence[tuple[int, float, str]]) -> str:
+    """Nearest features by decoder cosine: link, cosine, label."""
+    head = ('<table style="border-collapse:collapse;width:100%;font-size:0.85em">'
+            '<thead><tr><th style="text-align:left">Nearest features (decoder cosine)</th>'
+            '<th style="text-align:right">cos</th></tr></thead><tbody>')
+    body = [f'<tr><td style="padding:1px 4px 1px 0">{feature_link(sae, i, lab, max_label=48)}</td>'
+            f'<td style="text-align:right">{c:.2f}</td></tr>' for i, c, lab in rows]
+    if not rows:
+        body.append('<tr><td colspan="2" style="color:#888">not in this store (format 1): '
+                    "extract again to get neighbours</td></tr>")
+    return head + "".join(body) + "</tbody></table>"
+
+
+def inspector_rank(acts: np.ndarray, store_max: np.ndarray, *, relative: bool = True,
+                   hide: np.ndarray | None = None, k: int = 5) -> list[list[tuple[int, float, float]]]:
+    """Per token, its top `k` features as `(feature, activation, activation / store max)`.
+
+    Args:
+        acts: `[pos, d_sae]` activations of a prompt.
+        store_max: `[d_sae]` each feature's max activation in the store.
+        relative: rank by the fraction of the feature's store max (else by raw activation).
+        hide: `[d_sae]` bool, features to leave out (e.g. dense ones).
+        k: features per token.
+    """
+    acts = np.asarray(acts, dtype=np.float64)
+    peak = np.asarray(store_max, dtype=np.float64)
+    frac = np.divide(acts, peak, out=np.zeros_like(acts), where=peak > 0)
+    key = frac if relative else acts.copy()
+    key = np.where(acts > 0, key, -np.inf)
+    if hide is not None:
+        key[:, np.asarray(hide, dtype=bool)] = -np.inf
+    k = max(1, min(int(k), acts.shape[1]))
+    idx = np.argpartition(-key, k - 1, axis=1)[:, :k]
+    out = []
+    for p in range(acts.shape[0]):
+        row = sorted(idx[p], key=lambda f: (-key[p, f], f))
+        out.append([(int(f), float(acts[p, f]), float(frac[p, f])) for f in row
+                    if np.isfinite(key[p, f])])
+    return out
+
+
+def inspector_html(sae: str, tokens: Sequence[str], ranked: Sequence[Sequence[tuple]],
+                   labels: Sequence[str], skip: int = 0) -> str:
+    """The inspector's per-token table: position, token, then each feature as a link with its
+    label, activation and share of its store max. Wraps inside the page's width."""
+    rows = []
+    for p, (tok, feats) in enumerate(zip(tokens, ranked, strict=True)):
+        if p < skip:
+            cell = '<span style="color:#888">BOS: not read by SAEs</span>'
+        elif not feats:
+            cell = '<span style="color:#888">—</span>'
+        else:
+            cell = "<br>".join(
+                f'{feature_link(sae, f, labels[f] if f < len(labels) else None, max_label=40)} '
+                f'<span style="color:#a04000">{esc(format_value(v))}</span>'
+                f'<span style="color:#888"> ({frac:.0%} of max)</span>'
+                for f, v, frac in feats)
+        rows.append(f'<tr style="border-top:1px solid #eee;vertical-align:top">'
+                    f'<td style="color:#888;padding:2px 6px 2px 0">{p}</td>'
+                    f'<td style="font-family:ui-monospace,monospace;white-space:pre-wrap;'
+                    f'overflow-wrap:anywhere;padding:2px 8px 2px 0">{esc(display_token(tok))}</td>'
+                    f'<td style="overflow-wrap:anywhere;padding:2px 0">{cell}</td></tr>')
+    return ('<table style="border-collapse:collapse;width:100%;table-layout:fixed;'
+            'font-size:0.85em"><colgroup><col style="width:2.5em"><col style="width:7em"><col>'
+            '</colgroup><thead><tr><th style="text-align:left">pos</th>'
+            '<th style="text-align:left">token</th><th style="text-align:left">top features '
+            "(activation, share of the feature's max in the store)</th></tr></thead><tbody>"
+            + "".join(rows) + "</tbody></table>")

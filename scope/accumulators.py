@@ -2,10 +2,11 @@
 
 `FeatureAccumulator` keeps, for every feature of one SAE: the firing count, the sum of nonzero
 activations (in int64 fixed point, so sums are exact and associative), the max, a histogram on
-fixed log-spaced edges, the top-k contexts by the context's max activation and a few contexts
-per activation band. Every statistic is order-independent: the state after a stream is the same
-however the stream is batched, resumed or sharded, and `merge` of two states equals the state
-of the concatenated stream, bit for bit.
+fixed log-spaced edges, the top-k contexts by the context's max activation, a few contexts per
+activation band, and a count-min sketch of the tokens it fires on. Every statistic is
+order-independent: the state after a stream is the same however the stream is batched, resumed
+or sharded, and `merge` of two states equals the state of the concatenated stream, bit for bit.
+`stats()` returns a typed numpy snapshot (`FeatureStats`); this module knows no file names.
 
 Ties are broken deterministically: top-k ranks by (activation desc, global window index asc);
 band samples keep the smallest hash of (window, feature). Shapes: `f [batch, pos, d_sae]`,
@@ -16,20 +17,64 @@ No per-feature Python loop; works on any device.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-#: histogram edges of nonzero activations: 10 bins per decade from 1e-3 to 1e3 (values outside
-#: land in the first/last bin); fixed so histograms from any run add up
-HIST_EDGES = np.logspace(-3, 3, 61)
-#: activation bands for sampled contexts: 2 per decade from 1e-2 to 1e3 (the same clamping)
-BAND_EDGES = np.logspace(-2, 3, 11)
+from scope.errors import NonFiniteActivationError
+from scope.store.schema import token_sketch_buckets
+
+#: histogram edges of nonzero activations: 10 bins per decade from 1e-3 to 1e6, wide enough for
+#: Gemma Scope 1 (tens to hundreds) and Gemma 3 residual SAEs (tens of thousands); values outside
+#: land in the first/last bin. Fixed, so histograms from any run or shard add up exactly.
+HIST_EDGES = np.logspace(-3, 6, 91)
+#: activation bands for sampled contexts: 2 per decade from 1e-2 to 1e6 (the same clamping)
+BAND_EDGES = np.logspace(-2, 6, 17)
 BAND_SAMPLES = 2
+#: count-min sketch of the tokens each feature fires on: depth rows of width buckets
+SKETCH_DEPTH, SKETCH_WIDTH = 4, 256
 #: activations are summed as round(a * 2**SUM_BITS) in int64: exact, associative
 SUM_BITS = 20
 _WINDOW_MASK = 0xFFFFFFFF
 _MAX_KEY = (1 << 63) - 1
+
+
+@dataclass
+class FeatureStats:
+    """A numpy snapshot of one SAE's statistics (`F = d_sae`, `k` top contexts, `B` bands,
+    `s` samples per band, `P = ctx`). Every array is in mergeable form."""
+
+    tokens: int
+    """Tokens counted (BOS/EOS/pad excluded)."""
+    firing_count: np.ndarray  # [F] int64
+    act_sum_fixed: np.ndarray  # [F] int64: sum of round(a * 2**SUM_BITS)
+    max_activation: np.ndarray  # [F] float32
+    histogram: np.ndarray  # [F, n_bins] int64
+    top_window: np.ndarray  # [F, k] int64, best first, -1 empty
+    top_value: np.ndarray  # [F, k] float32
+    top_pos: np.ndarray  # [F, k] int32
+    top_acts: np.ndarray  # [F, k, P] float16, activation / top_value (relative to the peak)
+    band_window: np.ndarray  # [F, B, s] int64
+    band_value: np.ndarray  # [F, B, s] float32
+    band_pos: np.ndarray  # [F, B, s] int32
+    band_acts: np.ndarray  # [F, B, s, P] float16, activation / band_value
+    token_sketch: np.ndarray  # [F, depth, width] int64
+
+    @property
+    def mean_activation(self) -> np.ndarray:
+        """`[F]` float32 mean over nonzero activations (0 for features that never fired)."""
+        c = self.firing_count
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(c > 0, self.act_sum_fixed.astype(np.float64) / 2.0**SUM_BITS / c, 0.0)
+        return mean.astype(np.float32)
+
+    @property
+    def density(self) -> np.ndarray:
+        """`[F]` float64 firing fraction over counted tokens."""
+        if not self.tokens:
+            return np.zeros(len(self.firing_count), np.float64)
+        return (self.firing_count / self.tokens).astype(np.float64)
 
 
 def _float_bits(v: torch.Tensor) -> torch.Tensor:
@@ -120,50 +165,78 @@ class FeatureAccumulator:
     """Running statistics of one SAE's features (see the module docstring)."""
 
     def __init__(self, d_sae: int, ctx: int, top_k: int = 20, band_samples: int = BAND_SAMPLES,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", *, hist_edges: np.ndarray = HIST_EDGES,
+                 band_edges: np.ndarray = BAND_EDGES, sketch: tuple[int, int] = (
+                     SKETCH_DEPTH, SKETCH_WIDTH)) -> None:
         self.d_sae, self.ctx, self.top_k = d_sae, ctx, top_k
         self.device = torch.device(device)
         dev = self.device
-        self.n_bands = len(BAND_EDGES) - 1
+        self.hist_edges = np.asarray(hist_edges, dtype=np.float64)
+        self.band_edges = np.asarray(band_edges, dtype=np.float64)
+        self.n_bands = len(self.band_edges) - 1
         self.tokens = 0  # non-special tokens seen
         self.count = torch.zeros(d_sae, dtype=torch.long, device=dev)
         self.act_sum = torch.zeros(d_sae, dtype=torch.long, device=dev)  # fixed point
         self.max = torch.zeros(d_sae, dtype=torch.float32, device=dev)
-        self.hist = torch.zeros((d_sae, len(HIST_EDGES) - 1), dtype=torch.long, device=dev)
+        self.hist = torch.zeros((d_sae, len(self.hist_edges) - 1), dtype=torch.long, device=dev)
+        self.sketch = torch.zeros((d_sae, *sketch), dtype=torch.long, device=dev)
         self.top = Slots(d_sae, top_k, ctx, dev)
         self.bands = [Slots(d_sae, band_samples, ctx, dev) for _ in range(self.n_bands)]
-        self._hist_inner = torch.tensor(HIST_EDGES[1:-1], dtype=torch.float32, device=dev)
-        self._band_inner = torch.tensor(BAND_EDGES[1:-1], dtype=torch.float32, device=dev)
+        self._hist_inner = torch.tensor(self.hist_edges[1:-1], dtype=torch.float32, device=dev)
+        self._band_inner = torch.tensor(self.band_edges[1:-1], dtype=torch.float32, device=dev)
         self._feat = torch.arange(d_sae, device=dev)
 
     @torch.no_grad()
-    def update(self, f: torch.Tensor, mask: torch.Tensor, windows: torch.Tensor) -> None:
+    def update(self, f: torch.Tensor, mask: torch.Tensor, windows: torch.Tensor,
+               tokens: torch.Tensor | None = None) -> None:
         """Add one batch.
 
         Args:
             f: `[batch, pos, d_sae]` feature activations (>= 0); modified in place (masked).
             mask: `[batch, pos]` bool, False at BOS/EOS/pad (excluded from every statistic).
             windows: `[batch]` int64 global window indices.
+            tokens: `[batch, pos]` token ids, for the sketch of firing tokens (None: not kept).
+
+        Raises:
+            NonFiniteActivationError: an activation is NaN or infinite (`.feature` names the
+                first such feature); the state is left as it was before the call.
         """
         f = f.float() if f.dtype != torch.float32 else f
         windows = windows.to(self.device)
         excluded = (~mask).nonzero(as_tuple=True)
         f[excluded[0], excluded[1]] = 0.0
-        self.tokens += int(mask.sum())
         flat = f.view(-1, self.d_sae)
         rows, cols = flat.nonzero(as_tuple=True)
         vals = flat[rows, cols]
+        finite = torch.isfinite(vals)
+        if not bool(finite.all()):
+            feature = int(cols[~finite].min())
+            err = NonFiniteActivationError(
+                f"feature {feature} has a non-finite activation "
+                f"({float(vals[~finite][0])}); check the SAE's weights and the model's dtype")
+            err.feature = feature
+            raise err
+        self.tokens += int(mask.sum())
         self.count += torch.bincount(cols, minlength=self.d_sae)
         self.act_sum.index_add_(0, cols, torch.round(vals.double() * 2.0**SUM_BITS).long())
         bins = torch.bucketize(vals, self._hist_inner, right=True)
         self.hist.view(-1).index_add_(0, cols * self.hist.shape[1] + bins,
                                       torch.ones_like(bins))
+        if tokens is not None:
+            depth, width = self.sketch.shape[1:]
+            tok = tokens.to(self.device).reshape(-1).long()[rows]
+            ones = torch.ones_like(cols)
+            for r in range(depth):
+                cell = (cols * depth + r) * width + token_sketch_buckets(tok, cols, r, width)
+                self.sketch.view(-1).index_add_(0, cell, ones)
         ctx_max = f.amax(dim=1)  # [batch, d_sae]
         self.max = torch.maximum(self.max, ctx_max.amax(dim=0))
 
         def fetch(feats: torch.Tensor, b: torch.Tensor):
             acts = f[b, :, feats]  # [n, pos]
-            return windows[b], ctx_max[b, feats], acts.argmax(dim=1), acts.half()
+            peak = ctx_max[b, feats]
+            # relative to the context's peak: float16 keeps 3 digits at any scale (no overflow)
+            return windows[b], peak, acts.argmax(dim=1), (acts / peak[:, None]).half()
 
         cand_windows = windows[None, :].expand(self.d_sae, -1)
         cand_vals = ctx_max.T
@@ -178,12 +251,17 @@ class FeatureAccumulator:
     @torch.no_grad()
     def merge(self, other: FeatureAccumulator) -> None:
         """Fold another accumulator (same SAE, disjoint windows) into this one."""
-        assert (other.d_sae, other.ctx, other.top_k) == (self.d_sae, self.ctx, self.top_k)
+        if ((other.d_sae, other.ctx, other.top_k, other.sketch.shape)
+                != (self.d_sae, self.ctx, self.top_k, self.sketch.shape)
+                or not np.array_equal(other.hist_edges, self.hist_edges)
+                or not np.array_equal(other.band_edges, self.band_edges)):
+            raise ValueError("cannot merge statistics of differently shaped accumulators")
         self.tokens += other.tokens
         self.count += other.count.to(self.device)
         self.act_sum += other.act_sum.to(self.device)
         self.max = torch.maximum(self.max, other.max.to(self.device))
         self.hist += other.hist.to(self.device)
+        self.sketch += other.sketch.to(self.device)
         for mine, theirs in zip([self.top, *self.bands], [other.top, *other.bands], strict=True):
 
             def fetch(feats, cols, t=theirs):
@@ -192,65 +270,43 @@ class FeatureAccumulator:
 
             mine.offer(theirs.key.to(self.device), fetch)
 
-    # -- conversion to and from store arrays ------------------------------------------------------
+    # -- typed numpy snapshots ---------------------------------------------------------------------
 
-    def to_arrays(self, window_index: np.ndarray | None = None,
-                  window_tokens: np.ndarray | None = None
-                  ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """`(summary, per_feature)` numpy arrays in the store's layout (docs/store.md).
-
-        Args:
-            window_index: `[n]` sorted window indices covering every kept context.
-            window_tokens: `[n, pos]` their token ids; with `window_index`, fills `top_token`
-                (the token at the peak of each top context, used by token search).
-        """
+    def stats(self) -> FeatureStats:
+        """A numpy snapshot of the state (copies; the accumulator keeps running)."""
         cpu = lambda t: t.detach().cpu().numpy()  # noqa: E731
-        count = cpu(self.count)
-        act_sum = cpu(self.act_sum)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(count > 0, act_sum.astype(np.float64) / 2.0**SUM_BITS / count, 0.0)
-            density = count / self.tokens if self.tokens else np.zeros_like(count, np.float64)
         top = {k: cpu(v) for k, v in self.top.sorted_arrays().items()}
         bands = [{k: cpu(v) for k, v in b.sorted_arrays().items()} for b in self.bands]
-        top_w, top_p = top["window"], top["pos"]
-        top_token = np.full(top_w.shape, -1, dtype=np.int32)
-        if window_index is not None and window_tokens is not None and len(window_index):
-            rows = np.searchsorted(window_index, top_w).clip(0, len(window_index) - 1)
-            found = (top_w >= 0) & (window_index[rows] == top_w)
-            top_token = np.where(found, window_tokens[rows, top_p], -1).astype(np.int32)
-        summary = {"firing_count": count, "act_sum_fixed": act_sum,
-                   "max_activation": cpu(self.max), "mean_activation": mean.astype(np.float32),
-                   "density": density.astype(np.float64), "top_value": top["value"],
-                   "top_token": top_token,
-                   "tokens_counted": np.asarray([self.tokens], dtype=np.int64)}
         stack = lambda attr: np.stack([b[attr] for b in bands], 1)  # noqa: E731
-        per_feature = {"histogram": cpu(self.hist), "top_window": top_w,
-                       "top_value": top["value"], "top_pos": top_p,
-                       "top_acts": top["acts"], "band_window": stack("window"),
-                       "band_value": stack("value"), "band_pos": stack("pos"),
-                       "band_acts": stack("acts")}
-        return summary, per_feature
+        return FeatureStats(
+            tokens=int(self.tokens), firing_count=cpu(self.count), act_sum_fixed=cpu(self.act_sum),
+            max_activation=cpu(self.max), histogram=cpu(self.hist), top_window=top["window"],
+            top_value=top["value"], top_pos=top["pos"], top_acts=top["acts"],
+            band_window=stack("window"), band_value=stack("value"), band_pos=stack("pos"),
+            band_acts=stack("acts"), token_sketch=cpu(self.sketch))
 
     @classmethod
-    def from_arrays(cls, summary: dict[str, np.ndarray], per_feature: dict[str, np.ndarray],
-                    ctx: int, device: str | torch.device = "cpu") -> FeatureAccumulator:
-        """Rebuild the state `to_arrays` wrote (resume, merge)."""
-        d_sae, k = per_feature["top_window"].shape
-        s = per_feature["band_window"].shape[2]
-        acc = cls(d_sae, ctx, top_k=k, band_samples=s, device=device)
+    def from_stats(cls, st: FeatureStats, ctx: int, device: str | torch.device = "cpu", *,
+                   hist_edges: np.ndarray = HIST_EDGES, band_edges: np.ndarray = BAND_EDGES
+                   ) -> FeatureAccumulator:
+        """Rebuild the accumulator a `stats()` snapshot came from (resume, merge)."""
+        d_sae, k = st.top_window.shape
+        s = st.band_window.shape[2]
+        acc = cls(d_sae, ctx, top_k=k, band_samples=s, device=device, hist_edges=hist_edges,
+                  band_edges=band_edges, sketch=tuple(st.token_sketch.shape[1:]))
         t = lambda a: torch.from_numpy(np.array(a)).to(acc.device)  # noqa: E731
-        acc.tokens = int(summary["tokens_counted"][0])
-        acc.count, acc.act_sum = t(summary["firing_count"]), t(summary["act_sum_fixed"])
-        acc.max, acc.hist = t(summary["max_activation"]), t(per_feature["histogram"])
-        acc.top.window, acc.top.value = t(per_feature["top_window"]), t(per_feature["top_value"])
-        acc.top.pos, acc.top.acts = t(per_feature["top_pos"]), t(per_feature["top_acts"])
+        acc.tokens = int(st.tokens)
+        acc.count, acc.act_sum = t(st.firing_count), t(st.act_sum_fixed)
+        acc.max, acc.hist, acc.sketch = t(st.max_activation), t(st.histogram), t(st.token_sketch)
+        acc.top.window, acc.top.value = t(st.top_window), t(st.top_value)
+        acc.top.pos, acc.top.acts = t(st.top_pos), t(st.top_acts)
         acc.top.key = top_keys(acc.top.value, acc.top.window)
         feats = acc._feat[:, None].expand(-1, s)
         for b, slots in enumerate(acc.bands):
-            slots.window = t(per_feature["band_window"][:, b])
-            slots.value = t(per_feature["band_value"][:, b])
-            slots.pos = t(per_feature["band_pos"][:, b])
-            slots.acts = t(per_feature["band_acts"][:, b])
+            slots.window = t(st.band_window[:, b])
+            slots.value = t(st.band_value[:, b])
+            slots.pos = t(st.band_pos[:, b])
+            slots.acts = t(st.band_acts[:, b])
             key = band_keys(slots.window, feats)
             slots.key = torch.where(slots.window >= 0, key,
                                     _empty_keys(key.shape, acc.device))

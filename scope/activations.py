@@ -1,10 +1,11 @@
-"""Hook sites and activation capture on a TransformerLens model.
+"""Hook sites and activation capture on a TransformerLens model (a `TransformerBridge`).
 
 Owns the site vocabulary (TransformerLens hook names, plus `blocks.L.attn.hook_z` returned
 flattened to `[batch, pos, n_heads*d_head]` and the virtual `blocks.L.ln2.hook_normalized_with_gain`
-= `ln2.hook_normalized * ln2.w`, the Gemma Scope 2 transcoder input), `capture` (which stops the
-forward pass after the deepest hooked layer) and `splice_hooks` (replace a site's activation).
-Every hook is temporary: none is left on the model after a call, also on error.
+= `ln2.hook_normalized * norm_gain(model, "blocks.L.ln2")`, the Gemma Scope 2 transcoder input),
+`capture` (which stops the forward pass after the deepest hooked layer), `splice_hooks` (replace a
+site's activation) and `norm_gain` (the gain a norm multiplies by: Gemma stores `w` with gain
+`1 + w`). Every hook is temporary: none is left on the model after a call, also on error.
 """
 
 from __future__ import annotations
@@ -100,20 +101,36 @@ def _stop_layer(names: Sequence[str]) -> int | None:
     return deepest + 1
 
 
-def _gain(model, layer: int) -> torch.Tensor:
-    return model.blocks[layer].ln2.w  # [d_model]; TL already stores 1 + the HF weight
+def norm_gain(model, norm: str) -> torch.Tensor:
+    """The gain an RMSNorm multiplies the normalised activation by, as a [d_model] tensor.
+
+    The bridge keeps Hugging Face's raw norm weights: Gemma's RMSNorm multiplies by `1 + w`, so
+    `model.ln_final.w` is *not* the gain (HookedTransformer stored `1 + w` there). Use this
+    wherever a gain is needed (logit tables, the virtual gain site).
+
+    Args:
+        model: a model from `scope.load_model`.
+        norm: the norm's module path: "ln_final", "blocks.L.ln1", "blocks.L.ln2", ...
+
+    Returns:
+        The gain, in float32 (the precision transformers applies it in), detached.
+    """
+    module = model
+    for part in norm.split("."):
+        module = module[int(part)] if part.isdigit() else getattr(module, part)
+    w = module.w.detach().float()
+    return 1.0 + w if getattr(model.cfg, "rmsnorm_uses_offset", False) else w
 
 
 def _recorder(model, name: str, out: dict[str, list[torch.Tensor]]) -> tuple[str, HookFn]:
     """A hook that appends the site's activation, in capture's shape, to out[name]."""
     L = _gain_layer(name)
     if L is not None:
-        w = _gain(model, L)
 
-        def record_gain(act, hook):  # act: [batch, pos, d_model], maybe float32 under bf16
-            out[name].append(act.to(w.dtype) * w)
+        def record_gain(act, hook):  # the norm module's own output, exactly what the MLP reads
+            out[name].append(act.detach())
 
-        return f"blocks.{L}.ln2.hook_normalized", record_gain
+        return f"blocks.{L}.ln2.hook_out", record_gain
 
     if _is_z(name):
 
@@ -137,6 +154,14 @@ def _as_tokens(model, tokens) -> torch.Tensor:
             f"{tokens.dtype}; use scope.activations.to_tokens(model, texts) for text"
         )
     return tokens.to(model.cfg.device)
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once every requested site has been seen."""
+
+
+def _raise_stop(act, hook):
+    raise _Stop
 
 
 @torch.no_grad()
@@ -171,9 +196,17 @@ def capture(
     out: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     hooks = [_recorder(model, name, out) for name in names]
     step = batch_size or max(len(tokens), 1)
+    if stop is not None and stop >= model.cfg.n_layers:
+        # The bridge only stops *before* a block; after the last one it would still run the
+        # final norm and the [batch, pos, d_vocab] unembedding, so stop there ourselves.
+        hooks.append((f"blocks.{model.cfg.n_layers - 1}.hook_resid_post", _raise_stop))
+        stop = None
     with attached(model, hooks):
         for start in range(0, len(tokens), step):
-            model(tokens[start : start + step], return_type=None, stop_at_layer=stop)
+            try:
+                model(tokens[start : start + step], return_type=None, stop_at_layer=stop)
+            except _Stop:
+                pass
     return {name: torch.cat(acts) if len(acts) > 1 else acts[0] for name, acts in out.items()}
 
 
@@ -212,8 +245,8 @@ def splice_hooks(model, hook_name: str, fn: Callable[[torch.Tensor], torch.Tenso
     `a` has the shape `capture` returns ([batch, pos, width]; `attn.hook_z` flattened); the
     result is reshaped back for TransformerLens. Use inside `with model.hooks(fwd_hooks=...)` or
     `scope.hooks.attached(model, ...)`. `fn` returning None (or `a` itself, unchanged) keeps the
-    activation. For the virtual gain site the replacement is divided by the norm gain before the
-    gain is applied again, so the MLP reads `fn(a)` up to rounding.
+    activation. For the virtual gain site the norm module's output is replaced, so the MLP reads
+    `fn(a)` exactly.
 
     Args:
         model: a HookedTransformer.
@@ -226,19 +259,11 @@ def splice_hooks(model, hook_name: str, fn: Callable[[torch.Tensor], torch.Tenso
     (name,) = validate_hook_names(model, [hook_name])
     L = _gain_layer(name)
     if L is not None:
-        w = _gain(model, L)
-        if bool((w == 0).any()):
-            raise HookNameError(f"{name}: the ln2 gain of layer {L} has zeros, so a replacement "
-                                "cannot be spliced in before it; splice hook_mlp_out instead")
 
-        def splice_gain(act, hook):
-            a = act.to(w.dtype) * w
-            new = fn(a)
-            if new is None or new is a:
-                return None
-            return (new / w).to(act.dtype)
+        def splice_gain(act, hook):  # the norm module's output, which the MLP reads
+            return fn(act)
 
-        return [(f"blocks.{L}.ln2.hook_normalized", splice_gain)]
+        return [(f"blocks.{L}.ln2.hook_out", splice_gain)]
 
     if _is_z(name):
 

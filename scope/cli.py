@@ -9,14 +9,25 @@ flags given on the command line win over the file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from scope.errors import ScopeError
+from scope import cli_checks as C
+from scope.errors import ScopeError, UsageError
+from scope.explore_cli import register as _register_explore
 
 log = logging.getLogger("scope")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors raised as `UsageError` (printed by `main`, exit 2)."""
+
+    def error(self, message: str):  # noqa: D102 (argparse API)
+        self.print_usage(sys.stderr)
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
 def _example(text: str) -> str:
@@ -30,7 +41,8 @@ def _subparser(sub, name: str, help: str, example: str, run: Callable) -> argpar
         description=f"{help}\n\n{_example(example)}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", type=Path, help="YAML file whose keys are this command's flags")
+    p.add_argument("--config", type=Path, help="YAML file whose keys are this command's flags "
+                   "(typed like the flags; a repeatable flag takes a list or one value)")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     p.set_defaults(run=run)
     return p
@@ -52,22 +64,12 @@ def subcommand(fn: Callable) -> Callable:
     return fn
 
 
-def _feature_arg(text: str) -> tuple[int, float]:
-    """Parse `--feature 123:8.0` into (123, 8.0)."""
-    index, sep, value = text.partition(":")
-    try:
-        return int(index), float(value) if sep else 1.0
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--feature {text!r}: expected INDEX:STRENGTH, e.g. 1234:8.0"
-        ) from None
-
-
 def _load_model_and_sae(args):
-    import scope
+    from scope.loading import load_sae
+    from scope.models import load_model
 
-    model = scope.load_model(args.model, device=getattr(args, "device", None))
-    sae = scope.load_sae(args.sae, model=model)
+    model = load_model(args.model, device=getattr(args, "device", None))
+    sae = load_sae(args.sae, model=model)
     return model, sae
 
 
@@ -111,7 +113,7 @@ def _add_saes(sub) -> None:
         _run_saes,
     )
     p.add_argument("release", nargs="?", help="a release name; omit to list every release")
-    p.add_argument("--layer", type=int, help="only SAEs at this layer")
+    p.add_argument("--layer", type=C.NON_NEGATIVE, help="only SAEs at this layer")
     p.add_argument("--width", help="only SAEs of this width label, e.g. 16k, 65k, 1m")
 
 
@@ -163,15 +165,15 @@ def _add_extract(sub) -> None:
     p.add_argument("--text-field", default="text", help="JSONL/parquet/dataset text field")
     p.add_argument("--split", default="all", choices=["all", "train", "heldout"],
                    help="document split of the corpus (default: all)")
-    p.add_argument("--out", type=Path, help="store folder to write (required)")
-    p.add_argument("--tokens", type=int, help="token budget (default: the whole corpus)")
-    p.add_argument("--ctx", type=int, default=128, help="context length incl. BOS (default 128)")
-    p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
-    p.add_argument("--top-k", type=int, default=20, help="top contexts kept per feature")
-    p.add_argument("--shard", help="i/n: extract this deterministic slice (merge with `scope "
+    p.add_argument("--out", type=C.folder_arg, help="store folder to write (required)")
+    p.add_argument("--tokens", type=C.POSITIVE, help="token budget (default: the whole corpus)")
+    p.add_argument("--ctx", type=C.CTX, default=128, help="context length incl. BOS (default 128)")
+    p.add_argument("--batch-size", type=C.POSITIVE, default=16, help="windows per forward pass")
+    p.add_argument("--top-k", type=C.POSITIVE, default=20, help="top contexts kept per feature")
+    p.add_argument("--shard", type=C.shard_arg, help="i/n: extract this deterministic slice (merge with `scope "
                    "merge`)")
-    p.add_argument("--device", help="torch device (default: CUDA when available, else CPU)")
-    p.add_argument("--checkpoint-every", type=float, default=300.0,
+    p.add_argument("--device", type=C.device_arg, help="torch device (default: CUDA when available, else CPU)")
+    p.add_argument("--checkpoint-every", type=C.SECONDS, default=300.0,
                    help="seconds between checkpoints (default 300)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a store made with a different configuration in --out")
@@ -181,23 +183,26 @@ def _add_extract(sub) -> None:
 def _run_extract(args) -> int:
     import os
 
-    import scope
     from scope.corpus import Corpus
     from scope.errors import StoreError
+    from scope.extract import extract
+    from scope.loading import load_sae
+    from scope.models import load_model
 
     if args.out is None:
         raise StoreError("scope extract needs --out DIR (or `out:` in the --config file)")
+    C.check_corpus(args.corpus)
     device = args.device
     if device is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         import torch
 
         if torch.cuda.is_available():
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    model = scope.load_model(args.model, device=device)
+    model = load_model(args.model, device=device)
     specs = args.sae or ["bundled"]
-    saes = [scope.load_sae(spec, model=model) for spec in specs]
+    saes = [load_sae(spec, model=model) for spec in specs]
     corpus = Corpus(source=args.corpus, text_field=args.text_field, split=args.split)
-    store = scope.extract(model, saes, corpus, args.out, tokens=args.tokens, ctx=args.ctx,
+    store = extract(model, saes, corpus, args.out, tokens=args.tokens, ctx=args.ctx,
                           batch_size=args.batch_size, top_k=args.top_k, shard=args.shard,
                           checkpoint_every=args.checkpoint_every, overwrite=args.overwrite,
                           progress=not args.no_progress, model_spec=args.model,
@@ -219,14 +224,15 @@ def _add_merge(sub) -> None:
         _run_merge,
     )
     p.add_argument("stores", nargs="+", type=Path, help="shard stores (any order)")
-    p.add_argument("--out", type=Path, required=True, help="folder of the merged store")
+    p.add_argument("--out", type=C.folder_arg, required=True, help="folder of the merged store")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a different store already in --out")
 
 
 def _run_merge(args) -> int:
-    from scope.merge import merge_stores
+    from scope.store.merge import merge_stores
 
+    C.check_out_is_not_an_input(args.out, args.stores)
     store = merge_stores(args.stores, args.out, overwrite=args.overwrite)
     print(f"merged {len(args.stores)} shards into {store.path}: {store.manifest['tokens']} tokens")
     return 0
@@ -246,12 +252,13 @@ def _add_eval(sub) -> None:
     p.add_argument("--sae", default="bundled", help="RELEASE/SAE_ID, a local path, or 'bundled'")
     p.add_argument("--corpus", default="default", help="'default' (the Python standard library's "
                    "text), a file or folder of .txt/.jsonl/.parquet, or hf:DATASET")
-    p.add_argument("--split", default="heldout", choices=["all", "train", "heldout"],
-                   help="split of the default corpus (default: heldout, unseen by `scope train`)")
-    p.add_argument("--tokens", type=int, default=32768, help="token budget (default 32768)")
-    p.add_argument("--ctx", type=int, default=128, help="context length incl. BOS (default 128)")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
-    p.add_argument("--json", type=Path, help="also write the report to this JSON file")
+    p.add_argument("--split", choices=["all", "train", "heldout"],
+                   help="document split (default: heldout for the default corpus, text "
+                   "`scope train` never saw; all for a corpus you give)")
+    p.add_argument("--tokens", type=C.POSITIVE, default=32768, help="token budget (default 32768)")
+    p.add_argument("--ctx", type=C.CTX, default=128, help="context length incl. BOS (default 128)")
+    p.add_argument("--batch-size", type=C.POSITIVE, default=8, help="sequences per forward pass")
+    p.add_argument("--json", type=C.file_arg, help="also write the report to this JSON file")
 
 
 def _run_eval(args) -> int:
@@ -260,14 +267,18 @@ def _run_eval(args) -> int:
     from scope.corpus import Corpus
     from scope.evals import evaluate
 
+    split = args.split or ("heldout" if args.corpus == "default" else "all")
+    C.check_corpus(args.corpus)
     model, sae = _load_model_and_sae(args)
-    corpus = Corpus(source=args.corpus, split=args.split)
+    corpus = Corpus(source=args.corpus, split=split)
     report = evaluate(model, sae, corpus, ctx=args.ctx, max_tokens=args.tokens,
                       batch_size=args.batch_size)
     for key, value in report.as_dict().items():
         print(f"{key:>14}  {value:.6g}" if isinstance(value, float) else f"{key:>14}  {value}")
     if args.json:
-        args.json.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+        from scope.atomic import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(report.as_dict(), indent=2) + "\n")
     return 0
 
 
@@ -282,30 +293,38 @@ def _add_steer(sub) -> None:
     )
     p.add_argument("--model", default="bundled", help="model spec (default 'bundled')")
     p.add_argument("--sae", default="bundled", help="RELEASE/SAE_ID, a local path, or 'bundled'")
-    p.add_argument("--feature", type=_feature_arg, action="append", required=True,
+    p.add_argument("--feature", type=C.feature_arg, action="append", required=True,
                    metavar="INDEX:STRENGTH", help="feature and strength; repeat for several")
     p.add_argument("--prompt", required=True, help="text to continue")
     p.add_argument("--mode", choices=["add", "clamp"], default="add",
                    help="add STRENGTH x the decoder direction, or clamp the feature to STRENGTH")
     p.add_argument("--relative", type=Path, metavar="STORE",
                    help="add strengths as multiples of each feature's max activation in STORE")
-    p.add_argument("--max-new-tokens", type=int, default=40)
-    p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--seed", type=int, default=0, help="same seed, same text (default 0)")
+    from scope import steer_defaults as sd  # shared with the dashboard's steering page
+
+    p.epilog = sd.describe()
+    p.add_argument("--max-new-tokens", type=C.NON_NEGATIVE, default=sd.MAX_NEW_TOKENS,
+                   help="(default %(default)s)")
+    p.add_argument("--temperature", type=C.TEMPERATURE, default=sd.TEMPERATURE,
+                   help="0 = greedy (default %(default)s)")
+    p.add_argument("--seed", type=C.SEED, default=sd.SEED, help="same seed, same text (default 0)")
 
 
 def _run_steer(args) -> int:
     import textwrap
 
-    import scope
+    from scope.steer import generate, steering
+    from scope.store import open_store
 
     model, sae = _load_model_and_sae(args)
-    store = scope.open_store(args.relative) if args.relative else None
+    store = open_store(args.relative) if args.relative else None
+    if store is not None:
+        C.check_relative_store(store, sae, args.sae)
     features = dict(args.feature)
     gen = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
-    default = scope.generate(model, args.prompt, **gen)
-    with scope.steering(model, sae, features, mode=args.mode, relative_to=store):
-        steered = scope.generate(model, args.prompt, **gen)
+    default = generate(model, args.prompt, **gen)
+    with steering(model, sae, features, mode=args.mode, relative_to=store):
+        steered = generate(model, args.prompt, **gen)
     what = ", ".join(f"{i}:{v:g}" for i, v in features.items())
     width = 48
     left = textwrap.wrap(args.prompt + default, width) or [""]
@@ -338,7 +357,7 @@ def _add_dashboard(sub) -> None:
     p.add_argument("store", type=Path, help="feature store folder (from `scope extract`)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8501, help="TCP port (default 8501)")
+    p.add_argument("--port", type=C.PORT, default=8501, help="TCP port (default 8501)")
     p.add_argument("--open-browser", action="store_true",
                    help="open a browser tab (default: headless, print the URL)")
 
@@ -346,6 +365,7 @@ def _add_dashboard(sub) -> None:
 def _run_dashboard(args) -> int:
     from scope.dashboard_launch import dashboard_command
 
+    C.warn_if_exposed(args.host)
     return dashboard_command(args.store, args.host, args.port, open_browser=args.open_browser)
 
 
@@ -380,12 +400,8 @@ def _run_train(args) -> int:
     from scope.train.trainer import train
 
     fields = TrainConfig.field_docs()
-    try:
-        cfg = TrainConfig.from_flat({k: getattr(args, k) for k in fields
-                                     if getattr(args, k, None) is not None})
-    except (TypeError, ValueError) as exc:
-        print(f"scope train: error: {exc}", file=sys.stderr)
-        return 2
+    cfg = TrainConfig.from_flat({k: getattr(args, k) for k in fields
+                                 if getattr(args, k, None) is not None})
     result = train(cfg)
     held = result.report["heldout"]
     print(f"saved {result.out}")
@@ -407,13 +423,13 @@ def _add_demo(sub) -> None:
         "scope demo            # or: scope demo --no-browser --port 8502",
         _run_demo,
     )
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"store folder (default {DEFAULT_OUT})")
-    p.add_argument("--tokens", type=int, default=DEFAULT_TOKENS,
+    p.add_argument("--out", type=C.folder_arg, default=DEFAULT_OUT, help=f"store folder (default {DEFAULT_OUT})")
+    p.add_argument("--tokens", type=C.POSITIVE, default=DEFAULT_TOKENS,
                    help=f"tokens to extract over (default {DEFAULT_TOKENS}, a few minutes on 2 cores)")
-    p.add_argument("--ctx", type=int, default=DEFAULT_CTX, help="context length incl. BOS")
-    p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
+    p.add_argument("--ctx", type=C.CTX, default=DEFAULT_CTX, help="context length incl. BOS")
+    p.add_argument("--batch-size", type=C.POSITIVE, default=16, help="windows per forward pass")
     p.add_argument("--host", default="127.0.0.1", help="dashboard address (default: local only)")
-    p.add_argument("--port", type=int, default=8501, help="dashboard port")
+    p.add_argument("--port", type=C.PORT, default=8501, help="dashboard port")
     p.add_argument("--no-browser", action="store_true",
                    help="serve the dashboard without opening a browser (CI, remote machines)")
     p.add_argument("--no-dashboard", action="store_true",
@@ -424,6 +440,7 @@ def _run_demo(args) -> int:
     from scope.dashboard_launch import dashboard_command
     from scope.demo import build_demo_store
 
+    C.warn_if_exposed(args.host)
     store = build_demo_store(args.out, tokens=args.tokens, ctx=args.ctx,
                              batch_size=args.batch_size)
     print(f"feature store ready: {args.out} ({store.manifest.get('tokens')} tokens, "
@@ -437,8 +454,11 @@ def _run_demo(args) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+_register_explore(subcommand, _subparser)  # labels, explain, export (scope/explore_cli.py)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="scope",
         description="Interpretability toolkit for Gemma models: load Gemma 2/3 with hooks, "
         "encode activations with Gemma Scope SAEs, extract feature stores, browse and steer.",
@@ -459,39 +479,67 @@ def _version() -> str:
     return f"scope {__version__}"
 
 
-def _apply_config(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
-    """Parse argv; when --config is given, its keys become defaults that the flags override."""
-    args = parser.parse_args(argv)
-    config = getattr(args, "config", None)
-    if config is None:
-        return args
-    import yaml
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """Parse argv; with --config, the file's keys become defaults that the flags override.
 
-    if not config.is_file():
-        parser.error(f"--config {config}: no such file")
-    data = yaml.safe_load(config.read_text()) or {}
-    if not isinstance(data, dict):
-        parser.error(f"--config {config}: expected a mapping of flag names to values")
+    The file is checked against the chosen command's flags and their types first
+    (`scope.config_file`); a required flag may come from the file; a repeated flag given on the
+    command line replaces the file's list.
+    """
+    subparsers = parser._subparsers._group_actions[0].choices
+    required = [a for sub in subparsers.values() for a in sub._actions
+                if a.required and a.option_strings]
+    for action in required:  # checked below, once the config file had its say
+        action.required = False
+    try:
+        args = parser.parse_args(argv)
+        if getattr(args, "config", None) is not None:
+            args = _apply_config(parser, argv, args)
+    finally:
+        for action in required:
+            action.required = True
+    sub = subparsers.get(getattr(args, "command", None) or "")
+    missing = [a for a in required if sub is not None and a in sub._actions
+               and getattr(args, a.dest, None) is None]
+    if missing:
+        sub.error("the following arguments are required: "
+                  + ", ".join(a.option_strings[0] for a in missing))
+    return args
+
+
+def _apply_config(parser: argparse.ArgumentParser, argv: Sequence[str],
+                  args: argparse.Namespace) -> argparse.Namespace:
+    """Re-parse argv with the --config file's (checked) values as the command's defaults."""
+    from scope.config_file import config_defaults, read_config_file
+
     sub = parser._subparsers._group_actions[0].choices[args.command]  # the chosen subparser
-    known = {a.dest for a in sub._actions}
-    defaults = {}
-    for key, value in data.items():
-        dest = str(key).replace("-", "_")
-        if dest not in known:
-            parser.error(
-                f"--config {config}: unknown key {key!r} for `scope {args.command}`; "
-                f"known keys: {', '.join(sorted(k for k in known if k != 'help'))}"
-            )
-        defaults[dest] = value
+    defaults = config_defaults(sub, read_config_file(args.config), args.config,
+                               f"scope {args.command}")
     sub.set_defaults(**defaults)
-    return parser.parse_args(argv)
+    merged = parser.parse_args(argv)
+    for action in sub._actions:  # argparse appends command-line items to a list default
+        if isinstance(action, argparse._AppendAction) and getattr(args, action.dest) is not None:
+            setattr(merged, action.dest, getattr(args, action.dest))
+    return merged
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `scope` console script; callable from tests with a list of args."""
+    """Entry point of the `scope` console script; callable from tests with a list of args.
+
+    Returns the exit status: 0 on success, 2 for a usage error (a flag, a config file, a name or
+    an input file the user must change), 1 for a fault while running (network, disk, a bug),
+    130 when interrupted. Errors print one `scope COMMAND: error: ...` line, never a traceback
+    (`-v` adds the traceback of an unexpected error).
+    """
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = _apply_config(parser, argv)
+    try:
+        args = _parse(parser, argv)
+    except SystemExit as exc:  # argparse: --help or --version
+        return exc.code if isinstance(exc.code, int) else 0
+    except ScopeError as exc:
+        command = next((a for a in argv if a in parser._subparsers._group_actions[0].choices), "")
+        return _report(f"scope {command}".strip(), exc)
     if not getattr(args, "run", None):
         parser.print_help()
         return 0
@@ -499,14 +547,88 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    with _sigterm_interrupts():
+        return _run(args)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so cleanups run (temporary files, partial checkpoints)."""
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """While a command runs, SIGTERM stops it like Ctrl-C does (exit status 143)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the chosen command and turn every exception into one line and an exit status."""
     try:
         return int(args.run(args) or 0)
-    except ScopeError as exc:
-        print(f"scope {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"scope {args.command}: interrupted", file=sys.stderr)
+    except BaseException as exc:  # noqa: BLE001 (each kind gets its message in _report)
+        if isinstance(exc, SystemExit):
+            raise
+        return _report(f"scope {args.command}", exc, verbose=args.verbose)
+
+
+def _report(where: str, exc: BaseException, *, verbose: bool = False) -> int:
+    """Print one line for `exc` (a traceback only for an unexpected error with -v); exit status."""
+    if isinstance(exc, ScopeError):
+        print(f"{where}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    if isinstance(exc, Terminated):
+        print(f"{where}: terminated", file=sys.stderr)
+        return 143
+    if isinstance(exc, KeyboardInterrupt):
+        print(f"{where}: interrupted", file=sys.stderr)
         return 130
+    if isinstance(exc, BrokenPipeError):  # `scope saes | head`
+        return 0
+    if isinstance(exc, OSError):
+        print(f"{where}: error: {_os_message(exc)}", file=sys.stderr)
+        return 1
+    if "No space left on device" in str(exc):  # e.g. safetensors' own error type
+        print(f"{where}: error: disk full ({exc}); free disk space and rerun (an interrupted "
+              "run resumes)", file=sys.stderr)
+        return 1
+    if verbose:
+        import traceback
+
+        traceback.print_exception(exc)
+    if type(exc).__name__ == "OutOfMemoryError":
+        print(f"{where}: error: out of memory ({exc}); lower --batch-size or use a smaller model",
+              file=sys.stderr)
+        return 1
+    print(f"{where}: internal error: {type(exc).__name__}: {exc}\nThis is a bug in scope; rerun "
+          "with -v for the traceback and report it.", file=sys.stderr)
+    return 1
+
+
+def _os_message(exc: OSError) -> str:
+    """One line for an operating-system error: what failed, on which file, and a hint."""
+    import errno
+
+    path = f" ({exc.filename})" if exc.filename else ""
+    hint = {errno.ENOSPC: "free disk space and rerun (an interrupted run resumes)",
+            errno.EACCES: "check the file's permissions",
+            errno.EROFS: "write somewhere writable",
+            errno.ENOTDIR: "a path component is a file, not a folder",
+            errno.EISDIR: "expected a file, found a folder"}.get(exc.errno or 0, "")
+    return f"{exc.strerror or exc}{path}" + (f"; {hint}" if hint else "")
 
 
 if __name__ == "__main__":  # pragma: no cover

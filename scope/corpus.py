@@ -128,17 +128,25 @@ class Corpus:
         does not exist or yields no text at all.
         """
         self.skipped.clear()
-        n = 0
+        n = other = 0
         for doc in self._raw_documents():
             if not doc.text.strip():
                 self._skip("empty document", doc.key)
                 continue
             if self.split != "all" and (is_heldout(doc.key) != (self.split == "heldout")):
+                other += 1
                 continue
             n += 1
             yield doc
         if self.skipped:
             log.warning("corpus %s: skipped %s", self.source, dict(self.skipped))
+        if n == 0 and other:
+            split = "train" if self.split == "heldout" else "held-out"
+            raise CorpusError(
+                f"corpus {self.source!r}: all {other} of its documents fall in the {split} split, "
+                f"none in {self.split!r} (a hash of each document's name holds out about "
+                f"{HELDOUT_PERCENT}% of documents); use split 'all' (--split all) or give more "
+                "documents")
         if n == 0:
             detail = f" (skipped: {dict(self.skipped)})" if self.skipped else ""
             raise CorpusError(
@@ -328,6 +336,13 @@ def _stdlib_files(root: Path) -> list[str]:
 def _encode(tokenizer: Any, text: str) -> list[int]:
     """Token ids of `text` with no special tokens (HF tokenizers and simple duck types)."""
     return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def special_token_ids(tokenizer: Any) -> torch.Tensor:
+    """int64 ids of the tokenizer's BOS, EOS and padding tokens (the positions every statistic,
+    capture and evaluation leaves out: SAEs were never trained on them)."""
+    ids = {getattr(tokenizer, n, None) for n in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    return torch.tensor(sorted(int(i) for i in ids if i is not None), dtype=torch.long)
 
 
 def bos_token_id(tokenizer: Any) -> int:

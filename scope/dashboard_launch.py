@@ -1,7 +1,8 @@
 """Start the Streamlit dashboard on a feature store (`scope dashboard`, reused by `scope demo`).
 
-The app lives in the repository's `dashboard/app.py`; this module only builds the
-`streamlit run` command line and runs it. It imports neither Streamlit nor the store format, so
+The app lives in the repository's `dashboard/app.py` (an installed wheel carries it as
+`scope/_dashboard/dashboard/app.py`); this module only builds the `streamlit run` command line
+and runs it. It imports neither Streamlit nor the store format, so
 `import scope` stays light; the store is checked for a manifest up front so a wrong path fails
 here with a clear message instead of inside the browser.
 """
@@ -25,14 +26,19 @@ DEFAULT_PORT = 8501
 
 
 def app_path() -> Path:
-    """The dashboard entry script (`dashboard/app.py` next to the `scope` package)."""
-    path = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
-    if not path.is_file():
-        raise ScopeError(
-            f"dashboard app not found at {path}; install scope from its repository "
-            "(pip install -e '.[dashboard]') so the dashboard/ folder is next to the package"
-        )
-    return path
+    """The dashboard entry script: the wheel's packaged copy, else the repository's.
+
+    The app imports its own modules as `dashboard.*`, from the folder above `app.py`'s folder
+    (which it puts on `sys.path`): `scope/_dashboard/` in a wheel, the checkout in a repository.
+    """
+    here = Path(__file__).resolve().parent
+    for path in (here / "_dashboard" / "dashboard" / "app.py", here.parent / "dashboard" / "app.py"):
+        if path.is_file():
+            return path
+    raise ScopeError(
+        f"dashboard app not found in {here / '_dashboard'} or {here.parent / 'dashboard'}; "
+        "reinstall scope (pip install 'gemma-scope-toolkit[dashboard]')"
+    )
 
 
 def dashboard_argv(

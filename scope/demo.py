@@ -35,11 +35,13 @@ def build_demo_store(
     Returns:
         The opened store.
     """
-    import scope
     from scope.corpus import Corpus
+    from scope.extract import extract
+    from scope.loading import load_sae
+    from scope.models import load_model
 
-    model = scope.load_model("bundled", device=device)
-    sae = scope.load_sae("bundled", model=model)
+    model = load_model("bundled", device=device)
+    sae = load_sae("bundled", model=model)
     corpus = Corpus(source="default", split="all")
-    return scope.extract(model, [sae], corpus, out, tokens=tokens, ctx=ctx, batch_size=batch_size)
+    return extract(model, [sae], corpus, out, tokens=tokens, ctx=ctx, batch_size=batch_size)
 

@@ -14,6 +14,18 @@ from collections.abc import Iterable
 class ScopeError(Exception):
     """Base class of every error scope raises on purpose."""
 
+    exit_code: int = 2
+    """Exit status of the `scope` command: 2 when the user must change the command or its
+    inputs (the default), 1 for a fault while running a correct command (network, disk)."""
+
+
+class ConfigError(ScopeError, ValueError):
+    """A `--config` file, flag or argument value that does not fit (wrong key, type or range)."""
+
+
+class UsageError(ConfigError):
+    """A command line the `scope` command cannot parse: unknown flag, missing or malformed value."""
+
 
 class UnknownModelError(ScopeError, ValueError):
     """A model name, id or path that scope cannot resolve."""
@@ -28,6 +40,8 @@ class UnknownSAEError(ScopeError, KeyError):
 
 class HubUnavailableError(ScopeError, ConnectionError):
     """The Hugging Face hub cannot be reached and the file is not in the local cache."""
+
+    exit_code = 1
 
 
 class SAEFormatError(ScopeError, ValueError):
@@ -51,6 +65,35 @@ class CorpusError(ScopeError, ValueError):
 
 class StoreError(ScopeError, ValueError):
     """A feature store that is missing, corrupt, or made with a different configuration."""
+
+
+class CheckpointError(ScopeError, ValueError):
+    """A training checkpoint that is corrupt, truncated, not scope's format or of another SAE."""
+
+
+class StoreOutsideError(StoreError):
+    """A store whose manifest names a path outside the store folder (refused: never followed)."""
+
+
+class StoreCorruptError(StoreError):
+    """A store file that is missing, truncated or not what its name says."""
+
+
+class StoreLockedError(StoreError):
+    """Another live run is writing the same store folder."""
+
+
+class StoreFullError(StoreError, OSError):
+    """The disk filled up while writing a store; the last complete generation is kept."""
+
+    exit_code = 1
+
+    def __str__(self) -> str:  # StoreFullError(errno, message): show the message
+        return str(self.args[-1]) if self.args else ""
+
+
+class NonFiniteActivationError(ScopeError, ValueError):
+    """An SAE produced a NaN or infinite feature activation during extraction."""
 
 
 class SteeringError(ScopeError, ValueError):

@@ -1,6 +1,6 @@
 """SAE evaluation: L0, fraction of variance unexplained, and delta LM loss.
 
-Definitions follow the Gemma Scope reports (REFERENCE.md §5). Statistics are sums over every
+Definitions follow the Gemma Scope reports (docs/saes.md, "Metrics"). Statistics are sums over every
 evaluated token accumulated in float64, and ratios are taken once at the end, so the result does
 not depend on how the tokens were batched. BOS, EOS and padding positions are excluded
 everywhere and keep their original activation when the reconstruction is spliced in.
@@ -8,6 +8,7 @@ everywhere and keep their original activation when the reconstruction is spliced
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -17,7 +18,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from scope.activations import splice_hooks
-from scope.corpus import Corpus, token_windows
+from scope.corpus import Corpus, special_token_ids, token_windows
 from scope.errors import ScopeError, ShapeMismatchError
 from scope.hooks import attached
 from scope.sae import JumpReLUSAE
@@ -87,11 +88,10 @@ def evaluate(
     """
     batches = _batches(model, tokens, batch_size, ctx, max_tokens)
     device = next(model.parameters()).device
-    special = _special_ids(model)
-    sums = dict(sq_err=0.0, sq_norm=0.0, l0=0.0, ce_clean=0.0, ce_spliced=0.0)
-    y_sum = torch.zeros(sae.cfg.d_out, dtype=torch.float64)
-    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
-    n_tokens = n_targets = n_seq = 0
+    special = special_token_ids(model.tokenizer)
+    stats = ReconstructionStats(sae.cfg.d_sae, sae.cfg.d_out)
+    ce_clean = ce_spliced = 0.0
+    n_targets = n_seq = 0
     bar = tqdm(batches, desc="evaluate", unit="batch", disable=not progress)
     for batch in bar:
         batch = batch.to(device)
@@ -100,42 +100,90 @@ def evaluate(
         with attached(model, _record(model, sae, got)):
             clean = model(batch)  # [batch, pos, d_vocab]
         targets, target_keep = batch[:, 1:], keep[:, 1:]
-        sums["ce_clean"] += _ce_sum(clean, targets, target_keep)
+        ce_clean += _ce_sum(clean, targets, target_keep)
         del clean
         x = got["in"]
         y = got.get("out", x)
         _check_width(sae, x, y)
         f, y_hat = sae.run(x)  # [batch, pos, d_sae], [batch, pos, d_out]
         y_hat = y_hat.to(y.device, y.dtype)
-        kept_y, kept_err = y[keep].double(), (y - y_hat)[keep].double()
-        sums["sq_err"] += float((kept_err**2).sum())
-        sums["sq_norm"] += float((kept_y**2).sum())
-        y_sum += kept_y.sum(0).cpu()
-        sums["l0"] += float((f[keep.to(f.device)] != 0).sum())
-        fired |= (f[keep.to(f.device)] != 0).any(0).cpu()
+        stats.add(y[keep], y_hat[keep], f[keep.to(f.device)])
         replacement = torch.where(keep[..., None], y_hat, y)
         with attached(model, _replace(model, sae, replacement)):
             spliced = model(batch)
-        sums["ce_spliced"] += _ce_sum(spliced, targets, target_keep)
+        ce_spliced += _ce_sum(spliced, targets, target_keep)
         del spliced
-        n_tokens += int(keep.sum())
         n_targets += int(target_keep.sum())
         n_seq += batch.shape[0]
-    if n_tokens == 0 or n_targets == 0:
+    if stats.n_tokens == 0 or n_targets == 0:
         raise ScopeError("evaluate: no tokens to evaluate (empty input or only special tokens)")
-    mean = y_sum / n_tokens
-    total_var = sums["sq_norm"] - n_tokens * float((mean**2).sum())
-    clean_loss, spliced_loss = sums["ce_clean"] / n_targets, sums["ce_spliced"] / n_targets
+    clean_loss, spliced_loss = ce_clean / n_targets, ce_spliced / n_targets
+    rec = stats.result()
     return EvalReport(
-        l0=sums["l0"] / n_tokens,
-        fvu=sums["sq_err"] / total_var,
+        l0=rec["l0"],
+        fvu=rec["fvu"],
         delta_lm_loss=spliced_loss - clean_loss,
         clean_loss=clean_loss,
         spliced_loss=spliced_loss,
-        dead_fraction=float((~fired).float().mean()),
-        n_tokens=n_tokens,
+        dead_fraction=rec["dead_fraction"],
+        n_tokens=rec["n_tokens"],
         n_sequences=n_seq,
     )
+
+
+class ReconstructionStats:
+    """L0, FVU and dead fraction over many tokens, from float64 sums (batching-independent).
+
+    FVU = sum ||y - y_hat||^2 / sum ||y - mean(y)||^2 over every token added (a ratio of sums,
+    not a mean of per-batch ratios); a feature is dead when it fired on none of the tokens.
+    """
+
+    def __init__(self, d_sae: int, d_out: int) -> None:
+        self.sq_err = self.sq_norm = self.l0 = 0.0
+        self.y_sum = torch.zeros(d_out, dtype=torch.float64)
+        self.fired = torch.zeros(d_sae, dtype=torch.bool)
+        self.n_tokens = 0
+
+    def add(self, y: torch.Tensor, y_hat: torch.Tensor, f: torch.Tensor) -> None:
+        """Add tokens: targets y [n, d_out], reconstructions y_hat [n, d_out], features f [n, d_sae]."""
+        y64 = y.double()
+        self.sq_err += float((y64 - y_hat.double()).pow(2).sum())
+        self.sq_norm += float(y64.pow(2).sum())
+        self.y_sum += y64.sum(0).cpu()
+        nonzero = f != 0
+        self.l0 += float(nonzero.sum())
+        self.fired |= nonzero.any(0).cpu()
+        self.n_tokens += len(y)
+
+    def result(self) -> dict[str, float]:
+        """{"l0", "fvu", "dead_fraction", "n_tokens"} (NaN figures when no token was added)."""
+        n = self.n_tokens
+        if n == 0:
+            return {"l0": math.nan, "fvu": math.nan, "dead_fraction": math.nan, "n_tokens": 0}
+        variance = self.sq_norm - float(self.y_sum.pow(2).sum()) / n
+        return {"l0": self.l0 / n, "fvu": self.sq_err / variance if variance > 0 else math.nan,
+                "dead_fraction": float((~self.fired).float().mean()), "n_tokens": n}
+
+
+@torch.inference_mode()
+def reconstruction_stats(sae: JumpReLUSAE, acts: torch.Tensor,
+                         batch_size: int = 4096) -> dict[str, float]:
+    """L0, FVU and dead fraction of a plain SAE on activations acts [n, d_in] (no model needed).
+
+    Args:
+        sae: the SAE (its input is its target).
+        acts: raw activations of its site, special-token positions already removed.
+        batch_size: rows encoded at a time.
+
+    Returns:
+        {"l0", "fvu", "dead_fraction", "n_tokens"}.
+    """
+    stats = ReconstructionStats(sae.cfg.d_sae, sae.cfg.d_out)
+    for x in acts.split(batch_size):
+        x = x.to(device=sae.device, dtype=sae.dtype)
+        f, x_hat = sae.run(x)
+        stats.add(x, x_hat, f)
+    return stats.result()
 
 
 def _batches(model, data, batch_size: int, ctx: int, max_tokens: int | None):
@@ -149,12 +197,6 @@ def _batches(model, data, batch_size: int, ctx: int, max_tokens: int | None):
         return token_windows(data, model.tokenizer, ctx=ctx, max_tokens=max_tokens,
                              batch_size=batch_size)
     return data
-
-
-def _special_ids(model: HookedTransformer) -> torch.Tensor:
-    tok = model.tokenizer
-    ids = {tok.bos_token_id, tok.eos_token_id, tok.pad_token_id}
-    return torch.tensor(sorted(i for i in ids if i is not None), dtype=torch.long)
 
 
 def _out_site(sae: JumpReLUSAE) -> str:

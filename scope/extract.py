@@ -6,7 +6,7 @@ hooked layer, encodes every SAE on the whole batch and folds the features into o
 It never loses work: the store is written as a checkpoint every `checkpoint_every` seconds and on
 Ctrl-C/SIGTERM (marked partial), and rerunning the same call resumes and ends bit-identical to an
 uninterrupted run. `shard=(i, n)` takes whole batches `i, i+n, ...`; under `torchrun` the ranks
-shard automatically and rank 0 merges (`scope.merge`).
+shard automatically and rank 0 merges (`scope.store.merge`).
 """
 
 from __future__ import annotations
@@ -24,40 +24,40 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-import scope
-from scope.accumulators import BAND_EDGES, BAND_SAMPLES, HIST_EDGES, SUM_BITS, FeatureAccumulator
+from scope.accumulators import (
+    BAND_EDGES,
+    BAND_SAMPLES,
+    HIST_EDGES,
+    SKETCH_DEPTH,
+    SKETCH_WIDTH,
+    SUM_BITS,
+    FeatureAccumulator,
+)
+from scope.activations import capture
 from scope.corpus import Corpus, as_corpus, iter_batches, token_strings
-from scope.errors import CorpusError, ShapeMismatchError, StoreError
-from scope.merge import (
-    RANKS_DIR,
+from scope.decoder_tables import N_LOGITS, N_NEIGHBOURS, decoder_logits, decoder_tables
+from scope.errors import CorpusError, NonFiniteActivationError, ShapeMismatchError, StoreError
+from scope.store import schema as S
+from scope.store.checkpoint import (
     WindowPool,
     canonical,
     check_out_dir,
+    clear_store,
     load_state,
-    merge_stores,
     save_state,
+    store_lock,
 )
-from scope.store import (
-    FORMAT_VERSION,
-    STATUS_COMPLETE,
-    STATUS_PARTIAL,
-    VOCAB,
-    Store,
-    atomic_write_text,
-    open_store,
-    read_manifest,
-    write_manifest,
-)
+from scope.store.merge import merge_stores
+from scope.store.reader import Store, open_store, read_manifest
+from scope.store.writer import write_manifest, write_tables, write_vocab
 
 log = logging.getLogger(__name__)
 
-N_LOGITS = 10
+__all__ = ["decoder_logits", "extract"]
+
 FEATURE_SHARD_SIZE = 4096
-LOGIT_CHUNK = 4096  # features per block of the logit tables
-VOCAB_CHUNK = 8192  # vocabulary columns per block
 
 
 def extract(
@@ -111,6 +111,8 @@ def extract(
     specs = _sae_specs(saes, sae_specs)
     config = _config(model, saes, specs, corpus, tokens, ctx, batch_size, top_k, shard, model_spec)
     config["logits"] = bool(logits)
+    _check_sites(model, saes)
+    _check_corpus(corpus)
     if world > 1 and shard is None:
         return _extract_distributed(model, saes, corpus, Path(out), config, checkpoint_every,
                                     overwrite, progress)
@@ -131,32 +133,57 @@ class _Run:
         if self.tokenizer is None:
             raise CorpusError("the model has no tokenizer; load it with scope.load_model")
         self.hooks = _check_sites(model, saes)
-        self.manifest = check_out_dir(out, config, overwrite)
-        self.specs = specs
+        self.specs, self.overwrite = specs, overwrite
+        self.manifest: S.Manifest | None = None
 
     def run(self) -> Store:
-        if self.manifest is not None and self.manifest.get("status") == STATUS_COMPLETE:
-            log.info("%s already holds a complete store with this configuration", self.out)
-            return open_store(self.out)
-        self.out.mkdir(parents=True, exist_ok=True)
-        if self.manifest is not None and self.manifest.get("data"):
+        if self.out.exists() and not self.out.is_dir():
+            raise StoreError(f"--out {self.out} is a file; choose a folder")
+        created = not self.out.exists()
+        try:
+            with store_lock(self.out):
+                self.manifest = check_out_dir(self.out, self.config, self.overwrite)
+                if self.manifest is not None and self.manifest.status == S.STATUS_COMPLETE:
+                    log.info("%s already holds a complete store with this configuration",
+                             self.out)
+                    return open_store(self.out)
+                try:
+                    self._run()
+                except BaseException:
+                    if self.manifest is None or self.manifest.data is None:
+                        self._remove_unstarted()
+                    raise
+        finally:
+            if created and self.out.is_dir() and not any(self.out.iterdir()):
+                self.out.rmdir()  # a run that failed at once leaves no empty folder either
+        log.info("store complete: %s (%d tokens)", self.out, self.manifest.tokens)
+        return open_store(self.out)
+
+    def _run(self) -> None:
+        if self.manifest is not None and self.manifest.data:
             devices = [s.W_enc.device for s in self.saes]
-            self.accs, self.pool, self.logits = load_state(self.out, self.manifest, devices)
+            self.accs, self.pool = load_state(self.out, self.manifest, devices)
             log.info("resuming %s after %d windows (%d tokens)", self.out,
-                     self.manifest["windows"], self.manifest["tokens"])
+                     self.manifest.windows, self.manifest.tokens)
         else:
-            self.manifest = self._new_manifest()
+            manifest = self._new_manifest()
             self._write_vocab()
-            write_manifest(self.out, self.manifest)
+            write_tables(self.out, manifest,
+                         {e.dir: decoder_tables(self.model, s, logits=self.config["logits"])
+                          for e, s in zip(manifest.saes, self.saes, strict=True)})
+            write_manifest(self.out, manifest)
+            self.manifest = manifest
             self.accs = [FeatureAccumulator(s.cfg.d_sae, self.ctx, self.config["top_k"],
                                             device=s.W_enc.device) for s in self.saes]
             self.pool = WindowPool()
-            self.logits = [decoder_logits(self.model, s, enabled=self.config["logits"])
-                           for s in self.saes]
         self._loop()
-        self._checkpoint(STATUS_COMPLETE)
-        log.info("store complete: %s (%d tokens)", self.out, self.manifest["tokens"])
-        return open_store(self.out)
+        self._checkpoint(S.STATUS_COMPLETE)
+
+    def _remove_unstarted(self) -> None:
+        """A run that stopped before its first checkpoint leaves nothing behind in --out."""
+        if self.out.is_dir():
+            clear_store(self.out)
+        self.manifest = None
 
     def _loop(self) -> None:
         from tqdm.auto import tqdm
@@ -165,8 +192,8 @@ class _Run:
         special = torch.tensor(sorted({int(t) for t in (tok.bos_token_id, tok.eos_token_id,
                                tok.pad_token_id) if t is not None}))
         device = torch.device(self.model.cfg.device)
-        done, last_save, dirty = int(self.manifest["windows"]), time.monotonic(), False
-        bar = tqdm(total=self._total_tokens(), initial=int(self.manifest["tokens"]), unit="tok",
+        done, last_save, dirty = int(self.manifest.windows), time.monotonic(), False
+        bar = tqdm(total=self._total_tokens(), initial=int(self.manifest.tokens), unit="tok",
                    unit_scale=True, desc=f"extract {self.out.name}", disable=not self.progress,
                    dynamic_ncols=True, smoothing=0.1)
         batches = iter_batches(self.corpus, tok, self.ctx, self.batch_size,
@@ -177,19 +204,25 @@ class _Run:
             with _deferred_interrupts() as stop:
                 for n_batch, (idx, toks) in enumerate(batches):
                     toks_dev = toks.to(device)
-                    acts = scope.capture(self.model, toks_dev, self.hooks)
+                    acts = capture(self.model, toks_dev, self.hooks)
                     fs = [sae.encode(acts[sae.cfg.hook_name].to(sae.W_enc.device,
                                                                  sae.W_enc.dtype))
                           for sae in self.saes]
                     del acts
                     mask = ~torch.isin(toks, special)
                     in_update = True  # from here to the end of the batch the state is in flux
-                    for acc, f in zip(self.accs, fs, strict=True):
-                        acc.update(f, mask.to(f.device), idx)
+                    for acc, f, sae in zip(self.accs, fs, self.saes, strict=True):
+                        try:
+                            acc.update(f, mask.to(f.device), idx, toks.to(f.device))
+                        except NonFiniteActivationError as exc:
+                            raise NonFiniteActivationError(
+                                f"SAE {sae.cfg.name!r}, feature {exc.feature}: a NaN or "
+                                f"infinite activation in windows {idx.tolist()[:4]}...; the "
+                                f"store keeps its last checkpoint. {exc}") from None
                     self.pool.add(idx, toks)
                     done += len(idx)
-                    self.manifest["windows"] = done
-                    self.manifest["tokens"] += int(toks.numel())
+                    self.manifest.windows = done
+                    self.manifest.tokens += int(toks.numel())
                     in_update, dirty = False, True
                     del fs
                     bar.update(int(toks.numel()))
@@ -198,21 +231,21 @@ class _Run:
                     if n_batch % 64 == 63:
                         self.pool.prune(self.accs)
                     if time.monotonic() - last_save >= self.checkpoint_every:
-                        self._checkpoint(STATUS_PARTIAL)
+                        self._checkpoint(S.STATUS_PARTIAL)
                         last_save, dirty = time.monotonic(), False
         except BaseException:
             if dirty and not in_update:
-                self._checkpoint(STATUS_PARTIAL)
+                self._checkpoint(S.STATUS_PARTIAL)
             log.warning("extraction stopped after %d tokens; %s is a consistent partial store: "
-                        "rerun the same command to resume", self.manifest["tokens"], self.out)
+                        "rerun the same command to resume", self.manifest.tokens, self.out)
             raise
         finally:
             bar.close()
-        self.manifest["corpus_skipped"] = dict(self.corpus.skipped)
+        self.manifest.corpus_skipped = dict(self.corpus.skipped)
 
     def _checkpoint(self, status: str) -> None:
-        self.manifest["status"] = status
-        save_state(self.out, self.manifest, self.accs, self.pool, self.logits)
+        self.manifest.status = status
+        save_state(self.out, self.manifest, self.accs, self.pool)
 
     def _total_tokens(self) -> int | None:
         if self.config["tokens"] is None:
@@ -224,92 +257,42 @@ class _Run:
         return mine * self.ctx
 
     def _write_vocab(self) -> None:
-        import json
-
         n = min(int(self.model.cfg.d_vocab), len(self.tokenizer))
-        vocab = token_strings(self.tokenizer, n)
-        atomic_write_text(self.out / VOCAB, json.dumps(vocab, ensure_ascii=False))
+        write_vocab(self.out, token_strings(self.tokenizer, n))
 
-    def _new_manifest(self) -> dict:
+    def _new_manifest(self) -> S.Manifest:
         now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         saes = []
         for j, (sae, spec) in enumerate(zip(self.saes, self.specs, strict=True)):
             c = sae.cfg
-            saes.append({"name": self.config["saes"][j]["name"], "spec": spec,
-                         "hook_name": c.hook_name, "d_in": c.d_in, "d_sae": c.d_sae,
-                         "neuronpedia_id": c.neuronpedia_id, "model_name": c.model_name,
-                         "release": c.release, "sae_id": c.sae_id, "kind": c.kind,
-                         "dir": f"{j:02d}-{_safe(self.config['saes'][j]['name'])}"})
-        return {
-            "format_version": FORMAT_VERSION, "tool_version": scope.__version__,
-            "status": STATUS_PARTIAL, "model": {"name": self.model.cfg.model_name,
-                                                 "spec": self.config["model"]},
-            "saes": saes, "corpus": self.corpus.describe(), "tokens": 0, "windows": 0,
-            "ctx": self.ctx, "top_k": self.config["top_k"], "band_samples": BAND_SAMPLES,
-            "shard": self.config["shard"], "config": self.config,
-            "histogram_edges": HIST_EDGES.tolist(), "band_edges": BAND_EDGES.tolist(),
-            "sum_bits": SUM_BITS, "feature_shard_size": FEATURE_SHARD_SIZE,
-            "n_logits": N_LOGITS, "created": now, "data": None,
-        }
+            name = self.config["saes"][j]["name"]
+            saes.append(S.SAEEntry(
+                name=name, dir=f"{j:02d}-{_safe(name)}", hook_name=c.hook_name, d_in=c.d_in,
+                d_sae=c.d_sae, spec=spec, neuronpedia_id=c.neuronpedia_id,
+                model_name=c.model_name, release=c.release, sae_id=c.sae_id, kind=c.kind))
+        return S.Manifest(
+            saes=saes, config=self.config, model={"name": self.model.cfg.model_name,
+                                                  "spec": self.config["model"]},
+            corpus=self.corpus.describe(), ctx=self.ctx, top_k=self.config["top_k"],
+            band_samples=BAND_SAMPLES, histogram_edges=HIST_EDGES.tolist(),
+            band_edges=BAND_EDGES.tolist(), feature_shard_size=FEATURE_SHARD_SIZE,
+            tool_version=_tool_version(), shard=self.config["shard"], sum_bits=SUM_BITS,
+            n_logits=N_LOGITS, n_neighbours=N_NEIGHBOURS,
+            token_sketch={"depth": SKETCH_DEPTH, "width": SKETCH_WIDTH}, created=now)
 
 
-@torch.no_grad()
-def decoder_logits(model: Any, sae: Any, k: int = N_LOGITS, enabled: bool = True
-                   ) -> dict[str, np.ndarray]:
-    """The k most positive and most negative logit effects of each feature's decoder direction.
+def _tool_version() -> str:
+    from scope import __version__
 
-    `W_dec[f] @ (diag(ln_final.w) @ W_U)` with unprocessed weights (REFERENCE.md §4); attention
-    SAEs (`attn.hook_z`) are first mapped to the residual stream through that layer's `W_O`.
-    Sites whose output is not in the residual stream (or `enabled=False`) get empty tables
-    (ids -1).
+    return __version__
 
-    Returns:
-        `logit_pos_ids / logit_neg_ids [d_sae, k]` int32, `logit_pos_vals / _neg_vals` float32.
-    """
-    F = sae.cfg.d_sae
-    empty = {"logit_pos_ids": np.full((F, k), -1, np.int32),
-             "logit_pos_vals": np.zeros((F, k), np.float32),
-             "logit_neg_ids": np.full((F, k), -1, np.int32),
-             "logit_neg_vals": np.zeros((F, k), np.float32)}
-    cfg = model.cfg
-    W_dec = sae.W_dec.detach()
-    hook = sae.cfg.hook_name_out or sae.cfg.hook_name
-    if not enabled:
-        return empty
-    if W_dec.shape[1] == cfg.d_model:
-        to_resid = None
-    elif hook.endswith("attn.hook_z") and W_dec.shape[1] == cfg.n_heads * cfg.d_head:
-        to_resid = model.blocks[int(hook.split(".")[1])].attn.W_O  # [n_heads, d_head, d_model]
-    else:
-        log.info("%s: decoder is not in the residual stream; no logit tables", sae.cfg.name)
-        return empty
-    W_U = model.W_U.detach()  # [d_model, d_vocab]
-    n_vocab = min(W_U.shape[1], len(model.tokenizer))
-    W_U = W_U[:, :n_vocab]
-    gain = model.ln_final.w.detach() if hasattr(model.ln_final, "w") else None
-    out = {key: v.copy() for key, v in empty.items()}
-    # Blocks of features x blocks of vocabulary keep each product compute-bound and ~100 MB.
-    for start in range(0, F, LOGIT_CHUNK):
-        d = W_dec[start : start + LOGIT_CHUNK].to(W_U.device, W_U.dtype)
-        if to_resid is not None:
-            d = torch.einsum("fhd,hdm->fm", d.view(len(d), cfg.n_heads, cfg.d_head), to_resid)
-        if gain is not None:
-            d = d * gain
-        cands = []
-        for v0 in range(0, n_vocab, VOCAB_CHUNK):
-            logits = (d @ W_U[:, v0 : v0 + VOCAB_CHUNK]).float()  # [chunk, vocab chunk]
-            kk = min(k, logits.shape[1])
-            for largest in (True, False):
-                t = logits.topk(kk, dim=1, largest=largest)
-                cands.append((largest, t.values, t.indices + v0))
-        sl = slice(start, start + len(d))
-        for largest, key in ((True, "pos"), (False, "neg")):
-            vals = torch.cat([v for lg, v, _ in cands if lg == largest], dim=1)
-            ids = torch.cat([i for lg, _, i in cands if lg == largest], dim=1)
-            t = vals.topk(min(k, vals.shape[1]), dim=1, largest=largest)
-            out[f"logit_{key}_vals"][sl, : t.values.shape[1]] = t.values.cpu().numpy()
-            out[f"logit_{key}_ids"][sl, : t.values.shape[1]] = ids.gather(1, t.indices).cpu().numpy()
-    return out
+
+def _check_corpus(corpus: Corpus) -> None:
+    """Fail before anything is written when the corpus is missing or holds no text."""
+    try:
+        next(iter(corpus.documents()))
+    except StopIteration:
+        raise CorpusError(f"corpus {corpus.source!r} holds no readable text") from None
 
 
 def _check_sites(model: Any, saes: Sequence[Any]) -> list[str]:
@@ -349,6 +332,9 @@ def _sae_specs(saes: Sequence[Any], given: Sequence[str | None] | None) -> list[
 def _config(model, saes, specs, corpus, tokens, ctx, batch_size, top_k, shard, model_spec
             ) -> dict:
     """The resolved run configuration (written into the manifest; resuming requires equality)."""
+    if int(ctx) < 2:
+        raise CorpusError(f"--ctx {ctx}: a window is BOS plus at least one token; use --ctx 2 or "
+                          "more (the default is 128)")
     if tokens is not None and int(tokens) < 1:
         raise CorpusError(f"--tokens {tokens}: need a positive token budget")
     if batch_size < 1 or top_k < 1:
@@ -419,15 +405,15 @@ def _extract_distributed(model, saes, corpus, out, config, checkpoint_every, ove
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     manifest = read_manifest(out) if out.is_dir() else None
-    if (manifest is not None and manifest.get("status") == STATUS_COMPLETE
-            and canonical(manifest.get("config")) == canonical(config) and not overwrite):
+    if (manifest is not None and manifest.status == S.STATUS_COMPLETE
+            and canonical(manifest.config) == canonical(config) and not overwrite):
         return open_store(out)
     own = not dist.is_initialized()
     if own:
         backend = "nccl" if torch.device(model.cfg.device).type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, timeout=timedelta(days=7))
     try:
-        parts = [out / RANKS_DIR / f"rank-{r:03d}-of-{world:03d}" for r in range(world)]
+        parts = [out / S.RANKS_DIR / f"rank-{r:03d}-of-{world:03d}" for r in range(world)]
         shard_cfg = dict(config, shard=[rank, world])
         specs = [s["spec"] for s in config["saes"]]
         _Run(model, saes, specs, corpus, parts[rank], shard_cfg, checkpoint_every, overwrite,
@@ -437,7 +423,7 @@ def _extract_distributed(model, saes, corpus, out, config, checkpoint_every, ove
             merge_stores(parts, out, overwrite=overwrite)
             import shutil
 
-            shutil.rmtree(out / RANKS_DIR, ignore_errors=True)
+            shutil.rmtree(out / S.RANKS_DIR, ignore_errors=True)
         dist.barrier()
     finally:
         if own:

@@ -1,8 +1,8 @@
 """Temporary forward hooks that remove exactly themselves.
 
-TransformerLens's `model.hooks()` clears *every* non-permanent hook on exit, so nesting two of
-our contexts (steering inside steering, an evaluation inside a steering block) would strip the
-outer one's hooks. `attached` adds hooks and, on exit or error, removes only those it added.
+`attached` adds TransformerLens hook functions to a model's hook points and, on exit or error,
+removes only those it added, so our contexts nest (steering inside steering, an evaluation inside
+a steering block) whatever TransformerLens's own `model.hooks()` would clear.
 """
 
 from __future__ import annotations
@@ -10,17 +10,18 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
-from transformer_lens.hook_points import HookedRootModule
+import torch
+from transformer_lens.hook_points import HookPoint
 
 HookFn = Callable  # fn(activation, hook) -> activation | None
 
 
 @contextmanager
-def attached(model: HookedRootModule, fwd_hooks: Sequence[tuple[str, HookFn]]) -> Iterator[None]:
+def attached(model: torch.nn.Module, fwd_hooks: Sequence[tuple[str, HookFn]]) -> Iterator[None]:
     """Attach `(hook_name, fn)` forward hooks for the duration of the block.
 
     Args:
-        model: a HookedTransformer (any HookedRootModule).
+        model: a model from `scope.load_model` (anything with a TransformerLens `hook_dict`).
         fwd_hooks: pairs of a name in `model.hook_dict` and a TransformerLens hook function.
     """
     added = []
@@ -37,9 +38,13 @@ def attached(model: HookedRootModule, fwd_hooks: Sequence[tuple[str, HookFn]]) -
                 point.fwd_hooks.remove(handle)
 
 
-def count_hooks(model: HookedRootModule) -> int:
-    """Number of forward and backward hooks attached anywhere in the model (0 when clean)."""
+def count_hooks(model: torch.nn.Module) -> int:
+    """Number of forward and backward hooks on the model's hook points (0 when clean).
+
+    Only hook points count: the bridge keeps a few permanent hooks of its own on norm modules
+    (it feeds `hook_mlp_in` from them), which no caller adds or removes.
+    """
     return sum(
         len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-        for m in model.modules()
+        for m in model.modules() if isinstance(m, HookPoint)
     )

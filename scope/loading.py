@@ -27,12 +27,14 @@ import torch
 
 from scope import releases
 from scope.errors import (
-    HubUnavailableError,
+    ConfigError,
     SAEFormatError,
     ShapeMismatchError,
     UnknownSAEError,
     suggest,
 )
+from scope.hub import cache_root as scope_cache_root
+from scope.hub import hub_error
 from scope.sae import (
     CFG_FILENAME,
     PARAM_NAMES,
@@ -51,14 +53,13 @@ NPZ_FILENAME = "params.npz"
 GS2_CONFIG_FILENAME = "config.json"
 GS2_WEIGHTS_FILENAME = "params.safetensors"
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled" / "demo_sae"
-CACHE_ENV = "SCOPE_CACHE"
 CACHE_VERSION = 1  # bump to invalidate every cached copy
 
 # Gemma Scope 2 stores lowercase keys; affine transcoders add the skip matrix.
 GS2_KEYS = {"w_enc": "W_enc", "w_dec": "W_dec", "b_enc": "b_enc", "b_dec": "b_dec",
             "threshold": "threshold", "affine_skip_connection": "affine_skip"}
 
-# Hugging Face module path in a Gemma Scope 2 config -> TransformerLens hook (REFERENCE.md §2).
+# Hugging Face module path in a Gemma Scope 2 config -> TransformerLens hook (docs/saes.md, "Gemma Scope 2").
 _HF_HOOKS = [
     (re.compile(r"(?:^|\.)layers\.(\d+)\.output$"), "blocks.{L}.hook_resid_post"),
     (re.compile(r"(?:^|\.)layers\.(\d+)\.post_feedforward_layernorm\.output$"),
@@ -170,38 +171,19 @@ def hub_file(repo_id: str, filename: str) -> str:
     """Path of `filename` in `repo_id` via `hf_hub_download` (served from the cache offline).
 
     Raises:
-        HubUnavailableError: hub unreachable (or offline) and the file is not cached.
+        HubUnavailableError: hub unreachable (or offline) and the file is not cached, or gated.
         UnknownSAEError: the repo or file does not exist on the hub.
     """
-    from huggingface_hub import errors as hf_errors
     from huggingface_hub import hf_hub_download
 
     try:
         return hf_hub_download(repo_id, filename)
-    except hf_errors.GatedRepoError as exc:
-        raise HubUnavailableError(
-            f"{repo_id} is gated: accept its license on huggingface.co and run "
-            f"`hf auth login` (needed for {filename})") from exc
-    except (hf_errors.EntryNotFoundError, hf_errors.RepositoryNotFoundError,
-            hf_errors.RevisionNotFoundError) as exc:
-        if isinstance(exc, hf_errors.LocalEntryNotFoundError):
-            raise _unavailable(repo_id, filename, exc) from exc
-        raise UnknownSAEError(f"{repo_id}/{filename} does not exist on the hub ({exc}); "
-                              "check the release and SAE id with `scope saes`") from exc
-    except (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled, OSError) as exc:
-        raise _unavailable(repo_id, filename, exc) from exc
-    except hf_errors.HfHubHTTPError as exc:
-        raise _unavailable(repo_id, filename, exc) from exc
-
-
-def _unavailable(repo_id: str, filename: str, exc: Exception) -> HubUnavailableError:
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
-    why = "HF_HUB_OFFLINE is set" if offline else "the Hugging Face hub is unreachable"
-    return HubUnavailableError(
-        f"cannot get {repo_id}/{filename}: {why} and it is not in the local cache "
-        f"(HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}). Download it once "
-        f"with network access (`hf download {repo_id} {filename}`), or copy the file and load "
-        f"it by path. ({type(exc).__name__})")
+    except Exception as exc:
+        err = hub_error(exc, f"{repo_id}/{filename}", UnknownSAEError,
+                        fix="List releases and SAE ids with `scope saes`.")
+        if err is None:
+            raise
+        raise err from exc
 
 
 def _gs1_registry_config(entry: releases.SAEEntry) -> SAEConfig:
@@ -229,8 +211,7 @@ def _gs1_registry_config(entry: releases.SAEEntry) -> SAEConfig:
 
 def cache_root() -> Path:
     """Folder of cached native copies: `$SCOPE_CACHE/saes` or `~/.cache/scope/saes`."""
-    base = os.environ.get(CACHE_ENV)
-    return (Path(base) if base else Path.home() / ".cache" / "scope") / "saes"
+    return scope_cache_root() / "saes"
 
 
 def _cache_dir(key: str, dtype: torch.dtype | None) -> Path:
@@ -244,7 +225,8 @@ def _load_npz_cached(get_path, key: str, cfg: SAEConfig, *, device, dtype) -> Ju
     cached = _cache_dir(key, dtype)
     if (cached / WEIGHTS_FILENAME).is_file() and (cached / CFG_FILENAME).is_file():
         try:
-            sae = JumpReLUSAE.load(cached, device=device)
+            # scope wrote and checked this copy (finite, float) when it made it
+            sae = JumpReLUSAE.load(cached, device=device, check_finite=False)
             # keep the identity the caller asked for (canonical id, release) over the cached one
             for field in ("release", "sae_id", "neuronpedia_id", "model_name"):
                 setattr(sae.cfg, field, getattr(cfg, field))
@@ -312,7 +294,7 @@ def load_npz(path: Path, cfg: SAEConfig, *, dtype: torch.dtype | None = None) ->
             except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
                 raise SAEFormatError(f"{path}: key {key!r} cannot be read ({exc}); the file is "
                                      f"truncated or corrupt: {fix}") from exc
-            if arr.dtype.kind != "f":
+            if arr.dtype.kind != "f" or arr.dtype.itemsize > 8:
                 raise SAEFormatError(f"{path}: key {key!r} has dtype {arr.dtype}, expected a float "
                                      f"array (float32 in Gemma Scope): {fix}")
             check_shapes(cfg, {key: arr}, source=path)
@@ -354,8 +336,17 @@ def _npz_local_config(path: Path, hook_name: str | None) -> SAEConfig:
             hook_out = t_out.format(L=layer_m.group(1)) if t_out else None
         extra["path"] = "/".join(parts[-4:-1])
     kind = "transcoder" if hook_out or d_out != d_in else "sae"
-    return SAEConfig(d_in=d_in, d_sae=d_sae, d_out=d_out, hook_name=hook_name,
-                     hook_name_out=hook_out, model_name=model_name, kind=kind, extra=extra)
+    return file_config(path, d_in=d_in, d_sae=d_sae, d_out=d_out, hook_name=hook_name,
+                       hook_name_out=hook_out, model_name=model_name, kind=kind, extra=extra)
+
+
+def file_config(source: Any, **fields: Any) -> SAEConfig:
+    """`SAEConfig(**fields)` for an SAE read from `source`; a bad field is a SAEFormatError
+    naming the file (ConfigError is for arguments the caller passed)."""
+    try:
+        return SAEConfig(**fields)
+    except ConfigError as exc:
+        raise SAEFormatError(f"{source}: {exc}; the file does not describe a usable SAE") from None
 
 
 def _npz_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -402,10 +393,15 @@ def safetensors_shapes(path: Path) -> dict[str, tuple[list[int], str]]:
             if n <= 0 or n > 100_000_000 or n + 8 > path.stat().st_size:
                 raise ValueError(f"header length {n} does not fit the file")
             header = json.loads(fh.read(n))
-    except (OSError, ValueError) as exc:
+        shapes = {k: (v["shape"], v["dtype"]) for k, v in header.items() if k != "__metadata__"}
+        for key, (shape, _) in shapes.items():
+            if not isinstance(shape, list) or not all(
+                    isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+                raise ValueError(f"tensor {key!r} has shape {shape!r}")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise SAEFormatError(f"{path}: unreadable safetensors header ({exc}); the file is "
                              "truncated or corrupt: download it again") from exc
-    return {k: (v["shape"], v["dtype"]) for k, v in header.items() if k != "__metadata__"}
+    return shapes
 
 
 def load_gs2_files(cfg_path: Path, weights_path: Path, *, entry: releases.SAEEntry | None = None,
@@ -413,7 +409,7 @@ def load_gs2_files(cfg_path: Path, weights_path: Path, *, entry: releases.SAEEnt
     """Load a Gemma Scope 2 SAE/transcoder from its config.json and params.safetensors.
 
     Shapes come from the local safetensors header; hooks from `hf_hook_point_in/out` mapped to
-    TransformerLens names (REFERENCE.md §2), falling back to the registry's guess.
+    TransformerLens names (docs/saes.md), falling back to the registry's guess.
 
     Args:
         cfg_path: config.json; weights_path: params.safetensors.
@@ -427,6 +423,9 @@ def load_gs2_files(cfg_path: Path, weights_path: Path, *, entry: releases.SAEEnt
         gcfg = json.loads(cfg_path.read_text())
     except (OSError, ValueError) as exc:
         raise SAEFormatError(f"{cfg_path}: not valid JSON ({exc}); download it again") from exc
+    if not isinstance(gcfg, dict):
+        raise SAEFormatError(f"{cfg_path}: expected a JSON object (a Gemma Scope 2 config), got "
+                             f"a {type(gcfg).__name__}; download it again")
     shapes = safetensors_shapes(weights_path)
     missing = [k for k in GS2_KEYS if k != "affine_skip_connection" and k not in shapes]
     if missing:
@@ -464,8 +463,8 @@ def load_gs2_files(cfg_path: Path, weights_path: Path, *, entry: releases.SAEEnt
     if entry:
         extra.update({"repo_id": entry.repo_id, "path": entry.path,
                       "l0_label": info.get("l0_label"), "layer": info.get("layer")})
-    cfg = SAEConfig(
-        d_in=d_in, d_sae=d_sae, d_out=d_out, hook_name=hook_in, hook_name_out=hook_out,
+    cfg = file_config(
+        cfg_path, d_in=d_in, d_sae=d_sae, d_out=d_out, hook_name=hook_in, hook_name_out=hook_out,
         model_name=str(gcfg.get("model_name") or (entry.release.model if entry else "")),
         release=entry.release.name if entry else "", sae_id=entry.sae_id if entry else "",
         neuronpedia_id=info.get("neuronpedia"), kind="transcoder" if is_tc else "sae",
@@ -481,6 +480,16 @@ def load_gs2_files(cfg_path: Path, weights_path: Path, *, entry: releases.SAEEnt
 
 def load_local(path: Path, *, device=None, dtype=None, hook_name: str | None = None) -> JumpReLUSAE:
     """Load a local npz, Gemma Scope 2 folder, or native/SAELens folder (see `load_sae`)."""
+    if not path.is_file() and not path.is_dir():
+        raise SAEFormatError(f"{path}: not a regular file or folder (a device, pipe or socket?); "
+                             "pass an SAE file or folder")
+    if path.is_dir():
+        for name in (CFG_FILENAME, WEIGHTS_FILENAME, GS2_CONFIG_FILENAME, GS2_WEIGHTS_FILENAME,
+                     NPZ_FILENAME):
+            p = path / name
+            if p.exists() and not p.is_file():
+                raise SAEFormatError(f"{p}: not a regular file (a folder, device, pipe or "
+                                     "socket); replace it with the SAE's file")
     if path.is_file():
         folder = path.parent
         if path.suffix == ".npz":

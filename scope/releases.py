@@ -1,7 +1,8 @@
 """Registry of Gemma Scope (Gemma 2) and Gemma Scope 2 (Gemma 3) SAE releases.
 
 The data lives in `configs/releases/` (`index.json` + one `<release>.json` per release), generated
-from the shared release list by `configs/releases/generate.py`; it is the offline truth for
+from the upstream release list by `configs/releases/generate.py`; an installed wheel carries the
+same files as `scope/_registry/`. It is the offline truth for
 `scope saes` and for resolving `load_sae("<release>", "<sae id>")` to a hub repo and file.
 Pure Python: no torch, no network.
 """
@@ -17,12 +18,25 @@ from typing import Any
 
 from scope.errors import UnknownSAEError, suggest
 
-#: where the registry lives (override with $SCOPE_RELEASES_DIR, e.g. for an installed package)
-RELEASES_DIR = Path(__file__).resolve().parent.parent / "configs" / "releases"
+#: where the registry lives: inside an installed wheel, else in the repository checkout
+#: (override with $SCOPE_RELEASES_DIR)
+PACKAGED_DIR = Path(__file__).resolve().parent / "_registry"
+REPO_DIR = Path(__file__).resolve().parent.parent / "configs" / "releases"
+RELEASES_DIR = PACKAGED_DIR if (PACKAGED_DIR / "index.json").is_file() else REPO_DIR
 INDEX_FILENAME = "index.json"
 GS1_FORMAT = "gemma-scope-1"  # layer_L/width_W/average_l0_N/params.npz, no config
 GS2_FORMAT = "gemma-scope-2"  # site/layer_L_width_W_l0_S/{config.json, params.safetensors}
-NEURONPEDIA_URL = "https://www.neuronpedia.org/{id}"
+#: Neuronpedia, where the registry's SAEs have feature pages (the one copy of this address)
+NEURONPEDIA_BASE = "https://www.neuronpedia.org"
+
+
+def neuronpedia_url(neuronpedia_id: str | None, feature: int | None = None) -> str | None:
+    """Neuronpedia page of an SAE (`gemma-2-2b/20-gemmascope-res-16k`) or of one of its
+    features; None when the SAE has no Neuronpedia id."""
+    if not neuronpedia_id or not isinstance(neuronpedia_id, str):
+        return None
+    base = f"{NEURONPEDIA_BASE}/{neuronpedia_id.strip('/')}"
+    return base if feature is None else f"{base}/{int(feature)}"
 
 
 @dataclass(frozen=True)
@@ -81,7 +95,7 @@ class SAEEntry:
 
 
 def releases_dir() -> Path:
-    """The registry folder ($SCOPE_RELEASES_DIR or configs/releases in the repo)."""
+    """The registry folder: $SCOPE_RELEASES_DIR, the wheel's copy, or configs/releases/."""
     return Path(os.environ.get("SCOPE_RELEASES_DIR", RELEASES_DIR))
 
 

@@ -23,7 +23,9 @@ import torch
 from torch import nn
 
 from scope.atomic import atomic_write
-from scope.errors import SAEFormatError
+from scope.dtypes import DTYPES as _DTYPES
+from scope.dtypes import dtype_name, to_torch_dtype
+from scope.errors import ConfigError, SAEFormatError
 
 log = logging.getLogger(__name__)
 
@@ -36,44 +38,9 @@ PARAM_NAMES = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
 SAELENS_SKIP_KEY = "W_skip"
 KINDS = ("sae", "transcoder")
 
-_DTYPES = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float64": torch.float64,
-}
-_DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "half": "float16",
-                  "float": "float32", "double": "float64"}
-
 # Warn when a sampled decoder row's norm is further than this from 1 (Gemma Scope keeps them unit).
 _UNIT_NORM_TOL = 1e-2
 _NORM_SAMPLE_ROWS = 1024
-
-
-def dtype_name(dtype: torch.dtype | str) -> str:
-    """Canonical name of a floating dtype ("float32", "bfloat16", ...).
-
-    Args:
-        dtype: a torch dtype or a name such as "bf16", "torch.float16".
-
-    Returns:
-        The canonical name; raises ValueError for anything that is not a float dtype we support.
-    """
-    if isinstance(dtype, torch.dtype):
-        for name, value in _DTYPES.items():
-            if value == dtype:
-                return name
-        raise ValueError(f"unsupported SAE dtype {dtype}; use one of {', '.join(_DTYPES)}")
-    name = str(dtype).removeprefix("torch.").lower()
-    name = _DTYPE_ALIASES.get(name, name)
-    if name not in _DTYPES:
-        raise ValueError(f"unsupported SAE dtype {dtype!r}; use one of {', '.join(_DTYPES)}")
-    return name
-
-
-def to_torch_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    """The torch dtype for a name or dtype (see `dtype_name`)."""
-    return _DTYPES[dtype_name(dtype)]
 
 
 @dataclass
@@ -108,25 +75,37 @@ class SAEConfig:
     """Anything else worth keeping (l0 label, source file, site notes); JSON-serialisable."""
 
     def __post_init__(self) -> None:
+        """Check every field's type and range; ConfigError names the field and the value."""
+        def positive_int(value: Any) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
         for name in ("d_in", "d_sae"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"SAEConfig.{name} must be a positive int, got {value!r}")
+            if not positive_int(value):
+                raise ConfigError(f"SAEConfig.{name} must be a positive int, got {value!r}")
         if self.d_out is None:
             self.d_out = self.d_in
-        elif not isinstance(self.d_out, int) or self.d_out <= 0:
-            raise ValueError(f"SAEConfig.d_out must be a positive int or None, got {self.d_out!r}")
+        elif not positive_int(self.d_out):
+            raise ConfigError(f"SAEConfig.d_out must be a positive int or None, got {self.d_out!r}")
         if not isinstance(self.hook_name, str) or not self.hook_name:
-            raise ValueError("SAEConfig.hook_name must name a TransformerLens hook, "
-                             "e.g. 'blocks.20.hook_resid_post'")
+            raise ConfigError("SAEConfig.hook_name must name a TransformerLens hook, "
+                              f"e.g. 'blocks.20.hook_resid_post', got {self.hook_name!r}")
+        for name in ("model_name", "release", "sae_id"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"SAEConfig.{name} must be a string, got "
+                                  f"{getattr(self, name)!r}")
+        for name in ("hook_name_out", "neuronpedia_id"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise ConfigError(f"SAEConfig.{name} must be a string or null, got "
+                                  f"{getattr(self, name)!r}")
         if self.kind not in KINDS:
-            raise ValueError(f"SAEConfig.kind must be one of {KINDS}, got {self.kind!r}")
+            raise ConfigError(f"SAEConfig.kind must be one of {KINDS}, got {self.kind!r}")
         if self.kind == "sae" and self.d_out != self.d_in:
-            raise ValueError(f"SAEConfig: an SAE with d_out={self.d_out} != d_in={self.d_in} "
-                             "must have kind='transcoder'")
+            raise ConfigError(f"SAEConfig: an SAE with d_out={self.d_out} != d_in={self.d_in} "
+                              "must have kind='transcoder'")
         self.dtype = dtype_name(self.dtype)
         if not isinstance(self.extra, dict):
-            raise ValueError("SAEConfig.extra must be a dict")
+            raise ConfigError(f"SAEConfig.extra must be a mapping, got {type(self.extra).__name__}")
 
     @property
     def name(self) -> str:
@@ -138,9 +117,9 @@ class SAEConfig:
     @property
     def neuronpedia_url(self) -> str | None:
         """Base Neuronpedia page of this SAE (append `/<feature>`), or None."""
-        if not self.neuronpedia_id:
-            return None
-        return f"https://www.neuronpedia.org/{self.neuronpedia_id}"
+        from scope.releases import neuronpedia_url
+
+        return neuronpedia_url(self.neuronpedia_id)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict of every field."""
@@ -156,9 +135,14 @@ class SAEConfig:
         Returns:
             The config.
         """
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"an SAE config must be a mapping, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known}
-        extra = dict(kwargs.pop("extra", None) or {})
+        extra = kwargs.pop("extra", None) or {}
+        if not isinstance(extra, Mapping):
+            raise ConfigError(f"SAEConfig.extra must be a mapping, got {type(extra).__name__}")
+        extra = dict(extra)
         extra.update({k: v for k, v in data.items() if k not in known})
         return cls(**kwargs, extra=extra)
 
@@ -328,7 +312,7 @@ class JumpReLUSAE(nn.Module):
         """
         if target is None:
             if self.cfg.kind == "transcoder":
-                raise ValueError("JumpReLUSAE.error: a transcoder predicts a different site; "
+                raise ConfigError("JumpReLUSAE.error: a transcoder predicts a different site; "
                                  f"pass target= (the {self.cfg.hook_name_out} activation)")
             target = x
         return target.to(device=self.W_dec.device, dtype=self.W_dec.dtype) - self.forward(x)
@@ -412,6 +396,7 @@ class JumpReLUSAE(nn.Module):
         *,
         device: torch.device | str | None = None,
         dtype: torch.dtype | str | None = None,
+        check_finite: bool = True,
     ) -> JumpReLUSAE:
         """Load a native or SAELens folder (`cfg.json` + `sae_weights.safetensors`).
 
@@ -422,9 +407,11 @@ class JumpReLUSAE(nn.Module):
             path: the folder.
             device: where to put the weights (default CPU).
             dtype: cast to this dtype while loading (default: as stored).
+            check_finite: refuse NaN/inf weights (off only for scope's own checked cache).
 
         Returns:
-            The SAE. Raises SAEFormatError for missing/corrupt files, keys or shapes.
+            The SAE. Raises SAEFormatError for missing/corrupt files, keys, shapes, dtypes,
+            config fields or NaN/inf weights.
         """
         folder = Path(path)
         cfg_path, weights_path = folder / CFG_FILENAME, folder / WEIGHTS_FILENAME
@@ -436,13 +423,13 @@ class JumpReLUSAE(nn.Module):
             raw = json.loads(cfg_path.read_text())
         except (OSError, ValueError) as exc:
             raise SAEFormatError(f"{cfg_path}: not valid JSON ({exc}); re-save the SAE") from exc
+        cfg = config_from_saelens_dict(raw, source=cfg_path)
         tensors = read_safetensors(weights_path, device=device, dtype=dtype)
         if "log_threshold" in tensors and "threshold" not in tensors:  # older SAELens checkpoints
             tensors["threshold"] = torch.exp(tensors.pop("log_threshold"))
         if SAELENS_SKIP_KEY in tensors:
             tensors["affine_skip"] = tensors.pop(SAELENS_SKIP_KEY).T
-        cfg = config_from_saelens_dict(raw, source=cfg_path)
-        return cls.from_tensors(cfg, tensors, source=weights_path, check_finite=False)
+        return cls.from_tensors(cfg, tensors, source=weights_path, check_finite=check_finite)
 
     @classmethod
     def from_tensors(
@@ -463,7 +450,12 @@ class JumpReLUSAE(nn.Module):
             check_finite: scan every tensor for NaN/inf (skip for trusted caches).
 
         Returns:
-            The SAE (with a logged warning if sampled W_dec rows are not unit norm).
+            The SAE (with a logged warning if sampled W_dec rows are not unit norm or some
+            thresholds are not positive).
+
+        Raises:
+            SAEFormatError: a missing key, a wrong shape, a non-float dtype, or NaN/inf values
+                (naming `source`, the tensor and the first bad index).
         """
         missing = [k for k in PARAM_NAMES if k not in tensors]
         if missing:
@@ -475,13 +467,21 @@ class JumpReLUSAE(nn.Module):
             log.debug("%s: ignoring unknown tensors %s", source, unknown)
         params = {k: tensors[k] for k in (*PARAM_NAMES, "affine_skip") if k in tensors}
         check_shapes(cfg, params, source=source)
+        for key, t in params.items():
+            if t.dtype not in _DTYPES.values():
+                raise SAEFormatError(f"{source}: tensor {key!r} has dtype {t.dtype}, expected a "
+                                     f"float dtype ({', '.join(_DTYPES)}); the file is not an "
+                                     "SAE's weights: re-save or re-download it")
         if check_finite:
             for key, t in params.items():
-                if not bool(torch.isfinite(t).all()):
-                    raise SAEFormatError(f"{source}: key {key!r} holds NaN or inf values; the file "
-                                         "is corrupt: delete it (and its cache) and download again")
+                bad = first_non_finite(t)
+                if bad is not None:
+                    raise SAEFormatError(
+                        f"{source}: tensor {key!r} holds NaN or inf (first at index {bad}); the "
+                        "file is corrupt: delete it (and its cache) and download or save it again")
         sae = cls(cfg, **params)
         warn_if_not_unit_norm(sae.W_dec.data, source)
+        warn_if_non_positive_threshold(sae.threshold.data, source)
         return sae
 
 
@@ -507,6 +507,28 @@ def check_shapes(cfg: SAEConfig, tensors: Mapping[str, Any], *, source: Any) -> 
                 f"{source}: key {key!r} has shape {list(shape)}, expected {list(want[key])} for "
                 f"d_in={cfg.d_in}, d_sae={cfg.d_sae}, d_out={cfg.d_out}; the file does not match "
                 "its release/config: re-download it or pass the right SAE id")
+
+
+def first_non_finite(t: torch.Tensor, rows: int = 4096) -> list[int] | None:
+    """Index of the first NaN/inf element of `t`, or None; scans `rows` rows at a time."""
+    flat = t.reshape(t.shape[0], -1) if t.dim() > 1 else t.reshape(-1, 1)
+    for start in range(0, flat.shape[0], rows):
+        ok = torch.isfinite(flat[start:start + rows])
+        if not bool(ok.all()):
+            where = (~ok).nonzero()[0]
+            index = start * flat.shape[1] + int(where[0]) * flat.shape[1] + int(where[1])
+            return [int(i) for i in torch.unravel_index(torch.tensor(index), t.shape)] \
+                if t.dim() else []
+    return None
+
+
+def warn_if_non_positive_threshold(threshold: torch.Tensor, source: Any) -> None:
+    """Log a warning when thresholds are <= 0 (a JumpReLU feature then fires on pre <= 0)."""
+    n = int((threshold <= 0).sum())
+    if n:
+        log.warning("%s: %d of %d thresholds are <= 0 (min %.3g); those features pass zero or "
+                    "negative pre-activations, which no trained JumpReLU SAE does: check the file",
+                    source, n, threshold.numel(), float(threshold.min()))
 
 
 def warn_if_not_unit_norm(W_dec: torch.Tensor, source: Any) -> None:
@@ -568,10 +590,25 @@ def config_from_saelens_dict(raw: Mapping[str, Any], *, source: Any = "cfg.json"
 
     Returns:
         The config; unknown fields go to `extra`.
+
+    Raises:
+        SAEFormatError: naming `source` and the field, for any field of the wrong type or range.
     """
+    try:
+        return _config_from_saelens_dict(raw, source)
+    except ConfigError as exc:
+        raise SAEFormatError(f"{source}: {exc}; fix the file or save the SAE again") from None
+
+
+def _config_from_saelens_dict(raw: Any, source: Any) -> SAEConfig:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"expected a JSON object of SAE fields, got a {type(raw).__name__}")
     if isinstance(raw.get("scope"), Mapping):
         return SAEConfig.from_dict(raw["scope"])
-    meta = dict(raw.get("metadata") or {})
+    meta = raw.get("metadata") or {}
+    if not isinstance(meta, Mapping):
+        raise ConfigError(f"'metadata' must be an object, got {type(meta).__name__}")
+    meta = dict(meta)
 
     def pick(key: str, default: Any = None) -> Any:  # SAELens 6 nests in metadata; <6 is flat
         return meta.get(key, raw.get(key, default))
@@ -581,26 +618,26 @@ def config_from_saelens_dict(raw: Mapping[str, Any], *, source: Any = "cfg.json"
         log.warning("%s: architecture %r is not JumpReLU; loading it as JumpReLU may not match "
                     "the original encoder", source, arch)
     hook_name = pick("hook_name")
-    try:
-        d_in, d_sae = int(raw["d_in"]), int(raw["d_sae"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise SAEFormatError(f"{source}: needs integer 'd_in' and 'd_sae' fields ({exc})") from exc
-    if not hook_name:
-        raise SAEFormatError(f"{source}: no hook_name (top level or metadata.hook_name); add the "
-                             "TransformerLens hook the SAE reads, e.g. 'blocks.20.hook_resid_post'")
+    d_in, d_sae, d_out = raw.get("d_in"), raw.get("d_sae"), raw.get("d_out")
+    for name, value in (("d_in", d_in), ("d_sae", d_sae), ("d_out", d_out)):
+        if (value is not None or name != "d_out") and (
+                not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+            raise ConfigError(f"{name!r} must be a positive integer, got {value!r}")
+    if not hook_name or not isinstance(hook_name, str):
+        raise ConfigError(f"hook_name {hook_name!r} (top level or metadata.hook_name) must name "
+                          "the TransformerLens hook the SAE reads, e.g. 'blocks.20.hook_resid_post'")
     if raw.get("apply_b_dec_to_input"):
         log.warning("%s: apply_b_dec_to_input=true is ignored; scope encodes raw activations "
                     "(fold b_dec into b_enc first if this SAE needs it)", source)
-    d_out = raw.get("d_out")
-    kind = "transcoder" if ("transcoder" in arch or (d_out and int(d_out) != d_in)) else "sae"
+    kind = "transcoder" if ("transcoder" in arch or (d_out and d_out != d_in)) else "sae"
     used = {"d_in", "d_sae", "d_out", "dtype", "architecture", "metadata", "device"}
     extra = {k: v for k, v in raw.items() if k not in used}
     extra.update({f"metadata.{k}": v for k, v in meta.items()
                   if k not in {"hook_name", "model_name", "neuronpedia_id", "hook_name_out"}})
     extra["architecture"] = arch
     return SAEConfig(
-        d_in=d_in, d_sae=d_sae, hook_name=str(hook_name),
-        d_out=int(d_out) if d_out else None,
+        d_in=d_in, d_sae=d_sae, hook_name=hook_name,
+        d_out=d_out or None,
         hook_name_out=pick("hook_name_out") or None,
         model_name=str(pick("model_name", "") or ""),
         dtype=dtype_name(raw.get("dtype", "float32") or "float32"),

@@ -2,25 +2,30 @@
 
 `steering` adds a feature's decoder direction at its SAE's hook ("add"), or re-writes chosen
 feature activations there while keeping the SAE's error term ("clamp"), for the duration of a
-`with` block; `generate` samples text with a KV cache and honours any steering that is active.
-Hooks are attached for the block only and removed on exit, also on error.
+`with` block; `generate` samples text with transformers' own KV cache and honours any steering
+that is active. Hooks are attached for the block only and removed on exit, also on error.
 """
 
 from __future__ import annotations
 
 import contextvars
+import inspect
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from transformer_lens import HookedTransformer
 
 from scope.activations import site_width, splice_hooks, validate_hook_names
 from scope.errors import HookNameError, SteeringError
 from scope.hooks import attached
+from scope.models import hf_attention
 from scope.sae import JumpReLUSAE
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformer_lens.model_bridge import TransformerBridge
 
 MODES = ("add", "clamp")
 
@@ -48,7 +53,7 @@ class Intervention:
 
 @contextmanager
 def steering(
-    model: HookedTransformer,
+    model: TransformerBridge,
     sae: JumpReLUSAE | Sequence[Intervention | tuple],
     features: Mapping[int, float] | None = None,
     mode: str = "add",
@@ -65,7 +70,7 @@ def steering(
     strength 0, leaves every activation bit-identical.
 
     Args:
-        model: the HookedTransformer to steer.
+        model: the model to steer (from `scope.load_model`).
         sae: one SAE (then give `features` and `mode`), or a list of `Intervention`s or
             `(sae, features[, mode])` tuples to steer several SAEs, sites and layers at once.
         features: {feature index: strength or value}.
@@ -102,7 +107,7 @@ def steering(
         yield requests
 
 
-def _validate(model: HookedTransformer, request: Intervention) -> None:
+def _validate(model: TransformerBridge, request: Intervention) -> None:
     sae, cfg = request.sae, request.sae.cfg
     if request.mode not in MODES:
         raise SteeringError(f"mode={request.mode!r}: choose one of {', '.join(MODES)}")
@@ -200,7 +205,7 @@ def _hooks(model, sae: JumpReLUSAE, strengths: dict[int, float], mode: str, from
 
 @torch.inference_mode()
 def generate(
-    model: HookedTransformer,
+    model: TransformerBridge,
     prompt: str,
     max_new_tokens: int = 40,
     temperature: float = 1.0,
@@ -227,22 +232,27 @@ def generate(
         raise SteeringError(f"max_new_tokens={max_new_tokens} must be >= 0")
     if not math.isfinite(temperature) or temperature < 0:
         raise SteeringError(f"temperature={temperature} must be a finite number >= 0")
-    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-
     tokens = model.to_tokens(prompt, prepend_bos=True)  # [1, pos]
     device = tokens.device
     generator = torch.Generator(device=device)
     generator.manual_seed(seed if seed is not None else torch.seed())
     eos = model.tokenizer.eos_token_id if stop_at_eos else None
-    cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, 1)
+    # The Hugging Face model under the bridge, called as transformers' generate calls it (its
+    # own KV cache, logits of the last position only, SDPA attention where it has it); the
+    # bridge's hook points sit inside it, so active steering hooks fire on every step.
+    hf = model.original_model
+    cache_kw = _cache_keyword(hf)
+    cache = _new_cache(hf)
     new: list[int] = []
     feed, offset = tokens, 0
     for _ in range(max_new_tokens):
         token = _POSITION_OFFSET.set(offset)
         try:
-            logits = model(feed, past_kv_cache=cache)[0, -1].float()  # [d_vocab]
+            with hf_attention(model):
+                out = hf(input_ids=feed, use_cache=True, logits_to_keep=1, **{cache_kw: cache})
         finally:
             _POSITION_OFFSET.reset(token)
+        logits = out.logits[0, -1].float()  # [d_vocab]
         offset += feed.shape[1]
         next_id = _sample(logits, temperature, top_k, generator)
         if eos is not None and next_id == eos:
@@ -250,6 +260,18 @@ def generate(
         new.append(next_id)
         feed = torch.tensor([[next_id]], device=device)
     return model.tokenizer.decode(new)
+
+
+def _cache_keyword(hf_model) -> str:
+    """transformers >= 5.2x names the KV cache argument `cache`; earlier 5.x `past_key_values`."""
+    params = inspect.signature(hf_model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _new_cache(hf_model):
+    from transformers import DynamicCache
+
+    return DynamicCache(config=hf_model.config)
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_k: int | None, generator) -> int:

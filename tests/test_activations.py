@@ -10,6 +10,7 @@ from builders import TINY_TEXT, tiny_gemma3_dir
 from scope.activations import (
     capture,
     hook_layer,
+    norm_gain,
     site_width,
     splice_hooks,
     to_tokens,
@@ -22,7 +23,7 @@ from scope.models import load_model
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    """The tiny Gemma 3 as a HookedTransformer and as the Hugging Face model it came from."""
+    """The tiny Gemma 3 from load_model and the Hugging Face model it came from."""
     from transformers import AutoModelForCausalLM
 
     path = tiny_gemma3_dir(tmp_path_factory.mktemp("act") / "tiny-gemma3")
@@ -56,7 +57,7 @@ def test_capture_matches_run_with_cache(pair, tokens):
     for name in SITES:
         assert acts[name].shape == cache[name].shape
         assert acts[name].shape[-1] == site_width(model, name)
-        torch.testing.assert_close(acts[name], cache[name], rtol=0, atol=1e-6)
+        assert torch.equal(acts[name], cache[name]), name
     batched = capture(model, tokens, SITES, batch_size=1)
     for name in SITES:
         torch.testing.assert_close(batched[name], acts[name], rtol=0, atol=1e-5)
@@ -67,16 +68,19 @@ def test_capture_stops_after_deepest_layer(pair, tokens):
     model, _ = pair
     ran = []
     handles = [
-        block.register_forward_hook(lambda *a, i=i: ran.append(i))
+        block.attn.register_forward_pre_hook(lambda *a, i=i: ran.append(i))
         for i, block in enumerate(model.blocks)
     ]
-    handles.append(model.ln_final.register_forward_hook(lambda *a: ran.append("ln_final")))
+    handles.append(model.ln_final.register_forward_pre_hook(lambda *a: ran.append("ln_final")))
     try:
         capture(model, tokens, ["blocks.1.hook_resid_post", "blocks.0.hook_mlp_out"])
         assert ran == [0, 1]
         ran.clear()
         capture(model, tokens, ["hook_embed"])
         assert ran == []
+        ran.clear()
+        capture(model, tokens, ["blocks.3.hook_resid_post"])  # last block: no final norm
+        assert ran == [0, 1, 2, 3]
         ran.clear()
         capture(model, tokens, ["ln_final.hook_normalized"])  # needs the whole stack
         assert ran == [0, 1, 2, 3, "ln_final"]
@@ -148,11 +152,11 @@ def test_sites_match_hf_modules(pair, tokens, layer):
     z = acts[names[0]]
     assert z.shape == (*tokens.shape, model.cfg.n_heads * model.cfg.d_head)
     assert site_width(model, names[0]) == z.shape[-1] == 64
-    torch.testing.assert_close(z, ref["o_proj_in"], rtol=0, atol=1e-5)  # head-major order
+    assert torch.equal(z, ref["o_proj_in"])  # head-major order
     gain = acts[names[1]]
-    torch.testing.assert_close(gain, acts[names[2]] * model.blocks[layer].ln2.w, rtol=0, atol=0)
-    torch.testing.assert_close(gain, ref["pre_ff_out"], rtol=0, atol=1e-5)
-    torch.testing.assert_close(acts[names[3]], ref["post_ff_out"], rtol=0, atol=1e-5)
+    assert torch.equal(gain, acts[names[2]] * norm_gain(model, f"blocks.{layer}.ln2"))
+    assert torch.equal(gain, ref["pre_ff_out"])
+    assert torch.equal(acts[names[3]], ref["post_ff_out"])
 
 
 def test_typo_suggestion(pair):
@@ -215,7 +219,7 @@ def test_splice_replaces_what_downstream_reads(pair, tokens):
     before = capture(model, tokens, [site])[site]
     with attached(model, splice_hooks(model, site, lambda a: 2 * a)):
         after = capture(model, tokens, [site])[site]
-    torch.testing.assert_close(after, 2 * before, rtol=1e-5, atol=1e-5)
+    assert torch.equal(after, 2 * before)
     assert count_hooks(model) == 0
 
 

@@ -106,3 +106,13 @@ def test_unusable_corpora_raise_corpus_error(tmp_path, setup):
 def test_token_strings():
     strings = token_strings(TOK)
     assert strings[4 + ord("a")] == "a" and strings[4 + 10] == "\n" and strings[2] == "<bos>"
+
+
+def test_special_token_ids_are_bos_eos_pad_only():
+    from types import SimpleNamespace
+
+    from scope.corpus import special_token_ids
+
+    tok = SimpleNamespace(bos_token_id=2, eos_token_id=1, pad_token_id=None)
+    assert special_token_ids(tok).tolist() == [1, 2]
+    assert special_token_ids(SimpleNamespace()).dtype == torch.long

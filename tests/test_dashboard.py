@@ -177,7 +177,9 @@ def test_feature_search_by_token(store_path, monkeypatch):
     at = ok(app_for(store_path, monkeypatch))
     at.text_input(key="search_token").input(token).run()
     box = ok(at).selectbox(key="search_pick")
-    assert box.options == [f"#{f}  (max {v:.3g})" for f, v in hits]
+    labels = [store.feature(sae, f).label for f, _ in hits]
+    assert box.options == [f"#{f}  (max {v:.3g})  {lab[:60]}"
+                           for (f, v), lab in zip(hits, labels, strict=True)]
     target = hits[min(1, len(hits) - 1)][0]
     box.set_value(target).run()
     at.button(key="search_open").click().run()
@@ -235,15 +237,21 @@ def test_inspector_selects_and_opens_feature(store_path, monkeypatch):
     at = app_for(store_path, monkeypatch)
     at.switch_page("views/inspector.py").run()
     ok(at)
+    at.toggle(key="inspect_hide_dense").set_value(False).run()  # a random SAE: most are dense
+    at.toggle(key="inspect_hide_rare").set_value(False).run()
     at.text_area(key="inspect_text").input("the cat sat <b>on</b> the mat").run()
-    assert ok(at).dataframe[0].value["features"][0].startswith("(BOS")
+    table = ok(at).html[0].value
+    assert "BOS: not read by SAEs" in table
+    assert "&lt;" in table and "<b>" not in table
     box = at.selectbox(key="inspect_feature")
     assert box.options, "no feature fired on the prompt"
     target = int(box.options[min(2, len(box.options) - 1)].split()[0].lstrip("#"))
     box.set_value(target).run()
     prompt_html = ok(at).html[-1].value
     assert 'class="scope-tok"' in prompt_html and "<b>" not in prompt_html
-    assert at.dataframe[0].value["features"].str.len().gt(0).all()
+    # every feature id in the table links to its feature page
+    ids = re.findall(r'href="\./\?sae=[^"&]*&amp;feature=(\d+)"[^>]*>#(\d+)<', table)
+    assert ids and all(a == b for a, b in ids)
     at.button(key="inspect_open").click().run()
     ok(at)
     assert at.session_state["feature"] == target
@@ -262,15 +270,58 @@ def test_steering_changes_text_only_when_strong(store_path, monkeypatch):
     at = app_for(store_path, monkeypatch)
     at.switch_page("views/steering.py").run()
     ok(at)
+    at.checkbox(key="steer_relative").uncheck().run()  # raw strengths
     zero = _steer(at, "3:0")
-    assert zero["default"] == zero["steered"]
+    assert zero["runs"][0]["text"] == zero["default"]
     strong = _steer(at, "3:60")
     assert strong["default"] == zero["default"]  # same seed, same default
-    assert strong["steered"] != strong["default"]
+    assert strong["runs"][0]["text"] != strong["default"]
     texts = [t.value for t in at.text]
-    assert texts == [strong["prompt"] + strong["default"], strong["prompt"] + strong["steered"]]
-    assert at.dataframe[-1].value.to_dict("records")[0] == {
-        "feature": 3, "mode": "add", "strength": 60.0}
+    assert texts == [strong["prompt"] + strong["default"], strong["prompt"] + strong["runs"][0]["text"]]
+    row = at.dataframe[-1].value.to_dict("records")[0]
+    assert (row["feature"], row["mode"], row["strength"], row["applied (raw)"]) == (3, "add", 60, 60)
+
+
+def test_steering_defaults_are_multiples_of_max_and_sweep(store_path, monkeypatch):
+    from scope import steer_defaults as sd
+
+    store = scope.open_store(store_path)
+    sae = store.sae_names[0]
+    f = int(np.argmax(store.max_activations(sae)))
+    at = app_for(store_path, monkeypatch, feature=f)
+    at.switch_page("views/steering.py").run()
+    assert ok(at).text_input(key="steer_spec").value == f"{f}:{sd.STRENGTH_X_MAX:g}"
+    at.number_input(key="steer_max_tokens").set_value(8).run()
+    at.button(key="steer_go").click().run()
+    run = ok(at).session_state["steer_result"]["runs"][0]
+    peak = float(store.max_activations(sae)[f])
+    assert run["applied"][f] == pytest.approx(sd.STRENGTH_X_MAX * peak)
+    at.button(key="steer_sweep").click().run()
+    result = ok(at).session_state["steer_result"]
+    assert [r["level"] for r in result["runs"]] == list(sd.SWEEP)
+    assert [r["applied"][f] for r in result["runs"]] == pytest.approx([m * peak for m in sd.SWEEP])
+    assert result["runs"][0]["text"] == result["default"]  # 0x max is the default text
+    assert result["runs"][0]["loss"] == pytest.approx(result["base_loss"], abs=1e-5)
+    assert len(at.text) == len(sd.SWEEP)
+
+
+def test_steering_finds_features_by_label(store_path, monkeypatch):
+    store = scope.open_store(store_path)
+    sae = store.sae_names[0]
+    at = app_for(store_path, monkeypatch, feature=0)
+    at.switch_page("views/steering.py").run()
+    from scope.feature_list import FeatureTable
+
+    table = FeatureTable.build(store, sae)
+    rows = table.query(page_size=200, hide_dense=False, hide_rare=False).rows
+    word = next(w.strip() for r in rows for w in r.label.split("'")
+                if w.strip().isalpha() and len(w.strip()) > 2)
+    at.text_input(key="steer_find").input(word).run()
+    box = ok(at).selectbox(key="steer_found")
+    pick = box.value
+    assert box.options and word in table.labels[pick]
+    at.button(key="steer_add").click().run()
+    assert ok(at).text_input(key="steer_spec").value.endswith(f"{pick}:4")
 
 
 def test_steering_rejects_bad_spec(store_path, monkeypatch):

@@ -100,8 +100,53 @@ def test_density_figure_and_summary():
 def test_format_helpers():
     assert render.format_density(0) == "0% (dead)"
     assert render.format_density(0.0123) == "1.23%"
-    assert "e-" in render.format_density(1e-7)
+    assert render.format_density(0.83) == "83%"
+    # rare features in plain notation with two significant digits (no 7.69e-04%)
+    assert render.format_density(7.69e-6) == "0.00077%"
+    assert render.format_density(7.7e-5) == "0.0077%"
+    assert render.format_density(1e-7) == "0.00001%"
     assert render.format_value(3.14159) == "3.14" and render.format_value(0.0) == "0"
+    assert render.format_value(2030.4) == "2,030" and render.format_value(-12345.6) == "-12,346"
+    assert render.format_value(0.000123) == "0.000123" and render.format_value(999.4) == "999"
+    assert render.format_count(1234) == "1,234"
+
+
+def test_log_ticks_are_round_and_inside_the_range():
+    assert render.log_ticks(3, 40) == [5.0, 10.0, 20.0]
+    assert render.log_ticks(0.3, 3000) == [1.0, 10.0, 100.0, 1000.0]  # thinned to powers of 10
+    assert render.log_ticks(0, 1) == []
+    fig = render.histogram_figure([0, 4, 9, 1, 0], list(np.geomspace(1, 3000, 6)))
+    ticks = fig.layout.xaxis.tickvals
+    assert list(fig.layout.xaxis.ticktext) == [render.format_value(t) for t in ticks]
+    assert "1,000" in fig.layout.xaxis.ticktext
+
+
+def test_whitespace_tokens_stay_short():
+    assert render.display_token(" " * 40) == "␣×40"
+    assert render.display_token(" " * 8) == " " * 8  # indentation shows as itself
+
+
+def test_md_text_neutralises_links_and_images():
+    for payload in ["![x](http://127.0.0.1:9/a.png)", "[click](http://evil.example)",
+                    "http://127.0.0.1:9/x", "www.example.com", "a@b.co", "<img src=x>"]:
+        out = render.md_text(payload)
+        # every Markdown-active character is backslash-escaped
+        assert all(out[i - 1] == "\\" for i, c in enumerate(out) if c in "![]():.@<>")
+    assert render.md_text("x" * 500, limit=10) == "x" * 9 + "…"
+    assert render.md_text("a\nb") == "a b"
+
+
+def test_inspector_rank_relative_and_hidden():
+    acts = np.array([[5.0, 1.0, 0.0, 9.0], [0.0, 0.0, 0.0, 0.0]])
+    store_max = np.array([10.0, 1.0, 4.0, 100.0])
+    rel = render.inspector_rank(acts, store_max, relative=True, k=3)
+    assert rel[0] == [(1, 1.0, 1.0), (0, 5.0, 0.5), (3, 9.0, 0.09)] and rel[1] == []
+    raw = render.inspector_rank(acts, store_max, relative=False, k=2)
+    assert [f for f, _, _ in raw[0]] == [3, 0]
+    hidden = render.inspector_rank(acts, store_max, hide=np.array([0, 1, 0, 0], bool), k=3)
+    assert [f for f, _, _ in hidden[0]] == [0, 3]
+    page = render.inspector_html("s<x", ["<b>", "y"], rel, ["l0", "<lab>", "l2", "l3"])
+    assert "<b>" not in page and "&lt;lab&gt;" in page and "./?sae=s%3Cx&amp;feature=1" in page
 
 
 def test_neuronpedia_url():

@@ -91,3 +91,20 @@ def test_corpus_input_equals_its_token_windows(model):
     via_corpus = scope.evaluate(model, sae, texts, ctx=16, max_tokens=None, batch_size=4,
                                 progress=False)
     assert via_corpus == direct
+
+
+def test_reconstruction_stats_match_a_direct_computation_for_any_batching():
+    from scope.evals import reconstruction_stats
+
+    sae = random_sae(16, 24, "blocks.0.hook_resid_post", seed=2)
+    acts = torch.randn(300, 16, generator=torch.Generator().manual_seed(1)).double()
+    f = sae.encode(acts.float()).double()
+    x_hat = sae.decode(f.float()).double()
+    want_fvu = float(((acts - x_hat) ** 2).sum() / ((acts - acts.mean(0)) ** 2).sum())
+    want_l0 = float((f != 0).sum(-1).double().mean())
+    want_dead = float((f == 0).all(0).double().mean())
+    for batch in (7, 300, 4096):
+        got = reconstruction_stats(sae, acts.float(), batch_size=batch)
+        assert got["fvu"] == pytest.approx(want_fvu, rel=1e-6)
+        assert got["l0"] == pytest.approx(want_l0, rel=1e-12)
+        assert got["dead_fraction"] == want_dead and got["n_tokens"] == 300

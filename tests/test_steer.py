@@ -9,7 +9,7 @@ from builders import TINY_TEXT, tiny_hooked_model
 import scope
 from scope.activations import capture
 from scope.errors import SteeringError
-from scope.hooks import count_hooks
+from scope.hooks import attached, count_hooks
 from scope.sae import JumpReLUSAE, SAEConfig
 
 SITE = "blocks.1.hook_resid_post"
@@ -171,4 +171,36 @@ def test_bad_requests_are_clear(model):
     with pytest.raises(SteeringError, match="not attached"):
         with scope.steering(model, elsewhere, {1: 1.0}):
             pass
+    assert count_hooks(model) == 0
+
+
+def test_generation_attention_paths_agree(model):
+    """generate runs attention through transformers' module (hf_attention); a hook on an
+    attention internal such as hook_pattern brings back the re-implementation, same text."""
+    kw = dict(max_new_tokens=10, temperature=0, stop_at_eos=False)
+    fast = scope.generate(model, "Sparse autoencoders", **kw)
+    seen = []
+    hooks = [(f"blocks.{L}.attn.hook_pattern", lambda p, hook: seen.append(p.shape))
+             for L in range(model.cfg.n_layers)]
+    with attached(model, hooks):
+        eager = scope.generate(model, "Sparse autoencoders", **kw)
+    assert len(seen) == 10 * model.cfg.n_layers  # fired on every step and layer
+    assert eager == fast
+    assert count_hooks(model) == 0
+
+
+def test_attention_site_steering_on_both_attention_paths(model, tokens):
+    """An edit at hook_z reaches the output the same way through transformers' attention module
+    (hf_attention, used by generate) as through TransformerLens's re-implementation."""
+    from scope.models import hf_attention
+
+    site = "blocks.1.attn.hook_z"
+    sae = random_sae(model.cfg.n_heads * model.cfg.d_head, site=site)
+    clean = model(tokens)
+    with scope.steering(model, sae, {2: 5.0}):
+        eager = model(tokens)
+        with hf_attention(model):
+            fast = model(tokens)
+    assert not torch.allclose(eager, clean, atol=1e-3)
+    torch.testing.assert_close(fast, eager, rtol=0, atol=1e-5)
     assert count_hooks(model) == 0

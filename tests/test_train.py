@@ -162,6 +162,28 @@ def test_cache_roundtrip_resume_point_and_stale_key(tmp_path):
     assert fresh.tokens == 0 and not list((tmp_path / "c").glob("shard_*.npy"))
 
 
+def test_hostile_cache_meta_is_never_followed(tmp_path):
+    """A meta.json naming shards outside the folder, or not JSON, starts a fresh cache."""
+    from scope.errors import CheckpointError
+
+    _filled_cache(tmp_path / "c")
+    meta_path = tmp_path / "c" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    outside = tmp_path / "secret.npy"
+    outside.write_bytes(b"x")
+    meta["shards"][0]["file"] = "../secret.npy"
+    meta_path.write_text(json.dumps(meta))
+    assert ActivationCache.open(tmp_path / "c") is None
+    meta_path.write_text("{not json")
+    assert ActivationCache.open(tmp_path / "c") is None
+    fresh = ActivationCache(tmp_path / "c", key={"test": 1}, d_in=8)
+    assert fresh.tokens == 0 and outside.read_bytes() == b"x"
+    cache = _filled_cache(tmp_path / "d")  # a corrupt shard is a named error
+    (tmp_path / "d" / cache.meta["shards"][0]["file"]).write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="unreadable activation shard"):
+        cache.shard(0)
+
+
 def test_shuffle_buffer_is_a_permutation():
     data = torch.arange(1000).float()[:, None]
     gen = torch.Generator().manual_seed(0)
@@ -253,7 +275,7 @@ def test_resume_from_checkpoint_is_bit_identical(tmp_path):
     fit(sae_a, shuffled_batches(cache, 64, seed=0), cfg.optim, 40, scale=scale, optimizer=opt_a,
         progress=False)
     sae_b, opt_b = fresh()
-    ckpt = tmp_path / "ckpt.pt"
+    ckpt = tmp_path / "checkpoint.safetensors"
     fit(sae_b, shuffled_batches(cache, 64, seed=0), cfg.optim, 40, scale=scale, optimizer=opt_b,
         state=FitState(), progress=False, checkpoint_every=17,
         on_checkpoint=lambda s: s.step == 17 and save_checkpoint(ckpt, sae_b, opt_b, s, scale, cfg))
@@ -266,6 +288,58 @@ def test_resume_from_checkpoint_is_bit_identical(tmp_path):
         assert torch.equal(p, dict(sae_c.named_parameters())[name]), name
     other = TrainConfig.from_flat({**cfg.to_flat(), "l0_coefficient": 0.5})
     assert load_checkpoint(ckpt, *fresh(), other) is None  # different settings: no resume
+
+
+class _Payload:
+    """Unpickling this creates a marker file: proof that a loader ran code from the file."""
+
+    marker = ""
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def _crafted_pickle(path: Path, marker: Path) -> None:
+    import pickle
+
+    _Payload.marker = str(marker)
+    path.write_bytes(pickle.dumps({"sae": _Payload(), "step": 1}))
+    marker.unlink(missing_ok=True)
+
+
+def test_crafted_pickle_checkpoint_is_refused_without_running_it(tmp_path):
+    """A pickle in place of the checkpoint is a named error, and its payload never runs."""
+    from scope.errors import CheckpointError
+    from scope.train.trainer import load_checkpoint
+
+    cfg = TrainConfig.from_flat({"d_sae": 16, "hook_name": "blocks.0.hook_resid_post"})
+    sae = JumpReLUTrainingSAE(8, 16, generator=torch.Generator().manual_seed(0))
+    marker = tmp_path / "pwned"
+    ckpt = tmp_path / "checkpoint.safetensors"
+    _crafted_pickle(ckpt, marker)
+    with pytest.raises(CheckpointError, match="not a safetensors file.*Delete it"):
+        load_checkpoint(ckpt, sae, make_optimizer(sae, cfg.optim), cfg)
+    assert not marker.exists()
+    # a real safetensors file without scope's header (e.g. an SAE's weights) is refused too
+    from safetensors.torch import save_file
+
+    save_file({"sae.W_enc": torch.zeros(8, 16)}, str(ckpt))
+    with pytest.raises(CheckpointError, match="header"):
+        load_checkpoint(ckpt, sae, make_optimizer(sae, cfg.optim), cfg)
+
+
+def test_checkpoint_with_wrong_shapes_is_a_named_error(tmp_path):
+    from scope.errors import CheckpointError
+    from scope.train.trainer import load_checkpoint, save_checkpoint
+
+    cfg = TrainConfig.from_flat({"d_sae": 16, "hook_name": "blocks.0.hook_resid_post"})
+    small = JumpReLUTrainingSAE(4, 16, generator=torch.Generator().manual_seed(0))
+    ckpt = tmp_path / "checkpoint.safetensors"
+    save_checkpoint(ckpt, small, make_optimizer(small, cfg.optim),
+                    FitState(steps_since_fired=torch.zeros(16, dtype=torch.long)), 1.0, cfg)
+    sae = JumpReLUTrainingSAE(8, 16, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(CheckpointError, match="do not match"):
+        load_checkpoint(ckpt, sae, make_optimizer(sae, cfg.optim), cfg)
 
 
 # --------------------------------------------------------------------------------------------
@@ -340,8 +414,13 @@ def test_cli_train_end_to_end_on_a_tiny_model(tmp_path):
         assert key in report["heldout"]
     assert report["train_sample"]["n_tokens"] == report["training"]["train_activations"]
     assert (tmp_path / "sae" / "training_config.json").is_file()
-    # a rerun resumes from the final checkpoint and the caches: no new step, same weights
+    assert (tmp_path / "run" / "checkpoint.safetensors").is_file()
+    # a rerun resumes from the final checkpoint and the caches: no new step, same weights; a
+    # pickle checkpoint of an older scope (or an attacker) lying beside it is never unpickled
+    marker = tmp_path / "pwned"
+    _crafted_pickle(tmp_path / "run" / "checkpoint.pt", marker)
     assert main(["train", "--config", str(tmp_path / "train.yaml")]) == 0
+    assert not marker.exists()
     again = JumpReLUSAE.load(tmp_path / "sae")
     assert torch.equal(again.W_enc, sae.W_enc) and torch.equal(again.threshold, sae.threshold)
     progress = (tmp_path / "run" / "progress.jsonl").read_text().splitlines()

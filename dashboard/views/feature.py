@@ -15,7 +15,11 @@ path = st.session_state["store_path"]
 sae = st.session_state["sae"]
 store = data.get_store(path)
 n = store.n_features(sae)
-st.session_state["feature"] = int(min(max(0, st.session_state.get("feature", 0)), n - 1))
+requested = int(st.session_state.get("feature", 0))
+st.session_state["feature"] = int(min(max(0, requested), n - 1))
+if requested != st.session_state["feature"]:
+    st.warning(f"Feature {requested:,} does not exist: SAE {render.md_text(sae)} has {n:,} "
+               f"features (0–{n - 1:,}). Showing feature {st.session_state['feature']:,}.")
 
 
 def _go(index: int) -> None:
@@ -57,7 +61,8 @@ token = nav[4].text_input(
 if token:
     hits = data.search_token(path, sae, token, 20)
     if hits:
-        labels = {f: f"#{f}  (max {render.format_value(v)})" for f, v in hits}
+        names = data.labels(path, sae)
+        labels = {f: f"#{f}  (max {render.format_value(v)})  {names[f][:60]}" for f, v in hits}
         c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
         c1.selectbox(
             f"{len(hits)} features fire most on this token", list(labels),
@@ -68,21 +73,26 @@ if token:
         st.info("No feature's top contexts peak on that token in this store.")
 
 index = st.session_state["feature"]
-view = data.feature_view(path, sae, index)
+view = data.feature_view(path, sae, index, data.labels_mtime(path))
 st.query_params.update({"sae": sae, "feature": str(index)})
 
 st.subheader(f"Feature {index}")
-st.caption(f"SAE {render.md_escape(sae)}")
+st.markdown(f"**{render.md_text(view.label)}**")
+st.caption(f"{render.explanation_caption(view.explanation)} · SAE {render.md_text(sae)}")
 m = st.columns(5)
 m[0].metric("Density", render.format_density(view.density))
 m[1].metric("Max activation", render.format_value(view.max_activation))
 m[2].metric("Mean activation", render.format_value(view.mean_activation))
-m[3].metric("Firing count", f"{view.firing_count:,}")
+m[3].metric("Firing count", render.format_count(view.firing_count))
 url = view.neuronpedia_url or render.neuronpedia_url(
     data.sae_info(path, sae).get("neuronpedia_id"), index
 )
 if url:
     m[4].link_button("Open on Neuronpedia ↗", url)
+if data.histograms_may_be_clipped(path):
+    st.caption("⚠ This store was written in format 1: its histogram bins end at a fixed "
+               "activation, so values above it are counted in the last bin (clipped). Extract "
+               "again to get bins that fit the SAE's scale.")
 
 left, right = st.columns([3, 2])
 with left:
@@ -100,6 +110,9 @@ with right:
         f'<div style="flex:1">{render.logit_table_html(view.bottom_logits, "Suppressed tokens", False)}</div>'
         "</div>"
     )
+    names = data.labels(path, sae)
+    st.html(render.neighbours_html(sae, [(i, c, names[i]) for i, c in view.neighbours[:10]
+                                         if 0 <= i < n]))
 
 full = st.toggle("Show whole contexts", key="full_contexts")
 # one HTML block for every context (a single element renders much faster than several)

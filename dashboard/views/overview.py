@@ -12,18 +12,24 @@ store = data.get_store(path)
 manifest = store.manifest
 
 st.subheader("Store overview")
-model = manifest.get("model") or {}
+model = manifest.get("model") if isinstance(manifest.get("model"), dict) else {}
 corpus = manifest.get("corpus")
 c = st.columns([2, 1, 1, 1])
-c[0].metric("Model", str(model.get("name", "?")), help=f"spec: {model.get('spec')}")
+c[0].metric("Model", render.md_text(model.get("name", "?"), 80),
+            help=f"spec: {render.md_text(model.get('spec'))}")
 c[1].metric("SAEs", len(store.sae_names))
-c[2].metric("Tokens", f"{int(manifest.get('tokens') or 0):,}")
-c[3].metric("Status", str(manifest.get("status", "?")))
+c[2].metric("Tokens", render.format_count(render.as_int(manifest.get("tokens"))))
+c[3].metric("Status", render.md_text(manifest.get("status", "?"), 40))
 st.caption(
-    f"Corpus: {render.md_escape(render.describe_corpus(corpus))} · "
-    f"context {manifest.get('ctx', '?')} · top-k {manifest.get('top_k', '?')} · "
-    f"format v{manifest.get('format_version', '?')} · scope {manifest.get('tool_version', '?')}"
+    f"Corpus: {render.md_text(render.describe_corpus(corpus))} · "
+    f"context {render.md_text(manifest.get('ctx', '?'))} · "
+    f"top-k {render.md_text(manifest.get('top_k', '?'))} · "
+    f"format v{render.md_text(manifest.get('format_version', '?'))} · "
+    f"scope {render.md_text(manifest.get('tool_version', '?'))}"
 )
+if data.histograms_may_be_clipped(path):
+    st.caption("⚠ Format 1 store: histograms may clip activations above a fixed edge into the "
+               "last bin; extract again for bins that fit the SAE's scale.")
 
 rows = []
 for name in store.sae_names:
@@ -39,11 +45,11 @@ st.dataframe(rows, hide_index=True)
 
 dens = data.densities(path, sae)
 summary = render.density_summary(dens)
-st.markdown(f"**Feature density — {render.md_escape(sae)}**")
+st.markdown(f"**Feature density — {render.md_text(sae)}**")
 d = st.columns(4)
 d[0].metric("Features", f"{summary['features']:,}")
 d[1].metric("Dead features", f"{summary['dead']:,}")
-d[2].metric("Dense (>10%)", f"{summary['dense']:,}")
+d[2].metric("Dense (>1%)", f"{summary['dense']:,}")
 d[3].metric("Median live density", render.format_density(summary["median_live_density"]))
 if summary["live"]:
     st.plotly_chart(render.density_figure(dens), config={"displayModeBar": False}, key="density",

@@ -1,8 +1,11 @@
-"""Steering: generate the default and a steered continuation side by side.
+"""Steering: the default and a steered continuation side by side, and a strength sweep.
 
-Features and strengths are typed as `index:strength` pairs; "add" adds strength x the decoder
-direction, "clamp" fixes the feature's activation to the value. Both continuations use the same
-seed, so strength 0 in add mode reproduces the default exactly.
+Features are typed as `index:strength` pairs or found by label. In "add" mode a strength is, by
+default, a multiple of the feature's max activation in this store (the defaults live in
+scope/steer_defaults.py, shared with `scope steer`); "clamp" fixes the feature's activation to
+the value. Every text is shown with its drift: its loss under the unsteered model, so a reader
+sees where steering turns into word salad. Both continuations use the same seed, so strength 0
+reproduces the default exactly.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import data, render
+from scope import steer_defaults as sd
 from scope.errors import ScopeError
 
 path = st.session_state["store_path"]
@@ -20,72 +24,137 @@ n = store.n_features(sae)
 st.subheader("Steering")
 model, sae_obj, unavailable = data.live_pair(path, sae)
 if unavailable:
-    st.warning(f"Steering needs the model and SAE, which are unavailable: {unavailable}")
+    st.warning("Steering needs the model and SAE, which are unavailable: "
+               f"{render.md_text(unavailable)}")
     st.stop()
-current = int(st.session_state.get("feature", 0))
+names = data.labels(path, sae)
+current = min(max(0, int(st.session_state.get("feature", 0))), n - 1)
+if "steer_spec" not in st.session_state:
+    st.session_state["steer_spec"] = f"{current}:{sd.STRENGTH_X_MAX:g}"
+
+
+def _add_found() -> None:
+    pick = st.session_state.get("steer_found")
+    if pick is None:
+        return
+    spec = st.session_state.get("steer_spec", "").strip()
+    strength = sd.STRENGTH_X_MAX if st.session_state.get("steer_relative", True) else sd.STRENGTH_RAW
+    entry = f"{int(pick)}:{strength:g}"
+    st.session_state["steer_spec"] = f"{spec}, {entry}" if spec else entry
+
+
+find = st.columns([3, 4, 1], vertical_alignment="bottom")
+query = find[0].text_input("Find a feature by label", key="steer_find",
+                           placeholder="e.g. 'def', 'bracket', 'python'")
+if query.strip():
+    found = data.table(path, sae).query(query, page_size=15, hide_dense=False,
+                                        hide_rare=False).rows
+    if found:
+        options = {r.index: f"#{r.index}  {r.label[:70]}" for r in found}
+        find[1].selectbox(f"{len(found)} best matches", list(options), format_func=options.get,
+                          key="steer_found")
+        find[2].button("Add", key="steer_add", on_click=_add_found, width="stretch")
+    else:
+        find[1].caption("No label matches.")
+
 c1, c2 = st.columns([3, 1])
-spec_text = c1.text_input(
-    "Features and strengths (index:strength, comma separated)", f"{current}:8",
-    key="steer_spec",
-)
+spec_text = c1.text_input("Features and strengths (index:strength, comma separated)",
+                          key="steer_spec")
 mode = c2.radio("Mode", ["add", "clamp"], key="steer_mode", horizontal=True)
-prompt = st.text_area("Prompt", "Once upon a time", key="steer_prompt", height=80)
-c = st.columns(3)
-max_tokens = c[0].number_input("Max new tokens", 1, 512, 30, key="steer_max_tokens")
-temperature = c[1].number_input(
-    "Temperature", 0.0, 2.0, 0.0, step=0.1, key="steer_temperature",
-    help="0 picks the most likely token (greedy)",
-)
-seed = c[2].number_input("Seed", 0, 2**31 - 1, 0, key="steer_seed")
 relative = st.checkbox(
     "Strengths are multiples of each feature's max activation in this store",
-    key="steer_relative",
-    help="e.g. 2 adds twice the feature's largest recorded activation along its direction",
+    value=True, key="steer_relative",
+    help=f"e.g. {sd.STRENGTH_X_MAX:g} adds {sd.STRENGTH_X_MAX:g}x the feature's largest recorded "
+    "activation along its decoder direction; untick for raw multiples of the unit direction "
+    "(add mode only)",
 )
+prompt = st.text_area("Prompt", sd.PROMPT, key="steer_prompt", height=80)
+c = st.columns(3)
+max_tokens = c[0].number_input("Max new tokens", 1, 512, sd.MAX_NEW_TOKENS, key="steer_max_tokens")
+temperature = c[1].number_input(
+    "Temperature", 0.0, 2.0, sd.TEMPERATURE, step=0.1, key="steer_temperature",
+    help="0 picks the most likely token (greedy)",
+)
+seed = c[2].number_input("Seed", 0, 2**31 - 1, sd.SEED, key="steer_seed")
 
 try:
     spec = render.parse_steering(spec_text)
 except ValueError as exc:
-    st.error(str(exc))
+    st.error(render.md_text(exc))
     st.stop()
 bad = [f for f in spec if f >= n]
 if bad:
-    st.error(f"Feature(s) {bad} out of range: SAE `{sae}` has {n} features (0…{n - 1}).")
+    st.error(f"Feature(s) {bad} out of range: SAE {render.md_text(sae)} has {n:,} features "
+             f"(0…{n - 1:,}).")
     st.stop()
 if not spec:
-    st.info("Add at least one feature:strength pair.")
+    st.info("Add at least one feature:strength pair, or find one by label above.")
+else:
+    st.caption(" · ".join(f"#{f} {render.md_text(names[f][:60])}" for f in spec))
 
-if st.button("Generate", key="steer_go", type="primary", disabled=not spec or not prompt):
-    applied = dict(spec)
-    if relative:
-        peak = data.max_activations(path, sae)
-        applied = {f: s * float(peak[f]) for f, s in spec.items()}
+peak = data.max_activations(path, sae)
+scale = relative and mode == "add"
+
+
+def _applied(strengths: dict[int, float]) -> dict[int, float]:
+    return {f: s * float(peak[f]) for f, s in strengths.items()} if scale else dict(strengths)
+
+
+gen = dict(max_new_tokens=int(max_tokens), temperature=float(temperature), seed=int(seed))
+b = st.columns([1, 1, 4])
+go = b[0].button("Generate", key="steer_go", type="primary", disabled=not spec or not prompt)
+sweep = b[1].button("Strength sweep", key="steer_sweep", disabled=not spec or not prompt
+                    or mode != "add",
+                    help="every listed feature at " + ", ".join(f"{m:g}" for m in sd.SWEEP)
+                    + ("× its max activation" if scale else " (raw)") + ", side by side")
+if go or sweep:
     try:
-        with st.spinner("Generating…"), data.model_lock(path):
-            default, steered = data.generate_pair(
-                model, sae_obj, applied, mode, prompt, max_new_tokens=int(max_tokens),
-                temperature=float(temperature), seed=int(seed),
-            )
+        with st.spinner("Generating…"):
+            default, base_loss = data.default_continuation(path, prompt, **gen)
+            runs = []
+            levels = [None] if go else list(sd.SWEEP)
+            for m in levels:
+                strengths = spec if m is None else {f: m for f in spec}
+                applied = _applied(strengths)
+                text, loss = data.steered_continuation(path, model, sae_obj, applied, mode,
+                                                       prompt, **gen)
+                runs.append({"strengths": strengths, "applied": applied, "text": text,
+                             "loss": loss, "level": m})
     except ScopeError as exc:  # e.g. a strength the steering code refuses
-        st.error(f"Steering failed: {exc}")
+        st.error(f"Steering failed: {render.md_text(exc)}")
         st.stop()
-    st.session_state["steer_result"] = {
-        "default": default, "steered": steered, "spec": spec, "applied": applied,
-        "mode": mode, "prompt": prompt, "sae": sae, "relative": relative,
-    }
+    st.session_state["steer_result"] = {"default": default, "base_loss": base_loss,
+                                        "runs": runs, "prompt": prompt, "mode": mode,
+                                        "scale": scale}
 
 result = st.session_state.get("steer_result")
 if result:
-    left, right = st.columns(2)
-    with left:
-        st.markdown("**Default**")
-        st.text(result["prompt"] + result["default"])
-    with right:
-        st.markdown("**Steered**")
-        st.text(result["prompt"] + result["steered"])
-    st.caption("What was steered" + (" (identical output)" if result["default"] == result["steered"] else ""))
-    rows = render.steering_rows(result["applied"], result["mode"])
-    if result["relative"]:
-        for row in rows:
-            row["× max activation"] = result["spec"][row["feature"]]
+    runs = result["runs"]
+    if len(runs) == 1:
+        run = runs[0]
+        left, right = st.columns(2)
+        with left:
+            st.markdown(f"**Default** · loss {result['base_loss']:.2f}")
+            st.text(result["prompt"] + result["default"])
+        with right:
+            st.markdown(f"**Steered** · drift {run['loss']:.2f} "
+                        f"({run['loss'] - result['base_loss']:+.2f} vs default)")
+            st.text(result["prompt"] + run["text"])
+        if run["text"] == result["default"]:
+            st.warning("The steered text is identical to the default: raise the strength "
+                       "(or run a strength sweep).")
+    else:
+        cols = st.columns(len(runs))
+        for col, run in zip(cols, runs, strict=True):
+            unit = "× max" if result["scale"] else ""
+            col.markdown(f"**{run['level']:g}{unit}** · drift {run['loss']:.2f}")
+            col.text(result["prompt"] + run["text"])
+        st.caption("Drift: the text's loss (nats/token) under the unsteered model; the default "
+                   f"text scores {result['base_loss']:.2f}. A steep rise marks word salad.")
+    rows = []
+    for run in runs:
+        for f, applied in run["applied"].items():
+            row = {"feature": f, "label": names[f][:80], "mode": result["mode"],
+                   "strength": run["strengths"][f], "applied (raw)": round(applied, 3)}
+            rows.append(row)
     st.dataframe(rows, hide_index=True)

@@ -13,9 +13,12 @@ Shapes: shards `[n, d_in]`, batches `[batch_size, d_in]`.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import re
+import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ import numpy as np
 import torch
 
 from scope.atomic import atomic_write, atomic_write_text
+from scope.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +61,7 @@ class ActivationCache:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         meta_path = self.folder / META_FILENAME
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
+        meta = _read_meta(meta_path)
         if meta is None or meta.get("key") != key or meta.get("d_in") != d_in:
             if meta is not None:
                 log.warning("%s: cache was made for %s; starting a new one", self.folder,
@@ -71,10 +75,10 @@ class ActivationCache:
         self._pending: list[np.ndarray] = []
 
     @classmethod
-    def open(cls, folder: str | os.PathLike) -> ActivationCache:
-        """Open an existing cache read-only (whatever its key)."""
-        meta = json.loads((Path(folder) / META_FILENAME).read_text())
-        return cls(folder, key=meta["key"], d_in=meta["d_in"])
+    def open(cls, folder: str | os.PathLike) -> ActivationCache | None:
+        """Open an existing cache (whatever its key); None when its meta.json is unusable."""
+        meta = _read_meta(Path(folder) / META_FILENAME)
+        return None if meta is None else cls(folder, key=meta["key"], d_in=meta["d_in"])
 
     @property
     def complete(self) -> bool:
@@ -125,7 +129,16 @@ class ActivationCache:
             with open(tmp, "wb") as fh:  # a file object: np.save(path) would append ".npy"
                 np.save(fh, data)
 
-        atomic_write(self.folder / name, write)
+        try:
+            atomic_write(self.folder / name, write)
+        except OSError as exc:
+            if exc.errno is not None:
+                raise
+            # numpy reports a short write as "N requested and M written", without errno
+            free = shutil.disk_usage(self.folder).free
+            raise OSError(errno.ENOSPC, f"No space left on device: a {data.nbytes:,}-byte "
+                          f"activation shard does not fit in the {free:,} bytes free",
+                          str(self.folder / name)) from exc
         self.meta["shards"].append({"file": name, "tokens": int(len(data))})
         self.meta["tokens"] += int(len(data))
         self.meta["windows_done"] += self._pending_windows
@@ -141,7 +154,16 @@ class ActivationCache:
     # -- reading -------------------------------------------------------------------------------
     def shard(self, i: int, rows: int | None = None) -> torch.Tensor:
         """Shard i (its first `rows` rows, or all) as a bfloat16 tensor [n, d_in]."""
-        bits = np.load(self.folder / self.meta["shards"][i]["file"], mmap_mode="r")
+        path = self.folder / self.meta["shards"][i]["file"]
+        try:
+            bits = np.load(path, mmap_mode="r", allow_pickle=False)
+            ok = bits.dtype == np.int16 and bits.ndim == 2 and bits.shape[1] == self.d_in
+        except (OSError, ValueError, EOFError) as exc:
+            raise CheckpointError(f"{path}: unreadable activation shard ({exc}); delete "
+                                  f"{self.folder} to capture it again") from None
+        if not ok:
+            raise CheckpointError(f"{path}: expected int16 [n, {self.d_in}], got {bits.dtype} "
+                                  f"{list(bits.shape)}; delete {self.folder} to capture it again")
         return torch.from_numpy(np.array(bits[:rows])).view(torch.bfloat16)
 
     def sample(self, n: int) -> torch.Tensor:
@@ -169,7 +191,7 @@ class ShuffleBuffer:
             generator: torch generator of the shuffling.
         """
         if capacity < 2 * batch_size:
-            raise ValueError(f"ShuffleBuffer capacity {capacity} must be at least twice the "
+            raise ConfigError(f"ShuffleBuffer capacity {capacity} must be at least twice the "
                              f"batch size {batch_size}")
         self.capacity = capacity
         self.batch_size = batch_size
@@ -214,7 +236,7 @@ def shuffled_batches(cache: ActivationCache, batch_size: int, *, seed: int,
         Batches [batch_size, d_in] float32.
     """
     if cache.n_shards == 0:
-        raise ValueError(f"activation cache {cache.folder} is empty")
+        raise CheckpointError(f"activation cache {cache.folder} is empty; delete it and rerun")
     capacity = max(capacity, 2 * batch_size)
     to_skip = start_step
     epoch = 0
@@ -246,3 +268,36 @@ def _batches_per_epoch(cache: ActivationCache, batch_size: int, capacity: int,
             count += n_out // batch_size
             held -= n_out
     return count + held // batch_size
+
+
+_SHARD_NAME = re.compile(r"^shard_\d{5,}\.npy$")
+
+
+def _read_meta(path: Path) -> dict[str, Any] | None:
+    """A cache's meta.json when it is complete and well-typed, else None (and a warning).
+
+    Shard names must be plain `shard_NNNNN.npy` names: a path read from the file never leads
+    outside the cache folder.
+    """
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text())
+        ok = (isinstance(meta, dict) and isinstance(meta.get("key"), dict)
+              and _count(meta.get("d_in"), 1) and _count(meta.get("tokens"))
+              and _count(meta.get("windows_done")) and isinstance(meta.get("complete"), bool)
+              and isinstance(meta.get("shards"), list)
+              and all(isinstance(s, dict) and isinstance(s.get("file"), str)
+                      and _SHARD_NAME.match(s["file"]) and _count(s.get("tokens"))
+                      for s in meta["shards"]))
+    except (OSError, ValueError) as exc:
+        meta, ok = str(exc), False
+    if not ok:
+        log.warning("%s is unreadable or malformed; the activation cache is captured again",
+                    path)
+        return None
+    return meta
+
+
+def _count(value: Any, minimum: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum

@@ -15,18 +15,13 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from scope.corpus import special_token_ids
 from scope.train.buffer import ActivationCache
 
 log = logging.getLogger(__name__)
 
 #: write a shard every this many activations (~80 MB of bfloat16 at d_model 640)
 SHARD_TOKENS = 1 << 16
-
-
-def special_token_ids(tokenizer: Any) -> torch.Tensor:
-    """Ids of BOS, EOS and padding (those the tokenizer defines) as an int64 tensor."""
-    ids = {getattr(tokenizer, n, None) for n in ("bos_token_id", "eos_token_id", "pad_token_id")}
-    return torch.tensor(sorted(i for i in ids if i is not None), dtype=torch.long)
 
 
 def fill_cache(model: Any, corpus: Any, cache: ActivationCache, *, hook_name: str, ctx: int,

@@ -10,9 +10,13 @@ per field, and what is written beside the trained weights as `training_config.js
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from scope.errors import ConfigError, suggest
 
 _HOOK_RE = re.compile(r"^(hook_\w+|blocks\.\d+\.[\w.]+)$")
 SAVE_DTYPES = ("float32", "float16", "bfloat16")
@@ -21,15 +25,17 @@ SAVE_DTYPES = ("float32", "float16", "bfloat16")
 def _positive(obj: Any, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise ValueError(f"{type(obj).__name__}.{name} must be > 0, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                math.isfinite(value) and value > 0):
+            raise ConfigError(f"{type(obj).__name__}.{name} must be > 0, got {value!r}")
 
 
 def _non_negative(obj: Any, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ValueError(f"{type(obj).__name__}.{name} must be >= 0, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                math.isfinite(value) and value >= 0):
+            raise ConfigError(f"{type(obj).__name__}.{name} must be >= 0, got {value!r}")
 
 
 @dataclass
@@ -54,9 +60,9 @@ class DataConfig:
     def __post_init__(self) -> None:
         _positive(self, "ctx", "train_tokens", "eval_tokens", "capture_batch_size")
         if self.ctx < 2:
-            raise ValueError("DataConfig.ctx must be >= 2 (BOS plus at least one token)")
+            raise ConfigError("DataConfig.ctx must be >= 2 (BOS plus at least one token)")
         if not _HOOK_RE.match(self.hook_name):
-            raise ValueError(f"DataConfig.hook_name {self.hook_name!r} is not a TransformerLens "
+            raise ConfigError(f"DataConfig.hook_name {self.hook_name!r} is not a TransformerLens "
                              "hook name; use e.g. 'blocks.9.hook_resid_post'")
 
 
@@ -102,16 +108,17 @@ class OptimConfig:
     def __post_init__(self) -> None:
         _positive(self, "d_sae", "bandwidth", "threshold_init", "lr", "batch_size", "epochs",
                   "dead_steps")
-        _non_negative(self, "l0_coefficient", "l0_warmup_steps", "lr_warmup_steps",
+        _non_negative(self, "l0_coefficient", "l0_warmup_steps", "lr_warmup_steps", "seed",
                       "dead_coefficient", "sparse_below", "target_l0", "spike_clip")
         if not 0.0 <= self.lr_decay_fraction <= 1.0:
-            raise ValueError("OptimConfig.lr_decay_fraction must lie in [0, 1], "
+            raise ConfigError("OptimConfig.lr_decay_fraction must lie in [0, 1], "
                              f"got {self.lr_decay_fraction!r}")
-        betas = tuple(float(b) for b in self.adam_betas)
-        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"OptimConfig.adam_betas must be two numbers in [0, 1), got "
+        betas = tuple(self.adam_betas) if isinstance(self.adam_betas, (list, tuple)) else ()
+        if len(betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool)
+                                      and 0.0 <= b < 1.0 for b in betas):
+            raise ConfigError(f"OptimConfig.adam_betas must be two numbers in [0, 1), got "
                              f"{self.adam_betas!r}")
-        self.adam_betas = betas  # YAML gives a list
+        self.adam_betas = tuple(float(b) for b in betas)  # YAML gives a list
 
 
 @dataclass
@@ -142,19 +149,42 @@ class RunConfig:
     def __post_init__(self) -> None:
         _positive(self, "checkpoint_every", "log_every")
         _non_negative(self, "eval_lm_windows", "threads")
+        for name in ("out", "run_dir"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"RunConfig.{name} must be a folder path, got {value!r}")
+            path = Path(value).expanduser()
+            blocker = next((p for p in (path, *path.parents) if p.exists()), None)
+            if blocker is not None and not blocker.is_dir():
+                raise ConfigError(f"RunConfig.{name} {value!r}: {blocker} is a file, not a "
+                                  "folder; choose a folder path")
         if self.save_dtype not in SAVE_DTYPES:
-            raise ValueError(f"RunConfig.save_dtype must be one of {SAVE_DTYPES}, "
+            raise ConfigError(f"RunConfig.save_dtype must be one of {SAVE_DTYPES}, "
                              f"got {self.save_dtype!r}")
 
 
-def _coerce(value: Any, default: Any) -> Any:
-    """YAML 1.1 reads `7e-5` as a string and `1` as an int: give float fields floats."""
-    if isinstance(default, float) and isinstance(value, (int, str)) and not isinstance(value, bool):
-        try:
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    """`value` with the type of the field's default, or ConfigError naming the field.
+
+    Float fields take ints and numeric strings (YAML 1.1 reads `7e-5` as a string); int fields
+    take only ints, bool fields only booleans, string fields only strings.
+    """
+    kind = type(default)
+    if kind is float and not isinstance(value, bool):
+        if isinstance(value, int):
             return float(value)
-        except ValueError:
-            return value  # __post_init__ names the field
-    return value
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    if kind is tuple and isinstance(value, list):
+        return tuple(value)
+    if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
+        return value
+    expected = {float: "a number", int: "an integer", bool: "a boolean (true/false)",
+                str: "a string", tuple: f"a list of {len(default)} numbers"}.get(kind, kind.__name__)
+    raise ConfigError(f"training option {name!r} = {value!r}: expected {expected}")
 
 
 @dataclass
@@ -195,8 +225,9 @@ class TrainConfig:
             owner = next((s for s, names in sections.items() if name in names), None)
             if owner is None:
                 known = sorted(n for names in sections.values() for n in names)
-                raise ValueError(f"unknown training option {key!r}; known: {', '.join(known)}")
-            kwargs[owner][name] = _coerce(value, _DEFAULTS[owner][name])
+                raise ConfigError(f"unknown training option {key!r}.{suggest(name, known)} "
+                                  f"Known: {', '.join(known)}")
+            kwargs[owner][name] = _coerce(name, value, _DEFAULTS[owner][name])
         return cls(DataConfig(**kwargs["data"]), OptimConfig(**kwargs["optim"]),
                    RunConfig(**kwargs["run"]))
 

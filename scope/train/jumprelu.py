@@ -9,7 +9,7 @@ rectangle kernel `K(z) = 1{|z| < 1/2}` with bandwidth epsilon:
 
 The loss per token is `||x - x_hat||^2 + lambda * sum_i H(pre_i - theta_i)`. The model works in a
 normalised scale (inputs multiplied by `scale` so that E||x||^2 = 1) and subtracts `b_dec` before
-encoding; `to_inference` folds both into the released layout of REFERENCE.md §3 so the saved SAE
+encoding; `to_inference` folds both into the released layout (docs/saes.md, "JumpReLU") so the saved SAE
 reads raw activations. Never imported by inference code.
 
 Shapes: `x [batch, d_in]`, `pre, f [batch, d_sae]`.
@@ -274,7 +274,7 @@ class JumpReLUTrainingSAE(nn.Module):
 
     @torch.no_grad()
     def folded_tensors(self, scale: float) -> dict[str, torch.Tensor]:
-        """Weights that read raw activations, in the released layout (REFERENCE.md §3).
+        """Weights that read raw activations, in the released layout (docs/saes.md, "JumpReLU").
 
         With raw input r and normalised input x = scale * r, the training SAE computes
         `pre = (x - b_dec) @ W_enc + b_enc`. Dividing pre, threshold and features by `scale`

@@ -23,16 +23,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from scope.atomic import atomic_write
+from scope.errors import CheckpointError
 from scope.train.buffer import ActivationCache, shuffled_batches
 from scope.train.config import OptimConfig, TrainConfig
 from scope.train.jumprelu import JumpReLUTrainingSAE
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FILENAME = "checkpoint.pt"
+CHECKPOINT_FILENAME = "checkpoint.safetensors"
+CHECKPOINT_FORMAT = "scope.train.checkpoint/1"
+#: the pickle checkpoint of earlier versions: never loaded (unpickling can run code)
+LEGACY_CHECKPOINT_FILENAME = "checkpoint.pt"
 PROGRESS_FILENAME = "progress.jsonl"
 TRAINING_CONFIG_FILENAME = "training_config.json"
 REPORT_FILENAME = "report.json"
@@ -188,7 +194,7 @@ def fit(sae: JumpReLUTrainingSAE, batches: Iterator[torch.Tensor], cfg: OptimCon
 
 
 class _Sums:
-    """Running sums over one log interval; FVU is a ratio of sums (REFERENCE.md §5)."""
+    """Running sums over one log interval; FVU is a ratio of sums (docs/saes.md, "Metrics")."""
 
     def __init__(self) -> None:
         self.n = self.tokens = 0
@@ -216,34 +222,102 @@ class _Sums:
 
 def save_checkpoint(path: Path, sae: JumpReLUTrainingSAE, optimizer: torch.optim.Optimizer,
                     state: FitState, scale: float, cfg: TrainConfig) -> None:
-    """Write a resumable checkpoint atomically (temporary file, then rename)."""
-    payload = {"sae": sae.state_dict(), "optimizer": optimizer.state_dict(), "step": state.step,
-               "steps_since_fired": state.steps_since_fired, "history": state.history,
-               "l0_scale": state.l0_scale, "grad_norm_ema": state.grad_norm_ema,
-               "clipped": state.clipped,
-               "scale": scale, "config": cfg.to_flat()}
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    """Write a resumable checkpoint atomically: tensors in safetensors, the rest as JSON.
+
+    The file holds only tensors and one JSON string in the safetensors header (no pickle), so
+    loading a checkpoint from someone else's run folder can never run code.
+    """
+    tensors = {f"sae.{k}": v.detach().contiguous() for k, v in sae.state_dict().items()}
+    for index, entry in optimizer.state_dict()["state"].items():
+        for key, value in entry.items():
+            value = value if isinstance(value, torch.Tensor) else torch.tensor(value)
+            tensors[f"optim.{index}.{key}"] = value.detach().contiguous()
+    tensors["steps_since_fired"] = state.steps_since_fired.contiguous()
+    meta = {"format": CHECKPOINT_FORMAT, "step": state.step, "history": state.history,
+            "l0_scale": state.l0_scale, "grad_norm_ema": state.grad_norm_ema,
+            "clipped": state.clipped, "scale": scale, "config": cfg.to_flat()}
+    header = {"scope_checkpoint": json.dumps(meta)}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
     log.debug("checkpoint at step %d -> %s", state.step, path)
 
 
 def load_checkpoint(path: Path, sae: JumpReLUTrainingSAE, optimizer: torch.optim.Optimizer,
                     cfg: TrainConfig) -> tuple[FitState, float] | None:
-    """Restore a checkpoint made under the same optimisation settings, else return None."""
+    """Restore a checkpoint made under the same optimisation settings, else return None.
+
+    Raises:
+        CheckpointError: the file is not a complete scope checkpoint of this SAE's shape.
+    """
+    path = Path(path)
     if not path.is_file():
         return None
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    old, new = payload.get("config", {}), cfg.to_flat()
+    tensors, meta = _read_checkpoint(path)
+    old, new = meta["config"], cfg.to_flat()
     differs = [k for k in _RESUME_KEYS if old.get(k) != new.get(k)]
     if differs:
         log.warning("%s was made with different %s; starting afresh", path, ", ".join(differs))
         return None
-    sae.load_state_dict(payload["sae"])
-    optimizer.load_state_dict(payload["optimizer"])
-    state = FitState(payload["step"], payload["steps_since_fired"], payload["history"],
-                     payload.get("l0_scale", 1.0), payload.get("grad_norm_ema", 0.0),
-                     payload.get("clipped", 0))
+    sae_state = {k[len("sae."):]: v for k, v in tensors.items() if k.startswith("sae.")}
+    expected = {k: v.shape for k, v in sae.state_dict().items()}
+    got = {k: v.shape for k, v in sae_state.items()}
+    if got != expected:
+        raise _bad_checkpoint(path, f"SAE tensors {got} do not match this run's {expected}")
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    optim_state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            if not index.isdigit() or int(index) >= len(params):
+                raise _bad_checkpoint(path, f"optimizer entry {key!r} has no parameter")
+            optim_state.setdefault(int(index), {})[name] = value
+    for index, entry in optim_state.items():
+        for name, value in entry.items():
+            if value.dim() and value.shape != params[index].shape:
+                raise _bad_checkpoint(path, f"optimizer entry optim.{index}.{name} has shape "
+                                      f"{tuple(value.shape)}, expected {tuple(params[index].shape)}")
+    fired = tensors.get("steps_since_fired")
+    if fired is None or fired.shape != (sae.d_sae,) or fired.dtype != torch.long:
+        raise _bad_checkpoint(path, f"steps_since_fired must be int64 [{sae.d_sae}]")
+    sae.load_state_dict(sae_state)
+    optimizer.load_state_dict({"state": optim_state,
+                               "param_groups": optimizer.state_dict()["param_groups"]})
+    state = FitState(meta["step"], fired, meta["history"], meta["l0_scale"],
+                     meta["grad_norm_ema"], meta["clipped"])
     log.info("resuming from %s at step %d", path, state.step)
-    return state, float(payload["scale"])
+    return state, float(meta["scale"])
+
+
+#: JSON fields of a checkpoint and the types they must have
+_CHECKPOINT_FIELDS = {"step": int, "history": list, "l0_scale": float, "grad_norm_ema": float,
+                      "clipped": int, "scale": float, "config": dict}
+
+
+def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and JSON fields of a checkpoint file, or CheckpointError."""
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            header = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (not a dict)
+    except Exception as exc:  # safetensors raises its own error types for any corrupt header
+        raise _bad_checkpoint(path, f"not a safetensors file ({exc})") from None
+    try:
+        meta = json.loads(header.get("scope_checkpoint", ""))
+    except json.JSONDecodeError:
+        meta = None
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+        raise _bad_checkpoint(path, f"no {CHECKPOINT_FORMAT!r} header")
+    for name, kind in _CHECKPOINT_FIELDS.items():
+        value = meta.get(name)
+        ok = isinstance(value, kind) and not isinstance(value, bool) or (
+            kind is float and isinstance(value, int) and not isinstance(value, bool))
+        if not ok:
+            raise _bad_checkpoint(path, f"field {name!r} is {value!r}, expected {kind.__name__}")
+    return tensors, meta
+
+
+def _bad_checkpoint(path: Path, why: str) -> CheckpointError:
+    return CheckpointError(f"{path} is not a usable scope training checkpoint: {why}. Delete it "
+                           "(or set resume: false) to start the run afresh.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -282,8 +356,8 @@ def prepare_data(cfg: TrainConfig, model: Any = None) -> tuple[ActivationCache, 
         meta_path = folder / "meta.json"
         if meta_path.is_file():
             cache = ActivationCache.open(folder)
-            if cache.meta["key"] == _cache_key(cfg, split) and cache.complete and (
-                    cache.tokens >= n_tokens):
+            if cache is not None and cache.meta["key"] == _cache_key(cfg, split) and (
+                    cache.complete and cache.tokens >= n_tokens):
                 caches.append(cache)
                 continue
         model = model if model is not None else _load_model(cfg)
@@ -370,29 +444,15 @@ def cast_for_saving(sae: Any, dtype_name: str) -> Any:
     return sae.to(getattr(torch, dtype_name))
 
 
-@torch.no_grad()
 def heldout_report(sae: Any, acts: torch.Tensor, batch_size: int = 4096) -> dict[str, float]:
     """L0, FVU and dead fraction of an inference SAE on raw held-out activations [n, d_in].
 
-    FVU is a ratio of sums over every token (REFERENCE.md §5); a feature is dead when it
-    fires on none of the tokens.
+    The same definitions as `scope eval` (`scope.evals.reconstruction_stats`): FVU is a ratio of
+    sums over every token; a feature is dead when it fires on none of the tokens.
     """
-    sq_err = sq_norm = l0 = 0.0
-    total = torch.zeros(acts.shape[1], dtype=torch.float64)
-    fired = torch.zeros(sae.d_sae, dtype=torch.bool)
-    for x in acts.split(batch_size):
-        x = x.to(sae.dtype)
-        f = sae.encode(x)  # [batch, d_sae]
-        x_hat = sae.decode(f)
-        sq_err += float((x.double() - x_hat.double()).pow(2).sum())
-        sq_norm += float(x.double().pow(2).sum())
-        total += x.double().sum(dim=0)
-        l0 += float((f != 0).sum())
-        fired |= (f != 0).any(dim=0)
-    n = len(acts)
-    variance = sq_norm - float(total.pow(2).sum()) / n
-    return {"l0": l0 / n, "fvu": sq_err / variance, "dead_fraction": float((~fired).float().mean()),
-            "n_tokens": n}
+    from scope.evals import reconstruction_stats
+
+    return reconstruction_stats(sae, acts, batch_size=batch_size)
 
 
 def _lm_report(model: Any, sae: Any, cfg: TrainConfig) -> dict[str, float]:
@@ -438,6 +498,10 @@ def train(cfg: TrainConfig, *, model: Any = None, progress: bool = True) -> Trai
                               bandwidth=o.bandwidth, generator=gen)
     optimizer = make_optimizer(sae, o)
     ckpt = run_dir / CHECKPOINT_FILENAME
+    if (run_dir / LEGACY_CHECKPOINT_FILENAME).is_file():
+        log.warning("%s is a pickle checkpoint of an older scope; it is never loaded (unpickling "
+                    "can run code). Resuming only from %s.", run_dir / LEGACY_CHECKPOINT_FILENAME,
+                    CHECKPOINT_FILENAME)
     progress_file = run_dir / PROGRESS_FILENAME
     resumed = load_checkpoint(ckpt, sae, optimizer, cfg) if cfg.run.resume else None
     if resumed is not None:
