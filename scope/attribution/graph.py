@@ -279,7 +279,8 @@ def logit_directions(model: Any, freezer: Freezer, final: torch.Tensor, ids: Seq
     The final norm's scale is the clean run's at the last position, so `v . x_final[-1]` moves
     exactly as the demeaned logit does in the linearised model.
     """
-    x = final[-1:].reshape(1, 1, -1).clone().requires_grad_(True)
+    dtype = next(model.unembed.parameters(), final).dtype
+    x = final[-1:].reshape(1, 1, -1).to(dtype).clone().requires_grad_(True)
 
     def last_scale(act, hook):
         value = freezer.values.get(hook.name)
