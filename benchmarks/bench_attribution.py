@@ -2,7 +2,7 @@
 
 Target: <= 60 s on 2 CPU cores, memory bounded by the number of active features. Prints the
 graph time, the number of backward passes (one per batch of target rows), active features and
-rows computed, the adjacency size, peak resident memory, and the ratio of the graph time to the
+rows computed, the size of the edge rows, peak resident memory, and the ratio of the graph time to the
 floor of one batched forward pass plus that many backward passes of a plain gradient (the
 cost the algorithm cannot go below), and to the 60 s target. Also times `scope.attribute`.
 
@@ -72,7 +72,7 @@ def main() -> None:
     print(f"graph: {t_graph:.1f} s ({t_graph / TARGET_S:.2f}x the {TARGET_S:.0f} s target); "
           f"{passes} backward passes of batch {g.stats['batch_size']}; "
           f"{g.n_features} active features, {g.stats['feature_rows']} rows computed; "
-          f"adjacency {g.n_nodes}x{g.n_nodes} ({g.adjacency.numel() * 4 / 2**20:.0f} MB); "
+          f"edge rows {tuple(g.edges.shape)} ({g.edges.numel() * 4 / 2**20:.0f} MB); "
           f"peak RSS {peak_mb:.0f} MB")
     print(f"floor (1 batched forward + {passes} plain backward passes): {floor:.1f} s; "
           f"graph / floor = {t_graph / floor:.2f}x")

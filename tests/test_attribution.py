@@ -289,14 +289,15 @@ def test_graph_json_fields_and_pruning(tmp_path):
         assert float(infl[:graph.token_start][above].sum()) + float(
             infl[graph.token_start:].sum()) >= frac * total - 1e-6
     pr = graph.prune(0.8, 0.5)
-    A = graph.adjacency.clone()
+    A = graph.adjacency.clone()  # dense reference
     A[~pr.node_mask] = 0
     A[:, ~pr.node_mask] = 0
     An = A.abs() / A.abs().sum(1, keepdim=True).clamp_min(1e-30)
     from scope.attribution.graph import influence
 
     w = graph.logit_weights()
-    scores = An * (influence(An, w) + w)[:, None]
+    scores = (An * (influence(An, w) + w)[:, None])[pr.rows]  # the rows edge_mask covers
+    assert pr.edge_mask.shape == scores.shape
     kept = float(scores[pr.edge_mask].sum()) / float(scores.sum())
     assert kept >= 0.5 - 1e-6
     s = graph.scores()

@@ -97,9 +97,10 @@ def graph_json(graph: Any, *, slug: str | None = None, node_threshold: float | N
                     "clerp": f'Output "{_token_text(graph.logit_strings[j])}" (p={p:.3f})',
                     "influence": infl, "activation": None})
     links = []
-    tgt, src = pr.edge_mask.nonzero(as_tuple=True)
-    weights = graph.adjacency[tgt, src].tolist()
-    for t, s, w in zip(tgt.tolist(), src.tolist(), weights, strict=True):
+    r, src = pr.edge_mask.nonzero(as_tuple=True)
+    E, _ = graph._rows()
+    weights = E[r, src].tolist()
+    for t, s, w in zip(pr.rows[r].tolist(), src.tolist(), weights, strict=True):
         if s in ids and t in ids and math.isfinite(w):
             links.append({"source": ids[s], "target": ids[t], "weight": float(w)})
     linked = {x for link in links for x in (link["source"], link["target"])}

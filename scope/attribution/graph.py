@@ -15,10 +15,12 @@ every write site a leaf tensor, and one `torch.autograd.grad` call per batch inj
 target's gradient in each copy. Logit rows come first, then the sites from the last to the
 first; within a site, features are taken by decreasing influence on the logits, and features
 with no influence (or past `max_feature_nodes`) get no row. Memory is the
-`[n_nodes, n_nodes]` adjacency, i.e. bounded by the number of active features, not SAE width.
+`[n_rows, n_nodes]` matrix of computed rows (logits + at most `max_feature_nodes` features) by
+all nodes: bounded by the number of active features, not SAE width.
 
 Nodes are numbered `[features..., errors (site-major, then position)..., tokens..., logits...]`;
-`adjacency[target, source]` holds the edge weights.
+`edges[r, source]` holds the weight of the edge into node `row_nodes[r]`; `adjacency` expands
+it to the dense `[target, source]` matrix (for small graphs).
 """
 
 from __future__ import annotations
@@ -76,10 +78,10 @@ class AttributionGraph:
     logit_strings: list[str]
     logit_probs: torch.Tensor
     """[n_logits] probabilities of the logit nodes."""
-    adjacency: torch.Tensor
-    """[n_nodes, n_nodes] float32, rows = targets, columns = sources."""
-    rows_done: torch.Tensor
-    """[n_nodes] bool: whether that node's incoming edges were computed."""
+    edges: torch.Tensor
+    """[n_rows, n_nodes] float32: incoming edge weights of the nodes `row_nodes`."""
+    row_nodes: torch.Tensor
+    """[n_rows] int64: the target node of each row of `edges` (-1: unused row)."""
     n_layers: int
     model_name: str = ""
     labels: dict[int, str] = field(default_factory=dict)
@@ -124,16 +126,36 @@ class AttributionGraph:
             return "error"
         return "embedding" if i < self.logit_start else "logit"
 
+    @property
+    def rows_done(self) -> torch.Tensor:
+        """[n_nodes] bool: whether that node's incoming edges were computed."""
+        done = torch.zeros(self.n_nodes, dtype=torch.bool)
+        done[self.row_nodes[self.row_nodes >= 0]] = True
+        return done
+
+    @property
+    def adjacency(self) -> torch.Tensor:
+        """Dense [n_nodes, n_nodes] edge weights, rows = targets (n_nodes^2 floats: small graphs)."""
+        A = torch.zeros(self.n_nodes, self.n_nodes)
+        used = self.row_nodes >= 0
+        A[self.row_nodes[used]] = self.edges[used]
+        return A
+
+    def _rows(self, edges: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        used = self.row_nodes >= 0
+        E = self.edges if edges is None else edges
+        return E[used], self.row_nodes[used]
+
     def logit_weights(self) -> torch.Tensor:
         w = torch.zeros(self.n_nodes, dtype=torch.float32)
         w[self.logit_start:] = self.logit_probs.float()
         return w
 
     # -- influence, pruning, scores -----------------------------------------------------------
-    def node_influence(self, adjacency: torch.Tensor | None = None) -> torch.Tensor:
+    def node_influence(self, edges: torch.Tensor | None = None) -> torch.Tensor:
         """Influence of every node on the logits (probability-weighted, through all paths)."""
-        A = normalize_rows(self.adjacency if adjacency is None else adjacency)
-        return influence(A, self.logit_weights())
+        E, rows = self._rows(edges)
+        return row_influence(normalize_rows(E), rows, self.logit_weights())
 
     def prune(self, node_threshold: float | None = None, edge_threshold: float | None = None
               ) -> Pruned:
@@ -152,15 +174,16 @@ class AttributionGraph:
 
     def scores(self) -> dict[str, float]:
         """Replacement score (token vs error share of influence) and completeness score."""
-        A = normalize_rows(self.adjacency)
+        E, rows = self._rows()
+        R = normalize_rows(E)
         w = self.logit_weights()
-        infl = influence(A, w)
+        infl = row_influence(R, rows, w)
         tok = float(infl[self.token_start:self.logit_start].sum())
         err = float(infl[self.error_start:self.token_start].sum())
-        non_error = 1.0 - A[:, self.error_start:self.token_start].sum(1)
+        non_error = torch.ones(self.n_nodes)
+        has_row = R.sum(1) > 0
+        non_error[rows[has_row]] = 1.0 - R[has_row, self.error_start:self.token_start].sum(1)
         out = infl + w
-        has_row = A.abs().sum(1) > 0
-        non_error = torch.where(has_row, non_error, torch.ones_like(non_error))
         return {"replacement": tok / (tok + err) if tok + err > 0 else float("nan"),
                 "completeness": float((non_error * out).sum() / out.sum())}
 
@@ -193,6 +216,8 @@ class Pruned:
     cumulative: torch.Tensor
     """Per node: cumulative share of influence of the nodes ranked at or above it."""
     influence: torch.Tensor
+    rows: torch.Tensor
+    """[n_rows] the target node of each row of `edge_mask` ([n_rows, n_nodes])."""
 
 
 def normalize_rows(A: torch.Tensor) -> torch.Tensor:
@@ -211,6 +236,19 @@ def influence(A: torch.Tensor, w: torch.Tensor, max_iter: int = 10_000) -> torch
             return total
         total += cur
     raise RuntimeError("influence did not converge: the adjacency has a cycle")
+
+
+def row_influence(R: torch.Tensor, rows: torch.Tensor, w: torch.Tensor, max_iter: int = 10_000
+                  ) -> torch.Tensor:
+    """`influence` for a matrix stored as rows R [n_rows, n] of the targets `rows`."""
+    cur = w[rows] @ R
+    total = cur.clone()
+    for _ in range(max_iter):
+        cur = cur[rows] @ R
+        if not bool(cur.any()):
+            return total
+        total += cur
+    raise RuntimeError("influence did not converge: the graph has a cycle")
 
 
 def threshold_for(scores: torch.Tensor, fraction: float) -> float:
@@ -234,27 +272,29 @@ def prune(graph: AttributionGraph, node_threshold: float, edge_threshold: float)
     infl = graph.node_influence()
     node_mask = infl >= threshold_for(infl, node_threshold)
     node_mask[graph.token_start:] = True  # tokens and logits always stay
-    A = graph.adjacency.clone()
-    A[~node_mask] = 0
-    A[:, ~node_mask] = 0
-    An = normalize_rows(A)
-    edge_scores = An * (influence(An, w) + w)[:, None]
+    E, rows = graph._rows()
+    E = E.clone()
+    E[~node_mask[rows]] = 0
+    E[:, ~node_mask] = 0
+    Rn = normalize_rows(E)
+    edge_scores = Rn * (row_influence(Rn, rows, w) + w)[rows][:, None]
     edge_mask = edge_scores >= threshold_for(edge_scores, edge_threshold)
-    edge_mask &= A != 0
+    edge_mask &= E != 0
     nf, ts = graph.n_features, graph.token_start
+    feat_rows = rows < nf
     while True:  # drop features/errors left without outgoing (or features without incoming) edges
         old = node_mask.clone()
-        edge_mask[~node_mask] = False
+        edge_mask[~node_mask[rows]] = False
         edge_mask[:, ~node_mask] = False
         node_mask[:ts] &= edge_mask[:, :ts].any(0)
-        node_mask[:nf] &= edge_mask[:nf].any(1) | ~graph.rows_done[:nf]
+        node_mask[rows[feat_rows]] &= edge_mask[feat_rows].any(1)
         if torch.equal(old, node_mask):
             break
     order = torch.argsort(infl, descending=True)
     cum = torch.zeros(n)
     total = infl.sum().clamp_min(1e-30)
     cum[order] = torch.cumsum(infl[order], 0) / total
-    return Pruned(node_mask, edge_mask, cum, infl)
+    return Pruned(node_mask, edge_mask, cum, infl, rows)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -394,7 +434,8 @@ def attribution_graph(model: Any, saes: Any, prompt: str | torch.Tensor, *,
         token_ids=tokens[0].tolist(), tokens=strings, sites=infos, features=features,
         activations=activations, logit_tokens=logit_ids,
         logit_strings=[model.tokenizer.decode([i]) for i in logit_ids], logit_probs=probs,
-        adjacency=torch.zeros(n_nodes, n_nodes), rows_done=torch.zeros(n_nodes, dtype=torch.bool),
+        edges=torch.zeros(len(logit_ids) + min(n_f, max_feature_nodes or n_f), n_nodes),
+        row_nodes=torch.full((len(logit_ids) + min(n_f, max_feature_nodes or n_f),), -1),
         n_layers=model.cfg.n_layers, model_name=str(getattr(model.cfg, "model_name", "")),
         node_threshold=node_threshold, edge_threshold=edge_threshold)
     log.info("attribution graph: %d tokens, %d active features in %d SAEs, %d logits", n_pos,
@@ -477,22 +518,24 @@ def _run_rows(graph: AttributionGraph, gp: _GraphPass, sites: list[Site], src: _
         passes += 1
         n = len(chunk)
         rows_t = torch.tensor(targets)
-        A = graph.adjacency
+        free = int((graph.row_nodes >= 0).sum())
+        slots = torch.arange(free, free + n)
+        graph.row_nodes[slots] = rows_t
+        A = graph.edges
         g_emb = grads[0]
         if g_emb is not None:
-            A[rows_t, graph.token_start:graph.logit_start] = (
+            A[slots, graph.token_start:graph.logit_start] = (
                 g_emb[:n].float() * src.embed).sum(-1)
         for si, g in enumerate(grads[1:]):
             if g is None:
                 continue
             g = g[:n].float()  # [n, pos, d_out]
             err_cols = graph.error_start + si * graph.n_pos
-            A[rows_t, err_cols:err_cols + graph.n_pos] = (g * src.errors[si]).sum(-1)
+            A[slots, err_cols:err_cols + graph.n_pos] = (g * src.errors[si]).sum(-1)
             idx, pos, dec = src.per_site[si]
             if len(idx):
                 # [n, n_active]: g[b, pos_u] . (a_u W_dec[u])
-                A[rows_t[:, None], idx[None, :]] = torch.einsum("bnd,nd->bn", g[:, pos], dec)
-        graph.rows_done[rows_t] = True
+                A[slots[:, None], idx[None, :]] = torch.einsum("bnd,nd->bn", g[:, pos], dec)
     return passes
 
 
