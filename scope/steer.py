@@ -217,7 +217,7 @@ def generate(
     """Continue `prompt` with the model (and any active `steering`), using a KV cache.
 
     Args:
-        model: a HookedTransformer with a tokenizer.
+        model: a model from `scope.load_model` (it has a tokenizer).
         prompt: the text to continue; BOS is prepended.
         max_new_tokens: how many tokens to sample at most.
         temperature: softmax temperature; 0 picks the most likely token (greedy).
