@@ -30,6 +30,7 @@ PAGES = {
     "features": st.Page("views/features.py", title="Feature list"),
     "inspector": st.Page("views/inspector.py", title="Prompt inspector"),
     "steering": st.Page("views/steering.py", title="Steering"),
+    "attribution": st.Page("views/attribution.py", title="Attribution"),
     "overview": st.Page("views/overview.py", title="Store overview"),
 }
 

@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-NEURONPEDIA_BASE = "https://www.neuronpedia.org"
+from scope.releases import neuronpedia_url  # noqa: F401 (one copy of the address; pages use it)
 
 # Shading colours (r, g, b): positive activations orange, negative ones blue.
 _POS_RGB = (255, 138, 0)
@@ -423,13 +423,6 @@ def describe_corpus(corpus: object) -> str:
         text = str(value)
         parts.append(f"{key} {text[:12] + '…' if len(text) > 16 else text}")
     return ", ".join(parts)
-
-
-def neuronpedia_url(neuronpedia_id: str | None, feature: int) -> str | None:
-    """Link to a feature on Neuronpedia, e.g. gemma-2-2b/20-gemmascope-res-16k -> .../1234."""
-    if not neuronpedia_id:
-        return None
-    return f"{NEURONPEDIA_BASE}/{neuronpedia_id.strip('/')}/{int(feature)}"
 
 
 def top_features_per_token(

@@ -33,10 +33,14 @@ _EXPORTS = {
     "steering": "scope.steer",
     "generate": "scope.steer",
     "evaluate": "scope.evals",
+    "attribute": "scope.attribution",
+    "attribution_graph": "scope.attribution",
 }
 
 __all__ = [
     "JumpReLUSAE",
+    "attribute",
+    "attribution_graph",
     "capture",
     "evaluate",
     "extract",
@@ -50,6 +54,7 @@ __all__ = [
 
 if TYPE_CHECKING:  # pragma: no cover
     from scope.activations import capture
+    from scope.attribution import attribute, attribution_graph
     from scope.evals import evaluate
     from scope.extract import extract
     from scope.loading import load_sae

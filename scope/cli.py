@@ -54,7 +54,8 @@ def _subparser(sub, name: str, help: str, example: str, run: Callable) -> argpar
 
 _ADDERS: list[Callable] = []
 # the order `scope --help` lists the commands in: the data flow, then the extras
-ORDER = ["models", "saes", "extract", "merge", "eval", "steer", "dashboard", "train", "demo"]
+ORDER = ["models", "saes", "extract", "merge", "eval", "steer", "attribute", "dashboard", "train",
+         "demo"]
 
 
 def subcommand(fn: Callable) -> Callable:
@@ -335,6 +336,13 @@ def _run_steer(args) -> int:
         b = right[i] if i < len(right) else ""
         print(f"{a:<{width}} | {b}")
     return 0
+
+
+@subcommand
+def _add_attribute(sub) -> None:
+    from scope.cli_attribute import add_parser
+
+    add_parser(sub, _subparser)
 
 
 @subcommand

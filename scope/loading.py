@@ -125,6 +125,8 @@ def _spec_string(spec: str | os.PathLike, sae_id: str | None) -> str:
 def _dispatch(spec, sae_id, *, device, dtype, hook_name) -> JumpReLUSAE:
     if isinstance(spec, str) and spec == "bundled":
         return load_bundled(device=device, dtype=dtype)
+    if isinstance(spec, str) and spec.startswith("bundled/"):  # "bundled/layer_3": extra demo SAEs
+        return load_bundled(device=device, dtype=dtype, name=spec.split("/", 1)[1])
     if sae_id is not None:
         return load_release(str(spec), sae_id, device=device, dtype=dtype)
     path = Path(spec).expanduser()
@@ -524,13 +526,24 @@ def _load_local_npz(path: Path, *, device, dtype, hook_name) -> JumpReLUSAE:
     return _load_npz_cached(lambda: path, key, cfg, device=device, dtype=dtype)
 
 
-def load_bundled(*, device=None, dtype=None) -> JumpReLUSAE:
+def load_bundled(*, device=None, dtype=None, name: str | None = None) -> JumpReLUSAE:
     """The demo SAE shipped in `scope/bundled/demo_sae/` (native folder).
+
+    `name` picks another shipped SAE: "layer_N" (`scope/bundled/layer_N/`; "layer_9" is the
+    demo SAE itself).
 
     It is stored in float16 to keep the package small but loads as float32 unless `dtype` says
     otherwise: Gemma's residual stream reaches ~1e5 at BOS, past float16's range, and the
     pre-activations would overflow to inf/NaN there.
     """
+    folder = BUNDLED_DIR
+    if name is not None and name != "layer_9":
+        folder = BUNDLED_DIR.parent / name
+        if not re.fullmatch(r"layer_\d+", name) or not (folder / WEIGHTS_FILENAME).is_file():
+            shipped = sorted(p.name for p in BUNDLED_DIR.parent.glob("layer_*"))
+            raise UnknownSAEError(f"no bundled SAE {name!r}; shipped: bundled, "
+                                  + ", ".join(f"bundled/{n}" for n in ["layer_9", *shipped]))
+        return JumpReLUSAE.load(folder, device=device, dtype=dtype or torch.float32)
     if not (BUNDLED_DIR / WEIGHTS_FILENAME).is_file():
         raise UnknownSAEError(
             f"the bundled demo SAE is missing ({BUNDLED_DIR / WEIGHTS_FILENAME} not found); "

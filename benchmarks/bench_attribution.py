@@ -1,0 +1,88 @@
+"""Attribution graph of a 16-token prompt on the bundled Gemma 3 270M with every demo SAE.
+
+Target: <= 60 s on 2 CPU cores, memory bounded by the number of active features. Prints the
+graph time, the number of backward passes (one per batch of target rows), active features and
+rows computed, the size of the edge rows, peak resident memory, and the ratio of the graph time to the
+floor of one batched forward pass plus that many backward passes of a plain gradient (the
+cost the algorithm cannot go below), and to the 60 s target. Also times `scope.attribute`.
+
+    python benchmarks/bench_attribution.py [--sae bundled/all] [--batch-size 64]
+                                           [--max-feature-nodes N] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import time
+
+import torch
+
+import scope
+from scope.activations import to_tokens
+from scope.attribution.attribute import expand_sae_specs
+
+PROMPT = "When Mary and John went to the store, John gave a cold drink to"  # 16 tokens with BOS
+TARGET_S = 60.0
+
+
+def floor_seconds(model, tokens: torch.Tensor, batch: int, passes: int) -> float:
+    """One forward of `batch` copies with grad, then `passes` backward passes through it."""
+    emb = model.embed(tokens).expand(batch, -1, -1).clone().requires_grad_(True)
+    t = time.perf_counter()
+    with model.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", lambda a, hook: emb)]):
+        out = model(tokens.expand(batch, -1), stop_at_layer=model.cfg.n_layers)
+    for _ in range(passes):
+        torch.autograd.grad(out, emb, grad_outputs=torch.randn_like(out), retain_graph=True)
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sae", action="append", help="SAE specs (default: bundled/all)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-feature-nodes", type=int, default=1024,
+                        help="feature rows to compute (0 = all with influence)")
+    parser.add_argument("--json", help="also write the graph JSON here")
+    args = parser.parse_args()
+
+    model = scope.load_model("bundled")
+    specs = expand_sae_specs(args.sae or ["bundled/all"])
+    saes = [scope.load_sae(s, model=model) for s in specs]
+    tokens = to_tokens(model, PROMPT)
+    print(f"prompt: {tokens.shape[1]} tokens; SAEs: {', '.join(specs)}; "
+          f"torch threads {torch.get_num_threads()}; load average {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} CPUs")
+
+    t = time.perf_counter()
+    r = scope.attribute(model, saes, PROMPT, " Mary", ablation_k=0)
+    t_attr = time.perf_counter() - t
+    print(f"attribute (total, one backward): {t_attr:.1f} s; metric {r.metric:.3f}; "
+          f"{len(r.features())} active features")
+
+    t = time.perf_counter()
+    g = scope.attribution_graph(model, saes, PROMPT, batch_size=args.batch_size,
+                                max_feature_nodes=args.max_feature_nodes or None)
+    t_graph = time.perf_counter() - t
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    passes = g.stats["backward_passes"]
+    floor = floor_seconds(model, tokens, g.stats["batch_size"], passes)
+    s = g.scores()
+    print(f"graph: {t_graph:.1f} s ({t_graph / TARGET_S:.2f}x the {TARGET_S:.0f} s target); "
+          f"{passes} backward passes of batch {g.stats['batch_size']}; "
+          f"{g.n_features} active features, {g.stats['feature_rows']} rows computed; "
+          f"edge rows {tuple(g.edges.shape)} ({g.edges.numel() * 4 / 2**20:.0f} MB); "
+          f"peak RSS {peak_mb:.0f} MB")
+    print(f"floor (1 batched forward + {passes} plain backward passes): {floor:.1f} s; "
+          f"graph / floor = {t_graph / floor:.2f}x")
+    pr = g.prune()
+    print(f"pruned (0.8 / 0.98): {int(pr.node_mask.sum())} nodes, {int(pr.edge_mask.sum())} "
+          f"edges; replacement score {s['replacement']:.3f}, completeness {s['completeness']:.3f}")
+    if args.json:
+        g.to_json(args.json)
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
