@@ -49,6 +49,19 @@ def _random_sae(d: int, d_sae: int = 4096):
                        torch.full((d_sae,), 0.5))
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak RSS. VmHWM where Linux has it: ru_maxrss survives exec, so a child
+    started from a big parent would report the parent's size."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _timed(fn, device: str) -> tuple[float, object]:
     import torch
 
@@ -75,8 +88,7 @@ def child(args) -> dict:
         load_s = time.perf_counter() - start
         with torch.no_grad():
             model(model.to_tokens(PROMPT))
-        return {"load_s": load_s,
-                "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        return {"load_s": load_s, "max_rss_mb": _peak_rss_mb()}
     model = scope.load_model("bundled", device=args.device, dtype=dtype)
     batches = [t for _, t in iter_batches(None, model.tokenizer, CTX, CAPTURE_BATCH,
                                           CAPTURE_BATCHES * CAPTURE_BATCH * CTX)]

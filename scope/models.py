@@ -270,6 +270,24 @@ def _component_forward(component: Any, own: list) -> Any:
     return forward
 
 
+def _sdpa_mask(mask: torch.Tensor) -> torch.Tensor | None:
+    """The eager additive mask the model built, in the form transformers' SDPA path builds.
+
+    The model builds masks for its configured (eager) attention: float, 0 where a key is visible.
+    SDPA given a float mask falls back to a slow kernel on CPU (measured: decoding 1.8x slower
+    than transformers' generate), and transformers passes no mask at all when nothing is hidden
+    (decoding; plain causal prefill, then `is_causal`), else a boolean one. Same here, so the
+    kernel, and the numbers, are the ones transformers' own generate gets.
+    """
+    visible = mask == 0  # [batch, 1, q, kv]
+    if bool(visible.all()):
+        return None
+    q, kv = visible.shape[-2:]
+    if q == kv and q > 1 and torch.equal(visible, torch.ones_like(visible).tril()):
+        return None  # plain causal: transformers' sdpa_attention_forward sets is_causal
+    return visible
+
+
 def _attention_forward(attn: Any, own: list, implementation: str) -> Any:
     """Attention through the HF module with `implementation`, unless an internal is hooked."""
     bridge_forward, hf_attn = attn.forward, attn.original_component
@@ -283,6 +301,8 @@ def _attention_forward(attn: Any, own: list, implementation: str) -> Any:
     def forward(*args, **kwargs):
         if not _HF_FAST.get() or _hooked(internal):
             return bridge_forward(*args, **kwargs)
+        if implementation == "sdpa" and kwargs.get("attention_mask") is not None:
+            kwargs["attention_mask"] = _sdpa_mask(kwargs["attention_mask"])
         if not _hooked(edges):
             return hf_forward(view, *args, **kwargs)
         if args:
