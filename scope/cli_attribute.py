@@ -67,14 +67,16 @@ def _label(store: Any, sae: str | None, feature: int | None) -> str:
 
 
 def run_attribute(args: argparse.Namespace) -> int:
-    import scope
     from scope.attribution import attribute, attribution_graph
     from scope.attribution.attribute import expand_sae_specs
+    from scope.loading import load_sae
+    from scope.models import load_model
+    from scope.store import open_store
 
-    model = scope.load_model(args.model)
+    model = load_model(args.model)
     specs = expand_sae_specs(args.sae or ["bundled"])
-    saes = [scope.load_sae(s, model=model) for s in specs]
-    store = scope.open_store(args.store) if args.store else None
+    saes = [load_sae(s, model=model) for s in specs]
+    store = open_store(args.store) if args.store else None
     r = attribute(model, saes, args.prompt, args.target, contrast=args.contrast, mode=args.mode,
                   ablation_k=args.ablation_k)
     short = {s.cfg.name: (s.cfg.hook_name if len(saes) > 1 else "") for s in saes}
