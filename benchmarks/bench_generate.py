@@ -17,7 +17,7 @@ Targets: generate <= 1.1x transformers, plain and steered, same text; cached loa
 RSS <= 0.6x the HookedTransformer-era figure; capture throughput >= it.
 
     python benchmarks/bench_generate.py [--tokens 32] [--repeats 3] [--device cpu]
-        [--dtype float32] [--baseline /path/to/old/checkout]
+        [--dtype float32] [--baseline /path/to/old/checkout] [--skip-fresh]
 """
 
 from __future__ import annotations
@@ -170,6 +170,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", help="float32 or bfloat16")
     p.add_argument("--baseline", help="another scope checkout (fresh-process figures only)")
+    p.add_argument("--skip-fresh", action="store_true",
+                   help="only the in-process generate comparison (no load / memory / capture)")
     p.add_argument("--child", choices=["load", "run"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -187,6 +189,8 @@ def main() -> None:
               f"text {'identical' if same else 'DIFFERENT'}")
         if not same:
             print(f"  transformers: {t[ref]!r}\n  scope:        {t[ours]!r}")
+    if args.skip_fresh:
+        return
     checkouts = [("this checkout", None)] + ([("baseline", args.baseline)] if args.baseline else [])
     figures = {}
     for name, path in checkouts:

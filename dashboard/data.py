@@ -281,49 +281,58 @@ def encode_prompt(model, sae, text: str) -> tuple[list[str], np.ndarray, bool]:
     return strs, feats[0].float().cpu().numpy(), bos_id is not None and int(tokens[0, 0]) == bos_id
 
 
-def continuation_loss(model, prompt: str, continuation: str) -> float:
-    """Mean cross-entropy (nats/token) of `continuation` after `prompt` under `model` as it is
-    (call it with no steering active: this is how far a steered text drifts from what the
-    model itself would say)."""
+def continuation_losses(model, prompt: str, continuations: list[str]) -> list[float]:
+    """Mean cross-entropy (nats/token) of each continuation after `prompt` under `model` as it
+    is, in one batched forward pass (call it with no steering active: this is how far a
+    steered text drifts from what the model itself would say)."""
     import torch
 
     n_prompt = model.to_tokens(prompt).shape[1]
-    tokens = model.to_tokens(prompt + continuation)  # [1, pos], BOS prepended
-    if tokens.shape[1] <= n_prompt:
-        return 0.0
+    rows = [model.to_tokens(prompt + c)[0] for c in continuations]  # BOS prepended
+    width = max(len(r) for r in rows)
+    batch = torch.stack([torch.nn.functional.pad(r, (0, width - len(r)), value=int(r[-1]))
+                         for r in rows])  # right padding: causal, earlier positions unchanged
     with torch.no_grad():
-        logits = model(tokens, return_type="logits")[0, :-1].float()  # [pos-1, d_vocab]
-    logp = torch.log_softmax(logits, dim=-1)
-    target = tokens[0, 1:]
-    nll = -logp.gather(1, target[:, None])[:, 0]
-    return float(nll[n_prompt - 1:].mean())
+        logp = torch.log_softmax(model(batch, return_type="logits").float(), dim=-1)
+    out = []
+    for b, r in enumerate(rows):
+        if len(r) <= n_prompt:
+            out.append(0.0)
+            continue
+        nll = -logp[b, : len(r) - 1].gather(1, r[1:, None].to(logp.device))[:, 0]
+        out.append(float(nll[n_prompt - 1:].mean()))
+    return out
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def drift(path: str, prompt: str, texts: tuple[str, ...]) -> list[float]:
+    """Losses of continuations under the store's unsteered model (cached per text)."""
+    model = live_model(path).model
+    with model_lock(path):
+        return continuation_losses(model, prompt, list(texts))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def default_continuation(path: str, prompt: str, max_new_tokens: int, temperature: float,
-                         seed: int) -> tuple[str, float]:
-    """The unsteered continuation and its loss, cached: steering again with other features or
-    strengths reuses it (only the steered text is generated)."""
+                         seed: int) -> str:
+    """The unsteered continuation, cached: steering again with other features or strengths
+    reuses it (only the steered text is generated)."""
     from scope import generate
 
     model = live_model(path).model
     with model_lock(path):
-        text = generate(model, prompt, max_new_tokens=int(max_new_tokens),
+        return generate(model, prompt, max_new_tokens=int(max_new_tokens),
                         temperature=float(temperature), seed=int(seed))
-        return text, continuation_loss(model, prompt, text)
 
 
 def steered_continuation(path: str, model, sae, spec: dict[int, float], mode: str, prompt: str,
-                         *, max_new_tokens: int, temperature: float,
-                         seed: int) -> tuple[str, float]:
-    """A steered continuation and its drift (its loss under the unsteered model)."""
+                         *, max_new_tokens: int, temperature: float, seed: int) -> str:
+    """A steered continuation (the steering hooks are attached for this generation only)."""
     from scope import generate, steering
 
-    with model_lock(path):
-        with steering(model, sae, spec, mode=mode):
-            text = generate(model, prompt, max_new_tokens=int(max_new_tokens),
-                            temperature=float(temperature), seed=int(seed))
-        return text, continuation_loss(model, prompt, text)
+    with model_lock(path), steering(model, sae, spec, mode=mode):
+        return generate(model, prompt, max_new_tokens=int(max_new_tokens),
+                        temperature=float(temperature), seed=int(seed))
 
 
 def generate_pair(

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
 
-NEURONPEDIA_BASE = "https://www.neuronpedia.org"
+from scope.releases import neuronpedia_url  # noqa: F401 (one copy of the address; pages use it)
 
 # Shading colours (r, g, b): positive activations orange, negative ones blue.
 _POS_RGB = (255, 138, 0)
@@ -54,6 +55,9 @@ def md_escape(text: object) -> str:
     return "".join("\\" + c if c in _MD_SPECIAL else c for c in str(text))
 
 
+_AUTOLINK = re.compile(r"(?i)(https?|ftp|mailto|www|xmpp)(\\?[:.])")
+
+
 def md_text(value: object, limit: int = 300) -> str:
     """Text from a store, a manifest, a model spec or a file name, ready for any Streamlit
     element that renders Markdown (markdown, caption, subheader, metric, error, help, labels).
@@ -64,7 +68,11 @@ def md_text(value: object, limit: int = 300) -> str:
     text = str(value)
     if len(text) > limit:
         text = text[: limit - 1] + "…"
-    return md_escape(text.replace("\r", " ").replace("\n", " "))
+    text = md_escape(text.replace("\r", " ").replace("\n", " "))
+    # GFM turns URL-like text into links after escapes are resolved: a word joiner (U+2060,
+    # invisible) inside each pattern keeps it plain text
+    text = _AUTOLINK.sub(lambda m: m.group(1) + "\u2060" + m.group(2), text)
+    return text.replace("@", "\u2060@")
 
 
 def as_int(value: object, default: int = 0) -> int:
@@ -415,13 +423,6 @@ def describe_corpus(corpus: object) -> str:
         text = str(value)
         parts.append(f"{key} {text[:12] + '…' if len(text) > 16 else text}")
     return ", ".join(parts)
-
-
-def neuronpedia_url(neuronpedia_id: str | None, feature: int) -> str | None:
-    """Link to a feature on Neuronpedia, e.g. gemma-2-2b/20-gemmascope-res-16k -> .../1234."""
-    if not neuronpedia_id:
-        return None
-    return f"{NEURONPEDIA_BASE}/{neuronpedia_id.strip('/')}/{int(feature)}"
 
 
 def top_features_per_token(

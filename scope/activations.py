@@ -56,7 +56,7 @@ def validate_hook_names(model, hook_names: str | Iterable[str]) -> list[str]:
     """Check site names against the model; return them as a de-duplicated list (order kept).
 
     Args:
-        model: a HookedTransformer.
+        model: a model from `scope.load_model`.
         hook_names: one name or several (TransformerLens names plus the virtual gain site).
 
     Returns:
@@ -177,7 +177,7 @@ def capture(
     layer nobody reads is computed. Hooks are temporary: none is left on the model, also on error.
 
     Args:
-        model: a HookedTransformer (from `scope.load_model`).
+        model: a model from `scope.load_model`.
         tokens: [batch, pos] integer token ids (BOS at position 0, as `to_tokens` makes them).
         hook_names: TransformerLens hook names, plus the virtual
             `blocks.L.ln2.hook_normalized_with_gain`.
@@ -214,7 +214,7 @@ def site_width(model, hook_name: str) -> int:
     """The last-axis width `capture` returns for a site (e.g. d_model, n_heads*d_head, d_mlp).
 
     Args:
-        model: a HookedTransformer.
+        model: a model from `scope.load_model`.
         hook_name: a site name (validated).
 
     Returns:
@@ -249,7 +249,7 @@ def splice_hooks(model, hook_name: str, fn: Callable[[torch.Tensor], torch.Tenso
     `fn(a)` exactly.
 
     Args:
-        model: a HookedTransformer.
+        model: a model from `scope.load_model`.
         hook_name: a site name (validated).
         fn: maps [batch, pos, width] to the same shape.
 
@@ -283,7 +283,7 @@ def to_tokens(model, texts: str | Sequence[str], max_len: int | None = None) -> 
     """Tokenize text with BOS prepended; several texts are right-padded with the pad token.
 
     Args:
-        model: a HookedTransformer with a tokenizer.
+        model: a model from `scope.load_model` (it has a tokenizer).
         texts: one string or a list.
         max_len: truncate every sequence to this many tokens (BOS included).
 

@@ -11,6 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
+from scope.cli_checks import POSITIVE
 from scope.errors import ScopeError
 
 log = logging.getLogger("scope")
@@ -75,7 +76,7 @@ def register(subcommand, subparser) -> None:
         p.add_argument("--sae", help="SAE name in the store (default: the first)")
         p.add_argument("--features", type=_features, help="indices and ranges, e.g. 0-99,1234 "
                        "(default: every feature that fired)")
-        p.add_argument("--limit", type=int, help="explain at most this many features")
+        p.add_argument("--limit", type=POSITIVE, help="explain at most this many features")
         p.add_argument("--force", action="store_true",
                        help="redo features already explained with this model and prompt")
 
@@ -88,7 +89,7 @@ def register(subcommand, subparser) -> None:
         p.add_argument("store", type=Path, help="feature store folder")
         p.add_argument("--out", type=Path, required=True, help="output folder")
         p.add_argument("--sae", help="export this SAE only (default: all)")
-        p.add_argument("--batch-size", type=int, default=128, help="features per batch file")
+        p.add_argument("--batch-size", type=POSITIVE, default=128, help="features per batch file")
 
 
 def _run_labels(args) -> int:

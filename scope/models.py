@@ -161,8 +161,10 @@ def _bridge(hf_model: Any, tokenizer: Any, model_name: str, spec: str, device: A
     hf_model.to(device).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        # `where` (a path), not the short name: TransformerLens rewrites names it knows as
+        # aliases ("gemma-3-270m") with a deprecation warning; with hf_model given it loads nothing
         model = TransformerBridge.boot_transformers(
-            model_name, hf_model=hf_model, tokenizer=tokenizer, device=device,
+            where, hf_model=hf_model, tokenizer=tokenizer, device=device,
             dtype=next(hf_model.parameters()).dtype,
             hf_config_overrides={"architectures": [arch]},
         )
@@ -170,8 +172,7 @@ def _bridge(hf_model: Any, tokenizer: Any, model_name: str, spec: str, device: A
     model.cfg.model_name = model_name
     model.tokenizer.padding_side = "right"  # the bridge's Gemma default is left (see to_tokens)
     _fix_kv_cache_kwarg(model)
-    _install_attention_switch(model)
-    model.eval()
+    _install_fast_path(model)  # (already in eval mode: the bridge copies hf_model's)
     if not model.cfg.tokenizer_prepends_bos:
         log.warning("tokenizer of %s does not add BOS; model.to_tokens prepends it instead", spec)
     model.scope_spec = spec  # what load_model accepts to rebuild this model (stores record it)
@@ -196,32 +197,33 @@ def _fix_kv_cache_kwarg(model: TransformerBridge) -> None:
                 kwargs["past_key_values"] = kwargs["cache"]
             return _original(k, v, **kwargs)
 
-        attn._update_kv_cache = update
+        attn.__dict__["_update_kv_cache"] = update
 
 
-# Set by `hf_attention`: route attention through the Hugging Face module in this context only
-# (a context variable, so a capture running in another thread keeps the exact eager path).
-_HF_ATTENTION: contextvars.ContextVar[bool] = contextvars.ContextVar("scope_hf_attn", default=False)
+# Set by `hf_fast_path`: run Hugging Face modules directly in this context only (a context
+# variable, so a capture running in another thread keeps the exact bridge path).
+_HF_FAST: contextvars.ContextVar[bool] = contextvars.ContextVar("scope_hf_fast", default=False)
 
 
 @contextmanager
-def hf_attention(model: TransformerBridge) -> Iterator[None]:
-    """Run attention through transformers' own module and kernel (SDPA for Gemma 3) in the block.
+def hf_fast_path(model: TransformerBridge) -> Iterator[None]:
+    """Run the wrapped Hugging Face modules directly wherever no hook needs the bridge, in the block.
 
-    TransformerLens re-implements attention eagerly so that it can expose scores and patterns;
-    that costs time in token-by-token generation. Inside this block each attention layer calls
-    the wrapped Hugging Face attention instead, with SDPA where transformers supports it (Gemma 3;
-    Gemma 2's soft-capping is eager-only), unless a hook is attached to one of that layer's
-    attention internals (`hook_attn_scores`, `hook_pattern`, `hook_rot_q`, ...), which then keep
-    the re-implementation. Projections, norms and `hook_q/k/v/z` behave as outside the block.
-    Activations agree with the eager path to float rounding, not bit for bit, so `capture` never
-    uses it; `generate` does.
+    The bridge routes every module through TransformerLens code (hook points, re-implemented
+    attention, norms computed twice so that `hook_normalized` exists), which costs time in
+    token-by-token generation. Inside this block a bridge component with no hook on any of its
+    own hook points calls its Hugging Face module directly, and attention runs transformers' own
+    kernel: SDPA where transformers supports it (Gemma 3; Gemma 2's soft-capping is eager-only).
+    Components with hooks attached (steering sites, a hooked `hook_pattern`, ...) keep the bridge
+    path, so every hook fires as outside the block. The result is transformers' own forward pass
+    plus the attached hooks: `generate` uses it; `capture` never does, because SDPA agrees with the
+    eager attention the sites are checked against only to float rounding.
     """
-    token = _HF_ATTENTION.set(True)
+    token = _HF_FAST.set(True)
     try:
         yield
     finally:
-        _HF_ATTENTION.reset(token)
+        _HF_FAST.reset(token)
 
 
 class _AttentionView:
@@ -234,34 +236,63 @@ class _AttentionView:
         return getattr(self._module, name)
 
 
-def _install_attention_switch(model: TransformerBridge) -> None:
-    """Give every attention bridge a forward that honours `hf_attention` (see there)."""
+def _hooked(points: list) -> bool:
+    return any(p._forward_hooks or p._forward_pre_hooks or p._backward_hooks for p in points)
+
+
+def _install_fast_path(model: TransformerBridge) -> None:
+    """Give every bridge component a forward that honours `hf_fast_path` (see there)."""
     from transformer_lens.hook_points import HookPoint
+    from transformer_lens.model_bridge.generalized_components.base import GeneralizedComponent
 
     hf = model.original_model
     implementation = "sdpa" if getattr(hf, "_supports_sdpa", False) else "eager"
-    for block in model.blocks:
-        attn = block.attn
-        hf_attn = attn.original_component
-        config = copy.copy(hf_attn.config)
-        config._attn_implementation = implementation
-        view = _AttentionView(hf_attn, config)
-        hf_forward = type(hf_attn).forward
-        internal = [m for name, m in attn.named_children()
-                    if isinstance(m, HookPoint) and name not in ("hook_in", "hook_out")]
+    attentions = {id(block.attn) for block in model.blocks}
+    for module in list(model.modules()):
+        if not isinstance(module, GeneralizedComponent) or module.original_component is None:
+            continue
+        own = [m for _, m in module.named_children() if isinstance(m, HookPoint)]
+        forward = (_attention_forward(module, own, implementation) if id(module) in attentions
+                   else _component_forward(module, own))
+        # into __dict__ directly: a bridge component forwards attribute writes it does not know
+        # to the wrapped Hugging Face module
+        module.__dict__["forward"] = forward
 
-        def forward(*args, _attn=attn, _bridge_forward=attn.forward, _view=view,
-                    _hf_forward=hf_forward, _internal=internal, **kwargs):
-            if not _HF_ATTENTION.get() or any(h._forward_hooks for h in _internal):
-                return _bridge_forward(*args, **kwargs)
-            if args:
-                hidden, args = args[0], args[1:]
-            else:
-                hidden = kwargs.pop("hidden_states")
-            out, weights = _hf_forward(_view, _attn.hook_in(hidden), *args, **kwargs)
-            return _attn.hook_out(out), weights
 
-        attn.forward = forward
+def _component_forward(component: Any, own: list) -> Any:
+    bridge_forward, original = component.forward, component.original_component
+
+    def forward(*args, **kwargs):
+        if _HF_FAST.get() and not _hooked(own):
+            return original(*args, **kwargs)
+        return bridge_forward(*args, **kwargs)
+
+    return forward
+
+
+def _attention_forward(attn: Any, own: list, implementation: str) -> Any:
+    """Attention through the HF module with `implementation`, unless an internal is hooked."""
+    bridge_forward, hf_attn = attn.forward, attn.original_component
+    config = copy.copy(hf_attn.config)
+    config._attn_implementation = implementation
+    view = _AttentionView(hf_attn, config)
+    hf_forward = type(hf_attn).forward
+    internal = [p for p in own if p is not attn.hook_in and p is not attn.hook_out]
+    edges = [attn.hook_in, attn.hook_out]
+
+    def forward(*args, **kwargs):
+        if not _HF_FAST.get() or _hooked(internal):
+            return bridge_forward(*args, **kwargs)
+        if not _hooked(edges):
+            return hf_forward(view, *args, **kwargs)
+        if args:
+            hidden, args = args[0], args[1:]
+        else:
+            hidden = kwargs.pop("hidden_states")
+        out, weights = hf_forward(view, attn.hook_in(hidden), *args, **kwargs)
+        return attn.hook_out(out), weights
+
+    return forward
 
 
 def _load_tokenizer(path: Path, **kwargs: Any) -> Any:

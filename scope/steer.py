@@ -21,7 +21,7 @@ import torch
 from scope.activations import site_width, splice_hooks, validate_hook_names
 from scope.errors import HookNameError, SteeringError
 from scope.hooks import attached
-from scope.models import hf_attention
+from scope.models import hf_fast_path
 from scope.sae import JumpReLUSAE
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -217,7 +217,7 @@ def generate(
     """Continue `prompt` with the model (and any active `steering`), using a KV cache.
 
     Args:
-        model: a HookedTransformer with a tokenizer.
+        model: a model from `scope.load_model` (it has a tokenizer).
         prompt: the text to continue; BOS is prepended.
         max_new_tokens: how many tokens to sample at most.
         temperature: softmax temperature; 0 picks the most likely token (greedy).
@@ -248,7 +248,7 @@ def generate(
     for _ in range(max_new_tokens):
         token = _POSITION_OFFSET.set(offset)
         try:
-            with hf_attention(model):
+            with hf_fast_path(model):
                 out = hf(input_ids=feed, use_cache=True, logits_to_keep=1, **{cache_kw: cache})
         finally:
             _POSITION_OFFSET.reset(token)

@@ -160,6 +160,11 @@ def test_browser_every_page(store_path, tmp_path):
         _no_error(b)
 
         dash.open("inspector", until=lambda b: "Top features per token" in b.page_source)
+        for label in b.find_elements(  # a random SAE: show its dense and rare features too
+                "xpath", "//label[contains(., 'Hide dense features') or "
+                "contains(., 'Hide rare features')]"):
+            label.click()
+            dash.settle()
         links = b.find_elements("css selector", "a[href*='feature=']")
         assert links, "inspector feature ids are not links"
         _no_error(b)
@@ -173,7 +178,11 @@ def test_browser_every_page(store_path, tmp_path):
         dash.click("Generate", until=lambda b: "drift" in b.page_source)
         _no_error(b)
         dash.shot(out / "steering.png")
-        dash.click("Strength sweep", until=lambda b: "× max" in b.page_source)
+        try:
+            dash.click("Strength sweep", until=lambda b: "× max" in b.page_source)
+        except Exception:
+            dash.shot(out / "steering_sweep_failed.png")
+            raise
         dash.shot(out / "steering_sweep.png")
 
         dash.open("overview", until=lambda b: "Dead features" in b.page_source)
@@ -258,8 +267,8 @@ def test_browser_hostile_manifest(store_path, tmp_path):
             assert not [h for h in anchors if f":{listen.port}" in h], (page, anchors)
             images = [i.get_attribute("src") or "" for i in b.find_elements("css selector", "img")]
             assert not [s for s in images if f":{listen.port}" in s], (page, images)
-            assert f"![x](http://127.0.0.1:{listen.port}" in b.find_element(
-                "css selector", "body").text or page in ("features",), page  # shown as text
+            shown = b.find_element("css selector", "body").text.replace("\u2060", "")
+            assert f"![x](http://127.0.0.1:{listen.port}" in shown, page  # shown as text
         time.sleep(1)
         assert listen.hits == [], f"the browser fetched {listen.hits}"
     finally:

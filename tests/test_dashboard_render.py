@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -128,10 +129,15 @@ def test_whitespace_tokens_stay_short():
 
 def test_md_text_neutralises_links_and_images():
     for payload in ["![x](http://127.0.0.1:9/a.png)", "[click](http://evil.example)",
-                    "http://127.0.0.1:9/x", "www.example.com", "a@b.co", "<img src=x>"]:
+                    "http://127.0.0.1:9/x", "www.example.com", "a@b.co", "<img src=x>",
+                    "HTTPS://x.y", "ftp://x.y", "mailto:a@b.c"]:
         out = render.md_text(payload)
         # every Markdown-active character is backslash-escaped
-        assert all(out[i - 1] == "\\" for i, c in enumerate(out) if c in "![]():.@<>")
+        assert all(out[i - 1] == "\\" for i, c in enumerate(out) if c in "![]()<>")
+        # no URL or e-mail pattern survives for GFM's autolinker (word joiner inside it)
+        plain = out.replace("\\", "")
+        assert not re.search(r"(?i)(https?|ftp|mailto):|www\.|\w@", plain), out
+        assert out.replace("\u2060", "").replace("\\", "") == payload  # shows the same text
     assert render.md_text("x" * 500, limit=10) == "x" * 9 + "…"
     assert render.md_text("a\nb") == "a b"
 

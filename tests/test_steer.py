@@ -175,7 +175,7 @@ def test_bad_requests_are_clear(model):
 
 
 def test_generation_attention_paths_agree(model):
-    """generate runs attention through transformers' module (hf_attention); a hook on an
+    """generate runs attention through transformers' module (hf_fast_path); a hook on an
     attention internal such as hook_pattern brings back the re-implementation, same text."""
     kw = dict(max_new_tokens=10, temperature=0, stop_at_eos=False)
     fast = scope.generate(model, "Sparse autoencoders", **kw)
@@ -191,15 +191,15 @@ def test_generation_attention_paths_agree(model):
 
 def test_attention_site_steering_on_both_attention_paths(model, tokens):
     """An edit at hook_z reaches the output the same way through transformers' attention module
-    (hf_attention, used by generate) as through TransformerLens's re-implementation."""
-    from scope.models import hf_attention
+    (hf_fast_path, used by generate) as through TransformerLens's re-implementation."""
+    from scope.models import hf_fast_path
 
     site = "blocks.1.attn.hook_z"
     sae = random_sae(model.cfg.n_heads * model.cfg.d_head, site=site)
     clean = model(tokens)
     with scope.steering(model, sae, {2: 5.0}):
         eager = model(tokens)
-        with hf_attention(model):
+        with hf_fast_path(model):
             fast = model(tokens)
     assert not torch.allclose(eager, clean, atol=1e-3)
     torch.testing.assert_close(fast, eager, rtol=0, atol=1e-5)

@@ -22,7 +22,7 @@ text = st.text_area(
 c = st.columns([2, 2, 2, 2], vertical_alignment="bottom")
 k = c[0].slider("Features per token", 1, 10, 5, key="inspect_k")
 relative = c[1].toggle(
-    "Rank by share of the feature's max", value=True, key="inspect_relative",
+    "Rank by share of max", value=True, key="inspect_relative",
     help="an activation as a fraction of the largest the feature reached in the store, so a "
     "feature that is strong for itself ranks above one that is merely large everywhere; off: "
     "raw activation",

@@ -110,51 +110,65 @@ sweep = b[1].button("Strength sweep", key="steer_sweep", disabled=not spec or no
 if go or sweep:
     try:
         with st.spinner("Generating…"):
-            default, base_loss = data.default_continuation(path, prompt, **gen)
+            default = data.default_continuation(path, prompt, **gen)
             runs = []
             levels = [None] if go else list(sd.SWEEP)
             for m in levels:
                 strengths = spec if m is None else {f: m for f in spec}
                 applied = _applied(strengths)
-                text, loss = data.steered_continuation(path, model, sae_obj, applied, mode,
-                                                       prompt, **gen)
+                text = data.steered_continuation(path, model, sae_obj, applied, mode, prompt,
+                                                 **gen)
                 runs.append({"strengths": strengths, "applied": applied, "text": text,
-                             "loss": loss, "level": m})
+                             "level": m})
     except ScopeError as exc:  # e.g. a strength the steering code refuses
         st.error(f"Steering failed: {render.md_text(exc)}")
         st.stop()
-    st.session_state["steer_result"] = {"default": default, "base_loss": base_loss,
-                                        "runs": runs, "prompt": prompt, "mode": mode,
-                                        "scale": scale}
+    st.session_state["steer_result"] = {"default": default, "runs": runs, "prompt": prompt,
+                                        "mode": mode, "scale": scale}
 
 result = st.session_state.get("steer_result")
 if result:
     runs = result["runs"]
+    # the texts first; their drift (one batched forward pass) fills the headers after
     if len(runs) == 1:
-        run = runs[0]
         left, right = st.columns(2)
-        with left:
-            st.markdown(f"**Default** · loss {result['base_loss']:.2f}")
-            st.text(result["prompt"] + result["default"])
-        with right:
-            st.markdown(f"**Steered** · drift {run['loss']:.2f} "
-                        f"({run['loss'] - result['base_loss']:+.2f} vs default)")
-            st.text(result["prompt"] + run["text"])
-        if run["text"] == result["default"]:
+        heads = [left.empty(), right.empty()]
+        heads[0].markdown("**Default**")
+        heads[1].markdown("**Steered**")
+        left.text(result["prompt"] + result["default"])
+        right.text(result["prompt"] + runs[0]["text"])
+        if runs[0]["text"] == result["default"]:
             st.warning("The steered text is identical to the default: raise the strength "
                        "(or run a strength sweep).")
     else:
         cols = st.columns(len(runs))
-        for col, run in zip(cols, runs, strict=True):
-            unit = "× max" if result["scale"] else ""
-            col.markdown(f"**{run['level']:g}{unit}** · drift {run['loss']:.2f}")
+        heads = [col.empty() for col in cols]
+        unit = "× max" if result["scale"] else ""
+        for head, col, run in zip(heads, cols, runs, strict=True):
+            head.markdown(f"**{run['level']:g}{unit}**")
             col.text(result["prompt"] + run["text"])
-        st.caption("Drift: the text's loss (nats/token) under the unsteered model; the default "
-                   f"text scores {result['base_loss']:.2f}. A steep rise marks word salad.")
+    note = st.empty()
     rows = []
     for run in runs:
         for f, applied in run["applied"].items():
-            row = {"feature": f, "label": names[f][:80], "mode": result["mode"],
-                   "strength": run["strengths"][f], "applied (raw)": round(applied, 3)}
-            rows.append(row)
+            rows.append({"feature": f, "label": names[f][:80], "mode": result["mode"],
+                         "strength": run["strengths"][f], "applied (raw)": round(applied, 3)})
     st.dataframe(rows, hide_index=True)
+    if "losses" not in result:
+        with st.spinner("Measuring drift…"):
+            result["losses"] = data.drift(path, result["prompt"],
+                                          (result["default"], *[r["text"] for r in runs]))
+    base, losses = result["losses"][0], result["losses"][1:]
+    for run, loss in zip(runs, losses, strict=True):
+        run["loss"] = loss
+    result["base_loss"] = base
+    if len(runs) == 1:
+        heads[0].markdown(f"**Default** · loss {base:.2f}")
+        heads[1].markdown(f"**Steered** · drift {losses[0]:.2f} ({losses[0] - base:+.2f} vs "
+                          "default)")
+    else:
+        for head, run in zip(heads, runs, strict=True):
+            head.markdown(f"**{run['level']:g}{unit}** · drift {run['loss']:.2f}")
+    note.caption("Drift: the text's loss (nats/token) under the unsteered model; the default "
+                 f"text scores {base:.2f}. A steep rise marks word salad (repetition can stay "
+                 "low: read the texts too).")

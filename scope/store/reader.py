@@ -205,8 +205,10 @@ class Feature:
 
     @property
     def neuronpedia_url(self) -> str | None:
-        npid = self._store.sae_info(self.sae_name).get("neuronpedia_id")
-        return f"https://www.neuronpedia.org/{npid}/{self.index}" if npid else None
+        from scope.releases import neuronpedia_url
+
+        return neuronpedia_url(self._store.sae_info(self.sae_name).get("neuronpedia_id"),
+                               self.index)
 
     def __repr__(self) -> str:
         return (f"Feature({self.sae_name!r}, {self.index}, density={self.density:.3g}, "

@@ -435,13 +435,17 @@ def to_inference(sae: JumpReLUTrainingSAE, scale: float, cfg: TrainConfig, *, d_
 
 def cast_for_saving(sae: Any, dtype_name: str) -> Any:
     """Cast to the save dtype; float16 falls back to bfloat16 if a weight would overflow it."""
+    from scope.dtypes import dtype_name as canonical
+    from scope.dtypes import to_torch_dtype
+
+    dtype_name = canonical(dtype_name)
     if dtype_name == "float16":
         biggest = max(float(t.abs().max()) for t in sae.state_tensors().values())
         if biggest > torch.finfo(torch.float16).max / 2:
             log.warning("a weight of magnitude %.3g does not fit float16; saving bfloat16",
                         biggest)
             dtype_name = "bfloat16"
-    return sae.to(getattr(torch, dtype_name))
+    return sae.to(to_torch_dtype(dtype_name))
 
 
 def heldout_report(sae: Any, acts: torch.Tensor, batch_size: int = 4096) -> dict[str, float]:
