@@ -185,7 +185,9 @@ def attribution_graph(model: Any, saes: Any, prompt: str | torch.Tensor, *,
         if len(idx) == 0 or budget <= 0:
             continue
         infl = graph.node_influence()[idx]
-        keep = idx[torch.argsort(infl, descending=True)][: budget]
+        # split what is left evenly over this and the earlier sites (None: no cap at all)
+        share = budget if max_feature_nodes is None else budget // (si + 1)
+        keep = idx[torch.argsort(infl, descending=True)][: max(share, 1)]
         keep = keep[graph.node_influence()[keep] > 0]
         budget -= len(keep)
         passes += _run_rows(graph, gp, sites, sources, [("feature", int(i)) for i in keep],
