@@ -12,7 +12,8 @@ from scope.attribution.attribute import (
     attribute,
     intervene,
 )
-from scope.attribution.graph import AttributionGraph, attribution_graph
+from scope.attribution.build import attribution_graph
+from scope.attribution.graph import AttributionGraph
 from scope.attribution.replacement import AttributionError
 
 __all__ = ["AttributionError", "AttributionGraph", "AttributionResult", "FeatureMetric", "Intervention", "Node",

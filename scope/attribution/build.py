@@ -1,0 +1,290 @@
+"""Building an attribution graph: the batched backward passes that fill its edge rows.
+
+See `scope.attribution.graph` for what the graph holds and how it is pruned. Here: the clean
+run, the logit nodes, one forward pass of `batch_size` copies of the prompt with every write
+site a leaf tensor, and one `torch.autograd.grad` call per batch of target rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from scope.attribution.attribute import prompt_tokens, token_strings
+from scope.attribution.graph import AttributionGraph, SiteInfo
+from scope.attribution.replacement import (
+    AttributionError,
+    Freezer,
+    Site,
+    clean_run,
+    embed_hook,
+    final_hook,
+    forward,
+    hooks,
+    make_sites,
+    site_hooks,
+)
+
+log = logging.getLogger(__name__)
+
+def top_logits(logits: torch.Tensor, max_logits: int, cumulative: float
+               ) -> tuple[list[int], torch.Tensor]:
+    """Most probable next tokens until their probabilities sum to `cumulative` (<= max_logits)."""
+    probs = torch.softmax(logits.float(), -1)
+    p, idx = torch.sort(probs, descending=True)
+    k = int(torch.searchsorted(torch.cumsum(p, 0), torch.tensor(cumulative))) + 1
+    k = max(1, min(k, max_logits, len(p)))
+    return idx[:k].tolist(), p[:k]
+
+
+def logit_directions(model: Any, freezer: Freezer, final: torch.Tensor, ids: Sequence[int]
+                     ) -> torch.Tensor:
+    """[n, d_model]: gradient of each demeaned logit w.r.t. the last residual, norm frozen.
+
+    The final norm's scale is the clean run's at the last position, so `v . x_final[-1]` moves
+    exactly as the demeaned logit does in the linearised model.
+    """
+    dtype = next(model.unembed.parameters(), final).dtype
+    x = final[-1:].reshape(1, 1, -1).to(dtype).clone().requires_grad_(True)
+
+    def last_scale(act, hook):
+        value = freezer.values.get(hook.name)
+        if value is None:
+            return act.detach()
+        return value[:, -1:].to(act.dtype).expand_as(act)
+
+    fwd = [(n, last_scale) for n in freezer.names if n.startswith("ln_final")]
+    with hooks(model, fwd):
+        logits = model.unembed(model.ln_final(x))[0, 0].float()  # [d_vocab]
+    rows = []
+    for i in ids:
+        (g,) = torch.autograd.grad(logits[i] - logits.mean(), x, retain_graph=True)
+        rows.append(g[0, 0].float())
+    return torch.stack(rows)
+
+
+class _GraphPass:
+    """The batched forward pass whose graph every row's backward reuses."""
+
+    def __init__(self, model: Any, sites: list[Site], clean: dict[str, torch.Tensor],
+                 freezer: Freezer, tokens: torch.Tensor, batch: int) -> None:
+        self.reads: dict[int, torch.Tensor] = {}
+        self.final: torch.Tensor | None = None
+        self.embed = clean["embed"].unsqueeze(0).expand(batch, -1, -1).clone().requires_grad_(True)
+        self.writes = []
+        fwd: list[tuple[str, Callable]] = []
+        fwd += site_hooks(model, embed_hook(), lambda a: self.embed.to(a.dtype))
+        for i, s in enumerate(sites):
+            base = (s.sae.decode(s.acts).float() + s.error)  # write value minus the live skip
+            leaf = base.unsqueeze(0).expand(batch, -1, -1).clone().requires_grad_(True)
+            self.writes.append(leaf)
+            fwd += site_hooks(model, s.read, self._reader(i))
+            fwd += site_hooks(model, s.write, self._writer(i, s))
+
+        def fin(a):
+            self.final = a
+            return None
+
+        fwd += site_hooks(model, final_hook(model), fin)
+        fwd += freezer.frozen()
+        with hooks(model, fwd):
+            forward(model, tokens.expand(batch, -1), stop_at_final=True)
+
+    def _reader(self, i: int) -> Callable:
+        def read(x):
+            self.reads[i] = x
+            return None
+        return read
+
+    def _writer(self, i: int, s: Site) -> Callable:
+        def write(y):
+            out = self.writes[i] + s.skip(self.reads[i].float())
+            return out.to(y.dtype)
+        return write
+
+
+def attribution_graph(model: Any, saes: Any, prompt: str | torch.Tensor, *,
+                      max_logits: int = 10, logit_probability: float = 0.95,
+                      node_threshold: float = 0.8, edge_threshold: float = 0.98,
+                      batch_size: int = 32, max_feature_nodes: int | None = 1024,
+                      store: Any = None) -> AttributionGraph:
+    """Build the attribution graph of one prompt's next-token prediction.
+
+    Args:
+        model: a TransformerLens model from `load_model`.
+        saes: JumpReLUSAEs: per-layer transcoders and/or residual SAEs at several layers.
+        prompt: text (BOS prepended) or token ids.
+        max_logits: at most this many logit nodes ...
+        logit_probability: ... the most probable tokens up to this cumulative probability.
+        node_threshold: default share of influence kept by `prune` / `to_json` (0.8).
+        edge_threshold: default share of edge influence kept (0.98).
+        batch_size: target rows per backward pass (the prompt runs as this many copies).
+        max_feature_nodes: compute incoming edges for at most this many features (most
+            influential first; the rest stay in the graph as sources); None = every feature
+            with any influence. Each row costs a backward pass through the layers between the
+            feature and the SAE before it, so this bounds the time.
+        store: an open feature store; feature labels are read from it when it has them.
+
+    Returns:
+        The `AttributionGraph` (unpruned; `.prune()`, `.scores()`, `.to_json(path)`).
+    """
+    t0 = time.time()
+    saes = [saes] if not isinstance(saes, (list, tuple)) else list(saes)
+    if not saes:
+        raise AttributionError("attribution_graph needs at least one SAE or transcoder")
+    if batch_size < 1:
+        raise AttributionError(f"batch_size must be >= 1, got {batch_size}")
+    sites = make_sites(model, saes)
+    tokens = prompt_tokens(model, prompt)
+    strings = token_strings(model, tokens)
+    n_pos = tokens.shape[1]
+    freezer = Freezer(model)
+    clean = clean_run(model, sites, tokens, freezer)
+    logit_ids, probs = top_logits(clean["logits"][-1], max_logits, logit_probability)
+    v_logit = logit_directions(model, freezer, clean["final"], logit_ids)
+
+    feats, acts = [], []
+    for si, s in enumerate(sites):
+        nz = torch.nonzero(s.acts)
+        feats.append(torch.cat([torch.full((len(nz), 1), si), nz], 1))
+        acts.append(s.acts[nz[:, 0], nz[:, 1]])
+    features = torch.cat(feats).long() if feats else torch.zeros(0, 3, dtype=torch.long)
+    activations = torch.cat(acts).float() if acts else torch.zeros(0)
+    infos = [SiteInfo(s.name, s.layer, s.read, s.write,
+                      "transcoder" if s.is_transcoder else "sae", s.sae.d_sae) for s in sites]
+    n_f = len(features)
+    n_nodes = n_f + len(sites) * n_pos + n_pos + len(logit_ids)
+    graph = AttributionGraph(
+        prompt=prompt if isinstance(prompt, str) else "".join(strings),
+        token_ids=tokens[0].tolist(), tokens=strings, sites=infos, features=features,
+        activations=activations, logit_tokens=logit_ids,
+        logit_strings=[model.tokenizer.decode([i]) for i in logit_ids], logit_probs=probs,
+        edges=torch.zeros(len(logit_ids) + min(n_f, max_feature_nodes or n_f), n_nodes),
+        row_nodes=torch.full((len(logit_ids) + min(n_f, max_feature_nodes or n_f),), -1),
+        n_layers=model.cfg.n_layers, model_name=str(getattr(model.cfg, "model_name", "")),
+        node_threshold=node_threshold, edge_threshold=edge_threshold)
+    log.info("attribution graph: %d tokens, %d active features in %d SAEs, %d logits", n_pos,
+             n_f, len(sites), len(logit_ids))
+
+    B = max(1, min(batch_size, max(n_f, len(logit_ids))))
+    gp = _GraphPass(model, sites, clean, freezer, tokens, B)
+    sources = _Sources(graph, sites, clean, features, activations)
+    passes = 0
+
+    # logit rows
+    rows = [("logit", k) for k in range(len(logit_ids))]
+    passes += _run_rows(graph, gp, sites, sources, rows, v_logit, B)
+    # feature rows, last site first, most influential first
+    budget = n_f if max_feature_nodes is None else max_feature_nodes
+    for si in reversed(range(len(sites))):
+        idx = torch.nonzero(features[:, 0] == si).flatten()
+        if len(idx) == 0 or budget <= 0:
+            continue
+        infl = graph.node_influence()[idx]
+        # split what is left evenly over this and the earlier sites (None: no cap at all)
+        share = budget if max_feature_nodes is None else budget // (si + 1)
+        keep = idx[torch.argsort(infl, descending=True)][: max(share, 1)]
+        keep = keep[graph.node_influence()[keep] > 0]
+        budget -= len(keep)
+        passes += _run_rows(graph, gp, sites, sources, [("feature", int(i)) for i in keep],
+                            v_logit, B)
+    graph.stats = {"backward_passes": passes, "batch_size": B, "seconds": time.time() - t0,
+                   "feature_rows": int(graph.rows_done[:n_f].sum()), "active_features": n_f,
+                   "splice_max_rel_error": float(
+                       (clean["logits"][-1] - _plain_logits(model, tokens)).abs().max()
+                       / clean["logits"][-1].abs().max().clamp_min(1e-30))}
+    if store is not None:
+        graph.labels = feature_labels(store, graph)
+    log.info("attribution graph: %d backward passes, %.1f s", passes, graph.stats["seconds"])
+    return graph
+
+
+def _plain_logits(model: Any, tokens: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(tokens)[0, -1].float()
+
+
+class _Sources:
+    """Per-site source values: active decoder rows, activations, error vectors, embeddings."""
+
+    def __init__(self, graph: AttributionGraph, sites: list[Site], clean: dict[str, torch.Tensor],
+                 features: torch.Tensor, activations: torch.Tensor) -> None:
+        self.per_site = []
+        for si, s in enumerate(sites):
+            idx = torch.nonzero(features[:, 0] == si).flatten()
+            dec = s.sae.W_dec[features[idx, 2]].float()  # [n_active, d_out]
+            self.per_site.append((idx, features[idx, 1], dec * activations[idx, None]))
+        self.errors = [s.error for s in sites]
+        self.embed = clean["embed"]
+
+
+def _run_rows(graph: AttributionGraph, gp: _GraphPass, sites: list[Site], src: _Sources,
+              rows: list[tuple[str, int]], v_logit: torch.Tensor, B: int) -> int:
+    """Fill adjacency rows for `rows` in batches of B; returns the number of backward passes."""
+    passes = 0
+    for start in range(0, len(rows), B):
+        chunk = rows[start:start + B]
+        grads_out: dict[Any, torch.Tensor] = {}
+        targets = []
+        for b, (kind, i) in enumerate(chunk):
+            if kind == "logit":
+                key, pos, vec = "final", graph.n_pos - 1, v_logit[i]
+                targets.append(graph.logit_start + i)
+            else:
+                si, pos, k = graph.features[i].tolist()
+                key, vec = si, sites[si].sae.W_enc[:, k].float()
+                targets.append(i)
+            ref = gp.final if key == "final" else gp.reads[key]
+            if key not in grads_out:
+                grads_out[key] = torch.zeros_like(ref)
+            grads_out[key][b, pos] = vec.to(ref.dtype)
+        outs = [gp.final if k == "final" else gp.reads[k] for k in grads_out]
+        inputs = [gp.embed] + gp.writes
+        grads = torch.autograd.grad(outs, inputs, grad_outputs=list(grads_out.values()),
+                                    retain_graph=True, allow_unused=True)
+        passes += 1
+        n = len(chunk)
+        rows_t = torch.tensor(targets)
+        free = int((graph.row_nodes >= 0).sum())
+        slots = torch.arange(free, free + n)
+        graph.row_nodes[slots] = rows_t
+        A = graph.edges
+        g_emb = grads[0]
+        if g_emb is not None:
+            A[slots, graph.token_start:graph.logit_start] = (
+                g_emb[:n].float() * src.embed).sum(-1)
+        for si, g in enumerate(grads[1:]):
+            if g is None:
+                continue
+            g = g[:n].float()  # [n, pos, d_out]
+            err_cols = graph.error_start + si * graph.n_pos
+            A[slots, err_cols:err_cols + graph.n_pos] = (g * src.errors[si]).sum(-1)
+            idx, pos, dec = src.per_site[si]
+            if len(idx):
+                # [n, n_active]: g[b, pos_u] . (a_u W_dec[u])
+                A[slots[:, None], idx[None, :]] = torch.einsum("bnd,nd->bn", g[:, pos], dec)
+    return passes
+
+
+def feature_labels(store: Any, graph: AttributionGraph) -> dict[int, str]:
+    """Labels of the graph's features from a feature store (empty where it has none)."""
+    out: dict[int, str] = {}
+    try:
+        names = set(store.sae_names)
+    except Exception:  # noqa: BLE001 - any store without the listing: no labels
+        return out
+    for i, (si, _, k) in enumerate(graph.features.tolist()):
+        name = graph.sites[si].name
+        if name not in names:
+            continue
+        try:
+            label = getattr(store.feature(name, int(k)), "label", None)
+        except Exception:  # noqa: BLE001 - a label is decoration; never fail the graph for it
+            label = None
+        if label:
+            out[i] = str(label)
+    return out
