@@ -50,7 +50,11 @@ def test_bundled_statistics_equal_brute_force(model, sae, store):
         assert [e.window for e in feat.top_examples] == order[:5]
         for e in feat.top_examples:
             assert e.tokens == [store.vocab[t] for t in toks[e.window]]
-            assert np.array_equal(np.float16(e.activations), f[e.window, :, i].astype(np.float16))
+            # format 2 keeps each context relative to its peak, in float16 (3 digits at any scale)
+            peak = np.float32(ctx_max[e.window])
+            want = (f[e.window, :, i] / peak).astype(np.float16).astype(np.float32) * peak
+            assert e.max_activation == peak
+            assert np.array_equal(np.float32(e.activations), want)
 
 
 def test_bundled_store_reads_like_text(store):
