@@ -96,6 +96,10 @@ class NonFiniteActivationError(ScopeError, ValueError):
     """An SAE produced a NaN or infinite feature activation during extraction."""
 
 
+class AttributionError(ScopeError, ValueError):
+    """Bad input to attribution: a target that is not one token, an unknown mode or SAE."""
+
+
 class SteeringError(ScopeError, ValueError):
     """A steering request that cannot be applied (unknown feature, bad strength, foreign SAE)."""
 

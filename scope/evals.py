@@ -12,10 +12,10 @@ import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
 from scope.activations import splice_hooks
 from scope.corpus import Corpus, special_token_ids, token_windows
@@ -55,7 +55,7 @@ class EvalReport:
 
 @torch.inference_mode()
 def evaluate(
-    model: HookedTransformer,
+    model: Any,
     sae: JumpReLUSAE,
     tokens: torch.Tensor | Iterable[torch.Tensor] | Corpus | str | Sequence[str] | None,
     *,

@@ -81,7 +81,7 @@ def extract(
     """Record, for every feature of every SAE, what makes it fire over a corpus.
 
     Args:
-        model: a HookedTransformer from `scope.load_model` (its tokenizer makes the windows).
+        model: a model from `scope.load_model` (a TransformerLens TransformerBridge) (its tokenizer makes the windows).
         saes: one JumpReLUSAE or a list; several may read several sites (one forward pass).
         corpus: a `Corpus`, a path, "hf:NAME", a list of texts, or None for the default.
         out: store folder; a partial store with the same configuration is resumed, a complete

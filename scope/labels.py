@@ -119,11 +119,11 @@ def auto_label(
     """The automatic label: top tokens with their share of firings, then flags.
 
     Returns:
-        e.g. `"' the' 62% · ' a' 20% [dense]"`, or `"dead (never fired)"`.
+        e.g. `"' the' 62% · ' a' 20% [dense]"`, or `"never fired on the store's corpus"`.
     """
     marks = flags(density, firing_count, fires_on, peak_positions)
     if marks == ["dead"]:
-        return "dead (never fired)"
+        return "never fired on the store's corpus"
     toks = " · ".join(f"{show_token(t)} {_pct(s)}" for t, s in list(fires_on)[:n_tokens] if s > 0)
     text = toks or "no token statistics"
     return f"{text} [{', '.join(marks)}]" if marks else text

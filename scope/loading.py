@@ -96,7 +96,7 @@ def load_sae(
             such as `"layer_20/width_16k/canonical"` work on `-canonical` releases).
         device: where to put the weights (default CPU).
         dtype: cast to this dtype while loading (e.g. torch.bfloat16 for big widths).
-        model: a HookedTransformer; when given, `d_in` must equal the width of the SAE's site in
+        model: a model from `scope.load_model`; when given, `d_in` must equal the width of the SAE's site in
             that model (ShapeMismatchError names both).
         hook_name: the TransformerLens hook a local `params.npz` reads when its path does not say
             (outside a Gemma Scope folder layout).
@@ -561,7 +561,7 @@ def check_against_model(sae: JumpReLUSAE, model: Any) -> None:
 
     Args:
         sae: the SAE; its `cfg.hook_name` (and `hook_name_out` for transcoders) name the sites.
-        model: a HookedTransformer.
+        model: a model from `scope.load_model`.
     """
     from scope.activations import site_width  # lazy: loading must not import model code
 

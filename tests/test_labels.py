@@ -27,7 +27,7 @@ def test_auto_label_names_tokens_with_shares_and_flags():
     assert L.auto_label(0.3, 90_000, [(" the", 0.1)]) == "' the' 10% [dense]"
     assert L.auto_label(1e-6, 3, [("def", 1.0)]) == "'def' 100% [rare]"  # rare, not single-token
     assert L.auto_label(0.001, 50, [("def", 0.95)]) == "'def' 95% [single-token]"
-    assert L.auto_label(0.0, 0, [("x", 1.0)]) == "dead (never fired)"
+    assert L.auto_label(0.0, 0, [("x", 1.0)]) == "never fired on the store's corpus"
     assert L.auto_label(0.001, 50, [], [0, 1, 2, 1, 0]) == \
         "no token statistics [start-of-context]"
     # boundaries: exactly 1% is not dense, exactly RARE firings is not rare
@@ -110,7 +110,7 @@ def test_store_feature_label_is_always_a_string(store_path):
         assert isinstance(f.label, str) and f.label
         assert f.explanation is None
         if counts[i] == 0:
-            assert f.label == "dead (never fired)"
+            assert f.label == "never fired on the store's corpus"
 
 
 def _np_entry(index, text, layer="2-test-res-96", model="tiny-gemma3", **extra):

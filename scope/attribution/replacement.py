@@ -29,13 +29,8 @@ from typing import Any
 import torch
 
 from scope.activations import hook_layer, splice_hooks, validate_hook_names
-from scope.errors import ScopeError
+from scope.errors import AttributionError
 from scope.hooks import attached
-
-
-class AttributionError(ScopeError, ValueError):
-    """Bad input to attribution: a target that is not one token, an unknown mode or SAE."""
-
 
 # order of sites within one block, to sort splices into forward order
 _SITE_RANK = [("hook_resid_pre", 0.0), ("ln1.", 0.1), ("attn.", 0.2), ("hook_attn_out", 0.3),

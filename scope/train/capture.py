@@ -29,7 +29,7 @@ def fill_cache(model: Any, corpus: Any, cache: ActivationCache, *, hook_name: st
     """Capture activations at `hook_name` until the cache holds at least `n_tokens` of them.
 
     Args:
-        model: a HookedTransformer from `scope.load_model`.
+        model: a model from `scope.load_model` (a TransformerLens TransformerBridge).
         corpus: a `scope.corpus.Corpus` (its split selects train or held-out text).
         cache: the cache to fill; resumes after `cache.windows_done` windows.
         hook_name: the site to capture.
