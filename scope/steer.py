@@ -156,6 +156,14 @@ def _relative(store, sae: JumpReLUSAE, strengths: dict[int, float]) -> dict[int,
         raise SteeringError(
             f"relative strengths need SAE {name!r} in the store; it holds {store.sae_names}"
         )
+    # a name is not an identity: another SAE at the same hook would borrow foreign maxima
+    info = store.sae_info(name)
+    if info.get("d_sae") != sae.cfg.d_sae or info.get("hook_name") != sae.cfg.hook_name:
+        raise SteeringError(
+            f"relative strengths: the store's SAE {name!r} (d_sae {info.get('d_sae')}, "
+            f"{info.get('hook_name')}) is not this SAE (d_sae {sae.cfg.d_sae}, "
+            f"{sae.cfg.hook_name}); use a store extracted with this SAE"
+        )
     max_act = store.max_activations(name)
     return {i: s * float(max_act[i]) for i, s in strengths.items()}
 

@@ -204,3 +204,23 @@ def test_attention_site_steering_on_both_attention_paths(model, tokens):
     assert not torch.allclose(eager, clean, atol=1e-3)
     torch.testing.assert_close(fast, eager, rtol=0, atol=1e-5)
     assert count_hooks(model) == 0
+
+
+def test_relative_strengths_scale_by_the_store_max_and_refuse_another_sae(model, tmp_path):
+    sae = random_sae(model.cfg.d_model)
+    store = scope.extract(model, [sae], TINY_TEXT, tmp_path / "store", tokens=64, ctx=16,
+                          batch_size=2, top_k=2, progress=False)
+    peak = store.max_activations(sae.cfg.name)
+    tokens = model.to_tokens(TINY_TEXT[0])
+    i = int(peak.argmax())
+    assert peak[i] > 0
+    with scope.steering(model, sae, {i: 0.5}, relative_to=store):
+        relative = resid(model, tokens)
+    with scope.steering(model, sae, {i: 0.5 * float(peak[i])}):
+        absolute = resid(model, tokens)
+    assert torch.equal(relative, absolute)
+    wider = random_sae(model.cfg.d_model, d_sae=64)  # same name (the hook), another SAE
+    with pytest.raises(SteeringError, match="is not this SAE"):
+        with scope.steering(model, wider, {1: 1.0}, relative_to=store):
+            pass
+    assert count_hooks(model) == 0
