@@ -114,7 +114,7 @@ def to_view(feat, sae: str) -> FeatureView:
         band_examples=bands,
         top_logits=[(str(t), float(v)) for t, v in feat.top_logits],
         bottom_logits=[(str(t), float(v)) for t, v in feat.bottom_logits],
-        neuronpedia_url=getattr(feat, "neuronpedia_url", None),
+        neuronpedia_url=feat.neuronpedia_url,
         label=str(getattr(feat, "label", "") or ""),
         explanation=None if exp is None else (str(exp.text), exp.score, str(exp.explainer)),
         neighbours=[(int(i), float(c)) for i, c in (getattr(feat, "neighbours", None) or [])],

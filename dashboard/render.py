@@ -17,8 +17,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from scope.releases import neuronpedia_url  # noqa: F401 (one copy of the address; pages use it)
-
 # Shading colours (r, g, b): positive activations orange, negative ones blue.
 _POS_RGB = (255, 138, 0)
 _NEG_RGB = (40, 120, 255)

@@ -155,14 +155,6 @@ def test_inspector_rank_relative_and_hidden():
     assert "<b>" not in page and "&lt;lab&gt;" in page and "./?sae=s%3Cx&amp;feature=1" in page
 
 
-def test_neuronpedia_url():
-    assert render.neuronpedia_url(None, 3) is None
-    assert (
-        render.neuronpedia_url("gemma-2-2b/20-gemmascope-res-16k", 1234)
-        == "https://www.neuronpedia.org/gemma-2-2b/20-gemmascope-res-16k/1234"
-    )
-
-
 def test_top_features_per_token_and_prompt_features():
     acts = np.array([[0.0, 2.0, 1.0, 0.0], [3.0, 0.0, 0.0, 0.5], [0.0, 0.0, 0.0, 0.0]])
     per = render.top_features_per_token(acts, ["a", "b", "c"], k=2)

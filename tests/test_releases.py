@@ -104,3 +104,14 @@ def test_cli_saes(capsys):
     assert "layer_20/width_65k" not in out and "blocks.20.hook_resid_post" in out
     assert main(["saes", "gemma-scope-2b-pt-rez"]) == 2
     assert "Did you mean" in capsys.readouterr().err
+
+
+def test_neuronpedia_url():
+    from scope.releases import neuronpedia_url
+
+
+    assert neuronpedia_url(None, 3) is None
+    assert (
+        neuronpedia_url("gemma-2-2b/20-gemmascope-res-16k", 1234)
+        == "https://www.neuronpedia.org/gemma-2-2b/20-gemmascope-res-16k/1234"
+    )

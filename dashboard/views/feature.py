@@ -84,11 +84,8 @@ m[0].metric("Density", render.format_density(view.density))
 m[1].metric("Max activation", render.format_value(view.max_activation))
 m[2].metric("Mean activation", render.format_value(view.mean_activation))
 m[3].metric("Firing count", render.format_count(view.firing_count))
-url = view.neuronpedia_url or render.neuronpedia_url(
-    data.sae_info(path, sae).get("neuronpedia_id"), index
-)
-if url:
-    m[4].link_button("Open on Neuronpedia ↗", url)
+if view.neuronpedia_url:
+    m[4].link_button("Open on Neuronpedia ↗", view.neuronpedia_url)
 if data.histograms_may_be_clipped(path):
     st.caption("⚠ This store was written in format 1: its histogram bins end at a fixed "
                "activation, so values above it are counted in the last bin (clipped). Extract "
