@@ -20,8 +20,8 @@ import time
 import torch
 
 import scope
-from scope.activations import to_tokens
 from scope.attribution.attribute import expand_sae_specs
+from scope.model.activations import to_tokens
 
 PROMPT = "When Mary and John went to the store, John gave a cold drink to"  # 16 tokens with BOS
 TARGET_S = 60.0

@@ -44,8 +44,8 @@ def build_store(root: Path, d_sae: int, tokens: int) -> Path:
     from sae_builders import jumprelu_weights
 
     import scope
-    from scope.corpus import Corpus
-    from scope.sae import JumpReLUSAE, SAEConfig
+    from scope.pipeline.corpus import Corpus
+    from scope.saes.sae import JumpReLUSAE, SAEConfig
 
     model = scope.load_model(str(tiny_gemma3_dir(root / "model")), device="cpu",
                              dtype=torch.float32)
@@ -69,10 +69,10 @@ def bench_apptest(store: Path, features: list[int]) -> list[float]:
     """Wall time of a full feature-page script run per not-yet-seen feature."""
     from streamlit.testing.v1 import AppTest
 
-    from dashboard import data
+    from scope.dashboard import data
 
     os.environ[data.STORE_ENV] = str(store)
-    at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=120)
+    at = AppTest.from_file(str(ROOT / "scope" / "dashboard" / "app.py"), default_timeout=120)
     at.run()  # warm-up: imports, opening the store, the density vector
     if at.exception:
         raise SystemExit(f"the feature page failed: {at.exception[0].value}")
@@ -92,7 +92,7 @@ def bench_parts(store: Path, features: list[int]) -> dict[str, float]:
     import plotly.io as pio
 
     import scope
-    from dashboard import data, render
+    from scope.dashboard import data, render
 
     s = scope.open_store(store)
     name = s.sae_names[0]
@@ -149,7 +149,7 @@ def bench_browser(store: Path, start: int, n: int) -> list[float]:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from scope.dashboard_launch import start_dashboard, stop_dashboard
+    from scope.dashboard.launch import start_dashboard, stop_dashboard
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -199,8 +199,8 @@ def synthetic_table(d_sae: int, seed: int = 0):
     store: times the queries alone, in seconds instead of an extraction's minutes)."""
     import numpy as np
 
-    from scope import labels as L
-    from scope.feature_list import FeatureTable
+    from scope.explore.feature_list import FeatureTable
+    from scope.store import labels as L
 
     rng = np.random.default_rng(seed)
     density = np.where(rng.random(d_sae) < 0.1, 0.0, 10 ** rng.uniform(-7, -0.5, d_sae))
@@ -219,8 +219,8 @@ def bench_list(store: Path | None, d_sae: int) -> int:
     from streamlit.testing.v1 import AppTest
 
     import scope
-    from dashboard import data
-    from scope.feature_list import COLUMNS, FeatureTable
+    from scope.dashboard import data
+    from scope.explore.feature_list import COLUMNS, FeatureTable
 
     t0 = time.perf_counter()
     if store is None:
@@ -269,7 +269,7 @@ def bench_list(store: Path | None, d_sae: int) -> int:
               f"{worst / TARGET_MS:.2f}")
         return 0 if worst < TARGET_MS else 1
     os.environ[data.STORE_ENV] = str(store)
-    at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=600)
+    at = AppTest.from_file(str(ROOT / "scope" / "dashboard" / "app.py"), default_timeout=600)
     at.run()
     at.switch_page("views/features.py").run()  # builds and caches the table
     if at.exception:

@@ -32,7 +32,7 @@ def _setup(args):
     import torch
 
     import scope
-    from scope.sae import JumpReLUSAE, SAEConfig
+    from scope.saes.sae import JumpReLUSAE, SAEConfig
 
     model = scope.load_model("bundled", device="cpu", dtype=torch.float32)
     g = torch.Generator().manual_seed(0)
@@ -44,7 +44,7 @@ def _setup(args):
     W_enc = W_dec.T.clone()
     # Per-feature thresholds at the (1 - L0/d_sae) quantile of pre-activations on a calibration
     # batch give an L0 like a trained SAE's (the default 64 per token).
-    from scope.corpus import iter_batches
+    from scope.pipeline.corpus import iter_batches
 
     _, calib = next(iter_batches(None, model.tokenizer, args.ctx, 8, 8 * args.ctx))
     with torch.no_grad():
@@ -60,8 +60,8 @@ def child(args) -> dict:
     import torch
 
     import scope
-    from scope.corpus import iter_batches
-    from scope.extract import decoder_logits
+    from scope.pipeline.corpus import iter_batches
+    from scope.pipeline.extract import decoder_logits
 
     torch.manual_seed(0)
     model, sae = _setup(args)
@@ -87,7 +87,7 @@ def child(args) -> dict:
             decoder_logits(model, part)
             result["logit_seconds"] = 16 * (time.perf_counter() - start)
     else:
-        from scope.decoder_tables import decoder_neighbours
+        from scope.pipeline.decoder_tables import decoder_neighbours
 
         with torch.no_grad():
             scope.capture(model, batches[0], [HOOK])  # the same warm-up
@@ -97,7 +97,7 @@ def child(args) -> dict:
         neighbours = decoder_neighbours(sae.W_dec)
         result["neighbour_seconds"] = time.perf_counter() - start
         result["neighbour_cpu_seconds"] = time.process_time() - cpu
-        ext = sys.modules["scope.extract"]
+        ext = sys.modules["scope.pipeline.extract"]
         ext.decoder_tables = lambda model, s, logits=True: {
             **ext.decoder_logits(model, s, enabled=False), **neighbours}
         with tempfile.TemporaryDirectory() as tmp:

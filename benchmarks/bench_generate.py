@@ -1,7 +1,7 @@
 """scope.generate against transformers' own generate on the same weights; load time and memory.
 
 Model: the bundled Gemma 3 270M. Both sides read the same weights (its cached Hugging Face
-checkpoint, `scope.models.bundled_checkpoint()`), the same prompt, greedy, `--tokens` new tokens:
+checkpoint, `scope.model.load.bundled_checkpoint()`), the same prompt, greedy, `--tokens` new tokens:
 - transformers `generate` with its default attention (SDPA) = the floor; "steered" there is a
   forward hook on `model.layers[9]` adding the vector that scope's steering adds;
 - `scope.generate`, plain and inside `scope.steering` (mode "add", one feature of a random SAE at
@@ -39,7 +39,7 @@ CAPTURE_SITE, CAPTURE_BATCHES, CAPTURE_BATCH, CTX = "blocks.6.hook_resid_post", 
 def _random_sae(d: int, d_sae: int = 4096):
     import torch
 
-    from scope.sae import JumpReLUSAE, SAEConfig
+    from scope.saes.sae import JumpReLUSAE, SAEConfig
 
     g = torch.Generator().manual_seed(0)
     W_dec = torch.randn(d_sae, d, generator=g)
@@ -79,7 +79,7 @@ def child(args) -> dict:
     import torch
 
     import scope
-    from scope.corpus import iter_batches
+    from scope.pipeline.corpus import iter_batches
 
     dtype = getattr(torch, args.dtype)  # the cache exists: compare_generate ran first
     if args.child == "load":
@@ -130,7 +130,7 @@ def compare_generate(args) -> dict:
     from transformers import AutoModelForCausalLM
 
     import scope
-    from scope.models import bundled_checkpoint
+    from scope.model.load import bundled_checkpoint
 
     dtype = getattr(torch, args.dtype)
     model = scope.load_model("bundled", device=args.device, dtype=dtype)

@@ -20,7 +20,7 @@ import scope
 
 
 def random_sae_like(model, hook: str, d_sae: int = 4096):
-    from scope.sae import JumpReLUSAE, SAEConfig
+    from scope.saes.sae import JumpReLUSAE, SAEConfig
 
     d = model.cfg.d_model
     W_dec = torch.randn(d_sae, d)

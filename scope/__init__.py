@@ -20,19 +20,19 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from scope.base.version import __version__
 
 # public name -> module that defines it
 _EXPORTS = {
-    "load_model": "scope.models",
-    "capture": "scope.activations",
-    "JumpReLUSAE": "scope.sae",
-    "load_sae": "scope.loading",
-    "extract": "scope.extract",
+    "load_model": "scope.model.load",
+    "capture": "scope.model.activations",
+    "JumpReLUSAE": "scope.saes.sae",
+    "load_sae": "scope.saes.loading",
+    "extract": "scope.pipeline.extract",
     "open_store": "scope.store",
-    "steering": "scope.steer",
-    "generate": "scope.steer",
-    "evaluate": "scope.evals",
+    "steering": "scope.steer.intervene",
+    "generate": "scope.steer.intervene",
+    "evaluate": "scope.pipeline.evals",
     "attribute": "scope.attribution",
     "attribution_graph": "scope.attribution",
 }
@@ -53,14 +53,14 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from scope.activations import capture
     from scope.attribution import attribute, attribution_graph
-    from scope.evals import evaluate
-    from scope.extract import extract
-    from scope.loading import load_sae
-    from scope.models import load_model
-    from scope.sae import JumpReLUSAE
-    from scope.steer import generate, steering
+    from scope.model.activations import capture
+    from scope.model.load import load_model
+    from scope.pipeline.evals import evaluate
+    from scope.pipeline.extract import extract
+    from scope.saes.loading import load_sae
+    from scope.saes.sae import JumpReLUSAE
+    from scope.steer.intervene import generate, steering
     from scope.store import open_store
 
 

@@ -168,6 +168,6 @@ def tiny_hooked_model(kind: str = "gemma3"):
     The checkpoint folder is written once per test process; each call returns a new model, so a
     test may modify it freely.
     """
-    from scope.models import load_model
+    from scope.model.load import load_model
 
     return load_model(_cached_dir(kind), device="cpu", dtype=torch.float32)

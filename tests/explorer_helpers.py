@@ -13,13 +13,13 @@ D_SAE = 96
 
 
 def build_store(root: Path, *, tokens: int = 3072, ctx: int = 32, seed: int = 3) -> Path:
-    """Tiny Gemma 3 checkpoint + random JumpReLU SAE (with a Neuronpedia id) -> scope.extract."""
+    """Tiny Gemma 3 checkpoint + random JumpReLU SAE (with a Neuronpedia id) -> scope.pipeline.extract."""
     import torch
     from builders import TINY_TEXT, tiny_gemma3_dir
     from sae_builders import jumprelu_weights
 
-    from scope.corpus import Corpus
-    from scope.sae import JumpReLUSAE, SAEConfig
+    from scope.pipeline.corpus import Corpus
+    from scope.saes.sae import JumpReLUSAE, SAEConfig
 
     model = scope.load_model(str(tiny_gemma3_dir(root / "model")), device="cpu",
                              dtype=torch.float32)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from scope.activations import capture
-from scope.corpus import iter_windows
-from scope.sae import JumpReLUSAE, SAEConfig
+from scope.model.activations import capture
+from scope.pipeline.corpus import iter_windows
+from scope.saes.sae import JumpReLUSAE, SAEConfig
 
 
 def synthetic_sae(d_in: int, d_sae: int, hook: str, seed: int = 0, threshold: float = 0.3,

@@ -1,7 +1,7 @@
 """Harness of the hostile-input suites (tests/test_hostile*.py).
 
 Each row of a suite is a `Case`: how to build its inputs in a fresh folder, the `scope` command
-line to run (through `scope.cli.main`, in-process, or as a subprocess), and the verdict expected:
+line to run (through `scope.cli.main.main`, in-process, or as a subprocess), and the verdict expected:
 a named scope error (its class, a fragment of its message, the exit status) or correct
 behaviour (exit 0 plus a check). `run_case` fails the row on a traceback, on a silent success,
 on a different error, and on any file created, changed or removed outside the folders the row
@@ -80,8 +80,8 @@ def outside(before: dict, after: dict, allowed: tuple[str, ...]) -> list[str]:
 
 
 def run_case(case: Case, root: Path, capsys, monkeypatch) -> None:
-    """Run one row in-process through `scope.cli.main` and check its verdict."""
-    import scope.cli as cli
+    """Run one row in-process through `scope.cli.main.main` and check its verdict."""
+    import scope.cli.main as cli
 
     root.mkdir(parents=True, exist_ok=True)
     work = root / "cwd"
@@ -124,8 +124,8 @@ def run_case(case: Case, root: Path, capsys, monkeypatch) -> None:
 
 
 def run_subprocess(args: list[str], cwd: Path, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
-    """`python -m scope.cli ARGS` with this checkout first on the path, offline."""
+    """`python -m scope.cli.main ARGS` with this checkout first on the path, offline."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run([sys.executable, "-m", "scope.cli", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "scope.cli.main", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout, **kw)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
-REAL_REGISTRY = Path(__file__).resolve().parent.parent / "configs" / "releases"
+REAL_REGISTRY = Path(__file__).resolve().parent.parent / "scope" / "saes" / "registry"
 
 
 def offline_hub(tmp_path: Path, monkeypatch) -> Path:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from scope.accumulators import BAND_EDGES, HIST_EDGES, SUM_BITS, FeatureAccumulator, band_keys
+from scope.pipeline.accumulators import (
+    BAND_EDGES,
+    HIST_EDGES,
+    SUM_BITS,
+    FeatureAccumulator,
+    band_keys,
+)
 
 D_SAE, CTX, N_WIN, K = 24, 10, 40, 5
 TOKENS = torch.randint(0, 50, (N_WIN, CTX), generator=torch.Generator().manual_seed(9))

@@ -1,4 +1,4 @@
-"""scope.activations: capture vs run_with_cache and vs Hugging Face module outputs, early stop,
+"""scope.model.activations: capture vs run_with_cache and vs Hugging Face module outputs, early stop,
 no hook left behind, the flattened hook_z and virtual gain sites, splicing, bad names."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ import pytest
 import torch
 from builders import TINY_TEXT, tiny_gemma3_dir
 
-from scope.activations import (
+from scope.errors import HookNameError
+from scope.model.activations import (
     capture,
     hook_layer,
     norm_gain,
@@ -16,9 +17,8 @@ from scope.activations import (
     to_tokens,
     validate_hook_names,
 )
-from scope.errors import HookNameError
-from scope.hooks import attached, count_hooks
-from scope.models import load_model
+from scope.model.hooks import attached, count_hooks
+from scope.model.load import load_model
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from builders import tiny_hooked_model
 from sae_builders import jumprelu_weights
 
 from scope.attribution import FeatureMetric, attribute, attribution_graph
-from scope.sae import JumpReLUSAE, SAEConfig
+from scope.saes.sae import JumpReLUSAE, SAEConfig
 
 # the reference below edits hook_scale on a TransformerBridge, which then warns that it leaves HF's
 # fast norm path (expected here)

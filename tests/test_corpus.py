@@ -8,8 +8,15 @@ import pytest
 import torch
 from corpus_helpers import CharTokenizer
 
-from scope.corpus import Corpus, as_corpus, is_heldout, iter_windows, token_strings, token_windows
 from scope.errors import CorpusError
+from scope.pipeline.corpus import (
+    Corpus,
+    as_corpus,
+    is_heldout,
+    iter_windows,
+    token_strings,
+    token_windows,
+)
 
 TOK = CharTokenizer()
 
@@ -111,7 +118,7 @@ def test_token_strings():
 def test_special_token_ids_are_bos_eos_pad_only():
     from types import SimpleNamespace
 
-    from scope.corpus import special_token_ids
+    from scope.pipeline.corpus import special_token_ids
 
     tok = SimpleNamespace(bos_token_id=2, eos_token_id=1, pad_token_id=None)
     assert special_token_ids(tok).tolist() == [1, 2]

@@ -24,14 +24,14 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-APP = ROOT / "dashboard" / "app.py"
+APP = ROOT / "scope" / "dashboard" / "app.py"
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 import scope  # noqa: E402
-from dashboard import data  # noqa: E402
+from scope.dashboard import data  # noqa: E402
 
 HTML_TEXT = '<script>alert("x")</script> <img src=x onerror=alert(1)> the cat sat on the mat.'
 NEURONPEDIA_ID = "tiny-gemma3/2-test-res-128"
@@ -43,13 +43,13 @@ HOOK2, D_SAE2 = "blocks.1.hook_resid_post", 64
 
 def build_store(root: Path, *, d_sae: int = D_SAE, tokens: int = 2048, ctx: int = 32,
                 neuronpedia_id: str | None = NEURONPEDIA_ID, seed: int = 1) -> Path:
-    """Tiny Gemma 3 checkpoint + random SAE (saved, reloaded by path) -> scope.extract -> store."""
+    """Tiny Gemma 3 checkpoint + random SAE (saved, reloaded by path) -> scope.pipeline.extract -> store."""
     import torch
     from builders import TINY_TEXT, tiny_gemma3_dir
     from sae_builders import jumprelu_weights
 
-    from scope.corpus import Corpus
-    from scope.sae import JumpReLUSAE, SAEConfig
+    from scope.pipeline.corpus import Corpus
+    from scope.saes.sae import JumpReLUSAE, SAEConfig
 
     model_dir = tiny_gemma3_dir(root / "model")
     model = scope.load_model(str(model_dir), device="cpu", dtype=torch.float32)
@@ -283,7 +283,7 @@ def test_steering_changes_text_only_when_strong(store_path, monkeypatch):
 
 
 def test_steering_defaults_are_multiples_of_max_and_sweep(store_path, monkeypatch):
-    from scope import steer_defaults as sd
+    from scope.steer import defaults as sd
 
     store = scope.open_store(store_path)
     sae = store.sae_names[0]
@@ -310,7 +310,7 @@ def test_steering_finds_features_by_label(store_path, monkeypatch):
     sae = store.sae_names[0]
     at = app_for(store_path, monkeypatch, feature=0)
     at.switch_page("views/steering.py").run()
-    from scope.feature_list import FeatureTable
+    from scope.explore.feature_list import FeatureTable
 
     table = FeatureTable.build(store, sae)
     rows = table.query(page_size=200, hide_dense=False, hide_rare=False).rows
@@ -351,7 +351,7 @@ def test_without_model_store_pages_work_and_live_pages_explain(modelless_store, 
 
 
 def test_dashboard_command_line(store_path, tmp_path):
-    from scope.dashboard_launch import dashboard_argv
+    from scope.dashboard.launch import dashboard_argv
 
     argv = dashboard_argv(store_path)
     assert argv[argv.index("--server.address") + 1] == "127.0.0.1"
@@ -361,7 +361,7 @@ def test_dashboard_command_line(store_path, tmp_path):
     assert Path(argv[argv.index("run") + 1]) == APP
     argv = dashboard_argv(store_path, "0.0.0.0", 9000)
     assert "0.0.0.0" in argv and "9000" in argv
-    from scope.cli import main
+    from scope.cli.main import main
 
     assert main(["dashboard", str(tmp_path)]) == 2  # not a store: a clear error, no server
 
@@ -404,7 +404,7 @@ def test_browser_feature_page(store_path, tmp_path):
     f = int(np.argmax(store.densities(store.sae_names[0])))
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "scope.cli", "dashboard", store_path, "--port", str(port)]
+    cmd = [sys.executable, "-m", "scope.cli.main", "dashboard", store_path, "--port", str(port)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
     try:

@@ -64,7 +64,7 @@ class _Dashboard:
         assert chromium and driver, "headless Chromium is missing: run `make browser`"
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "scope.cli", "dashboard", store, "--port", str(self.port)]
+        cmd = [sys.executable, "-m", "scope.cli.main", "dashboard", store, "--port", str(self.port)]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, start_new_session=True,
                                      env=dict(os.environ, PYTHONUNBUFFERED="1"))
@@ -223,7 +223,7 @@ class _Listener:
 
 def _poison(store: Path, listen: _Listener) -> None:
     """Put a payload into every manifest field a page shows, the SAE name and a label."""
-    from scope.labels import Explanation, Labels
+    from scope.store.labels import Explanation, Labels
 
     path = store / "manifest.json"
     m = json.loads(path.read_text())

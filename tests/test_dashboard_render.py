@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dashboard import render  # noqa: E402
+from scope.dashboard import render  # noqa: E402
 
 EVIL = ["<script>alert(1)</script>", '<img src=x onerror="alert(2)">', "a&b", "'q'"]
 

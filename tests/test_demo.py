@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-SCOPE = [sys.executable, "-m", "scope.cli"]
+SCOPE = [sys.executable, "-m", "scope.cli.main"]
 
 
 def free_port() -> int:

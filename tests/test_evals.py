@@ -9,9 +9,9 @@ from builders import TINY_TEXT, tiny_hooked_model
 from test_steer import SITE, random_sae
 
 import scope
-from scope.activations import capture, to_tokens
-from scope.hooks import count_hooks
-from scope.sae import JumpReLUSAE, SAEConfig
+from scope.model.activations import capture, to_tokens
+from scope.model.hooks import count_hooks
+from scope.saes.sae import JumpReLUSAE, SAEConfig
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def test_perfect_reconstruction_has_zero_fvu_and_delta(model, tokens):
 
 
 def test_corpus_input_equals_its_token_windows(model):
-    from scope.corpus import token_windows
+    from scope.pipeline.corpus import token_windows
 
     sae = random_sae(model.cfg.d_model, d_sae=48)
     texts = [" ".join(TINY_TEXT * 6)] * 3
@@ -94,7 +94,7 @@ def test_corpus_input_equals_its_token_windows(model):
 
 
 def test_reconstruction_stats_match_a_direct_computation_for_any_batching():
-    from scope.evals import reconstruction_stats
+    from scope.pipeline.evals import reconstruction_stats
 
     sae = random_sae(16, 24, "blocks.0.hook_resid_post", seed=2)
     acts = torch.randn(300, 16, generator=torch.Generator().manual_seed(1)).double()

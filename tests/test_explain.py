@@ -24,8 +24,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import scope  # noqa: E402
-from scope import explain as X  # noqa: E402
-from scope import labels as L  # noqa: E402
+from scope.explore import explain as X  # noqa: E402
+from scope.store import labels as L  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def _live(store_path: Path, n: int) -> list[int]:
 
 
 def test_perfect_judge_scores_one_and_results_are_stored(store_path, server, monkeypatch):
-    from scope.cli import main
+    from scope.cli.main import main
 
     server["oracle"] = Oracle(store_path, "perfect")
     feats = _live(store_path, 8)
@@ -231,7 +231,7 @@ def test_resume_after_interruption(store_path, server):
 
 
 def test_unreachable_endpoint_is_a_named_error(store_path):
-    from scope.cli import main
+    from scope.cli.main import main
 
     rc = main(["explain", str(store_path), "--endpoint", "http://127.0.0.1:9/v1", "--model", "m",
                "--limit", "1"])

@@ -9,10 +9,10 @@ from builders import TINY_TEXT, tiny_hooked_model
 from extract_helpers import brute_force, manifest_core, np_hist, store_arrays, synthetic_sae
 
 import scope
-from scope.corpus import Corpus
 from scope.errors import CorpusError, ShapeMismatchError, StoreError
+from scope.pipeline.corpus import Corpus
+from scope.pipeline.merge import merge_stores
 from scope.store import open_store, read_manifest
-from scope.store.merge import merge_stores
 
 CTX, BS, K = 16, 4, 5
 TEXTS = [f"Document {i}: " + " ".join(TINY_TEXT) * (1 + i % 3) for i in range(12)]
@@ -176,7 +176,7 @@ def test_bad_inputs(model, saes, tmp_path):
 
 
 def test_no_hooks_left(model, saes, reference):
-    from scope.hooks import count_hooks
+    from scope.model.hooks import count_hooks
 
     assert count_hooks(model) == 0
 

@@ -8,7 +8,7 @@ import torch
 from extract_helpers import brute_force, synthetic_sae
 
 import scope
-from scope.corpus import Corpus
+from scope.pipeline.corpus import Corpus
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +23,7 @@ def model():
 @pytest.fixture(scope="module")
 def sae(model):
     sae = synthetic_sae(model.cfg.d_model, 96, HOOK, seed=5)
-    windows = torch.stack([w for w in scope.corpus.token_windows(None, model.tokenizer, CTX, 4 * CTX)])
+    windows = torch.stack([w for w in scope.pipeline.corpus.token_windows(None, model.tokenizer, CTX, 4 * CTX)])
     with torch.no_grad():
         x = scope.capture(model, windows, [HOOK])[HOOK][:, 1:].reshape(-1, model.cfg.d_model)
         sae.threshold.data = torch.quantile(sae.encode_pre(x), 0.97, dim=0)

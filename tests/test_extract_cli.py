@@ -16,7 +16,7 @@ import torch
 from builders import TINY_TEXT, _cached_dir
 from extract_helpers import manifest_core, store_arrays, synthetic_sae
 
-from scope.cli import main
+from scope.cli.main import main
 from scope.store import open_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,7 +87,7 @@ def _free_port() -> int:
 def test_torchrun_two_cpu_ranks_equal_the_single_run(single, files):
     out = files["root"] / "torchrun"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "scope.cli",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "scope.cli.main",
            *_args(files, out)]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -103,7 +103,7 @@ def test_sigint_leaves_a_partial_store_that_resumes_identically(files, tmp_path)
     args = _args(files, out, "--checkpoint-every", "0")
     args[args.index("--tokens") + 1] = "48000"
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen([sys.executable, "-m", "scope.cli", *args], cwd=REPO, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "scope.cli.main", *args], cwd=REPO, env=env,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -115,12 +115,12 @@ def test_sigint_leaves_a_partial_store_that_resumes_identically(files, tmp_path)
     assert proc.wait(timeout=120) == 130, proc.stderr.read()[-2000:]
     partial = open_store(out)
     assert partial.manifest["status"] == "partial" and 0 < partial.manifest["windows"] < 3000
-    res = subprocess.run([sys.executable, "-m", "scope.cli", *args], cwd=REPO, env=env,
+    res = subprocess.run([sys.executable, "-m", "scope.cli.main", *args], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     ref_args = list(args)
     ref_args[ref_args.index("--out") + 1] = str(ref)
-    res = subprocess.run([sys.executable, "-m", "scope.cli", *ref_args], cwd=REPO, env=env,
+    res = subprocess.run([sys.executable, "-m", "scope.cli.main", *ref_args], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0
     assert store_arrays(out) == store_arrays(ref)

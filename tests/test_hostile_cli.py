@@ -95,7 +95,7 @@ def _write(name: str, data: bytes | str):
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
     """A real store of `sae` (seed 3) over the small corpus, made once."""
-    from scope.cli import main
+    from scope.cli.main import main
 
     root = tmp_path_factory.mktemp("hostile_store")
     _files(root)
@@ -251,7 +251,7 @@ def test_hostile_cli(case: Case, store, tmp_path, capsys, monkeypatch, caplog):
 
 
 def test_loopback_hosts_do_not_warn(caplog):
-    from scope.cli_checks import warn_if_exposed
+    from scope.cli.checks import warn_if_exposed
 
     for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
         warn_if_exposed(host)

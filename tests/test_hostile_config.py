@@ -107,7 +107,7 @@ def test_hostile_config(case: Case, tmp_path, capsys, monkeypatch):
 
 
 def _parse(tmp_path: Path, text: str, *argv: str):
-    import scope.cli as cli
+    import scope.cli.main as cli
 
     (tmp_path / "c.yaml").write_text(text)
     return cli._parse(cli.build_parser(), [argv[0], "--config", str(tmp_path / "c.yaml"),

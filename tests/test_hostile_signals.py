@@ -43,7 +43,7 @@ def _popen(args: list[str], cwd: Path) -> subprocess.Popen:
 
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
                PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    return subprocess.Popen([sys.executable, "-m", "scope.cli", *args], cwd=cwd, env=env,
+    return subprocess.Popen([sys.executable, "-m", "scope.cli.main", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -21,7 +21,7 @@ from scope.errors import StoreCorruptError, StoreError, StoreOutsideError
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
-    from scope.cli import main
+    from scope.cli.main import main
 
     root = tmp_path_factory.mktemp("hostile_store")
     _files(root)
@@ -141,13 +141,13 @@ def test_second_run_on_the_same_out_is_refused(store, tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
                PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     (tmp_path / "doc.txt").write_text((tmp_path / "doc.txt").read_text() * 60)
-    first = subprocess.Popen([sys.executable, "-m", "scope.cli", *args], cwd=tmp_path, env=env,
+    first = subprocess.Popen([sys.executable, "-m", "scope.cli.main", *args], cwd=tmp_path, env=env,
                              stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 300
         while time.time() < deadline and not (tmp_path / "out" / "manifest.json").is_file():
             time.sleep(0.2)
-        second = subprocess.run([sys.executable, "-m", "scope.cli", *args], cwd=tmp_path,
+        second = subprocess.run([sys.executable, "-m", "scope.cli.main", *args], cwd=tmp_path,
                                 env=env, capture_output=True, text=True, timeout=600)
     finally:
         first.terminate()

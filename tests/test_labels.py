@@ -12,9 +12,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import scope  # noqa: E402
-from scope import labels as L  # noqa: E402
 from scope.errors import StoreError  # noqa: E402
-from scope.feature_list import FeatureTable  # noqa: E402
+from scope.explore.feature_list import FeatureTable  # noqa: E402
+from scope.store import labels as L  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # automatic labels on hand-built values
@@ -119,7 +119,7 @@ def _np_entry(index, text, layer="2-test-res-96", model="tiny-gemma3", **extra):
 
 
 def test_neuronpedia_import_matches_by_source_id(store_path, tmp_path):
-    from scope.neuronpedia import import_explanations
+    from scope.explore.neuronpedia import import_explanations
 
     path = _fresh(store_path, tmp_path)
     before = {p: p.read_bytes() for p in path.rglob("*") if p.is_file()}
@@ -145,7 +145,7 @@ def test_neuronpedia_import_matches_by_source_id(store_path, tmp_path):
 
 
 def test_neuronpedia_import_names_both_sides_when_nothing_matches(store_path, tmp_path):
-    from scope.neuronpedia import import_explanations
+    from scope.explore.neuronpedia import import_explanations
 
     file = tmp_path / "np.json"
     file.write_text(json.dumps([_np_entry(1, "x", model="gemma-2-2b", layer="20-gemmascope-res-16k")]))
@@ -157,7 +157,7 @@ def test_neuronpedia_import_names_both_sides_when_nothing_matches(store_path, tm
 
 
 def test_labels_import_cli(store_path, tmp_path, capsys):
-    from scope.cli import main
+    from scope.cli.main import main
 
     path = _fresh(store_path, tmp_path)
     file = tmp_path / "np.json"

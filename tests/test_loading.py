@@ -21,8 +21,8 @@ from sae_builders import (
 )
 
 import scope
-from scope import loading
 from scope.errors import HubUnavailableError, SAEFormatError, ShapeMismatchError, UnknownSAEError
+from scope.saes import loading
 
 RES = "gemma-scope-2b-pt-res"
 RES_ID = "layer_20/width_16k/average_l0_71"
@@ -218,7 +218,7 @@ def test_d_in_mismatch_with_model(tmp_path, caplog):
 
 def test_bundled_sae_computes_in_float32_even_at_bos_scale():
     """Stored in float16, but Gemma's BOS residual (~1e5) would overflow float16 pre-acts."""
-    from scope.loading import load_sae
+    from scope.saes.loading import load_sae
 
     sae = load_sae("bundled")
     assert sae.dtype == torch.float32 and sae.scope_spec == "bundled"

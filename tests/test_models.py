@@ -1,4 +1,4 @@
-"""scope.models: exact parity with transformers at every hook site, cached generation, the
+"""scope.model.load: exact parity with transformers at every hook site, cached generation, the
 hub/cache paths, bad input.
 
 Parity is checked against the Hugging Face model itself (eager attention), site by site and bit
@@ -17,10 +17,10 @@ import torch
 from builders import TINY_TEXT, tiny_gemma2_dir, tiny_gemma3_dir, tiny_gemma3_multimodal_dir
 
 import scope
-from scope.activations import capture, norm_gain, to_tokens
 from scope.errors import HubUnavailableError, UnknownModelError
-from scope.hooks import count_hooks
-from scope.models import check_config, default_device_dtype, known_models, load_model
+from scope.model.activations import capture, norm_gain, to_tokens
+from scope.model.hooks import count_hooks
+from scope.model.load import check_config, default_device_dtype, known_models, load_model
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +165,7 @@ def test_cached_generation_equals_full_rerun_and_transformers(kind, request):
 def test_kv_cache_step_equals_full_forward(kind, request):
     """One cached decoding step gives the logits of a full forward pass (to float rounding).
     Fails without models._fix_kv_cache_kwarg (the step then sees only its own token)."""
-    from scope.steer import _cache_keyword, _new_cache
+    from scope.steer.intervene import _cache_keyword, _new_cache
 
     model = load_model(request.getfixturevalue(f"{kind}_dir"), device="cpu", dtype=torch.float32)
     hf = model.original_model
@@ -363,8 +363,8 @@ def test_bundled_cached_generation_equals_transformers(bundled_pair):
 
 @pytest.mark.slow
 def test_bundled_second_load_is_cached(bundled_pair, monkeypatch):
-    import scope.models as models
-    from scope.models import cache_dir
+    import scope.model.load as models
+    from scope.model.load import cache_dir
 
     model, _, first = bundled_pair
 
@@ -402,7 +402,7 @@ def test_bundled_tokenizer_matches_gguf(bundled_pair):
 
 
 def test_cli_models_lists_table(capsys):
-    from scope.cli import main
+    from scope.cli.main import main
 
     assert main(["models"]) == 0
     out = capsys.readouterr().out

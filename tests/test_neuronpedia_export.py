@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import scope  # noqa: E402
-from scope.neuronpedia import read_export  # noqa: E402
+from scope.explore.neuronpedia import read_export  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def store_path(tmp_path_factory) -> Path:
 
 
 def test_export_round_trip(store_path, tmp_path):
-    from scope.cli import main
+    from scope.cli.main import main
 
     out = tmp_path / "np"
     assert main(["export", "neuronpedia", str(store_path), "--out", str(out),

@@ -9,12 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from scope import releases
-from scope.cli import main
+from scope.cli.main import main
 from scope.errors import UnknownSAEError
+from scope.saes import releases
 
 REGISTRY = Path(releases.RELEASES_DIR)
-SHARED = REGISTRY.parents[2] / "shared" / "reference" / "gemma_scope_releases.json"
+REPO = Path(__file__).resolve().parent.parent
+GENERATE = REPO / "configs" / "releases" / "generate.py"
+# the team's release list, beside the checkout (CI lays it there); the product never reads it
+SHARED = REPO.parent / "shared" / "reference" / "gemma_scope_releases.json"
 
 
 def test_every_release_listed_with_consistent_rows():
@@ -42,7 +45,7 @@ def test_every_release_listed_with_consistent_rows():
 
 @pytest.mark.skipif(not SHARED.is_file(), reason="shared release list not present")
 def test_registry_is_generated_from_shared_list(tmp_path):
-    gen = REGISTRY / "generate.py"
+    gen = GENERATE
     out = subprocess.run([sys.executable, "-c", (
         "import sys, importlib.util; from pathlib import Path;"
         f"spec = importlib.util.spec_from_file_location('g', {str(gen)!r});"
@@ -107,7 +110,7 @@ def test_cli_saes(capsys):
 
 
 def test_neuronpedia_url():
-    from scope.releases import neuronpedia_url
+    from scope.saes.releases import neuronpedia_url
 
 
     assert neuronpedia_url(None, 3) is None

@@ -11,7 +11,7 @@ import torch
 from sae_builders import jumprelu_numpy, jumprelu_weights, write_saelens_folder
 
 from scope.errors import SAEFormatError
-from scope.sae import CFG_FILENAME, WEIGHTS_FILENAME, JumpReLUSAE, SAEConfig
+from scope.saes.sae import CFG_FILENAME, WEIGHTS_FILENAME, JumpReLUSAE, SAEConfig
 
 
 def _sae(w, **cfg_kw):
@@ -127,7 +127,7 @@ def test_non_unit_decoder_warns(caplog):
     w["W_dec"] *= 3
     sae_tensors = {k: torch.from_numpy(v) for k, v in w.items()}
     cfg = SAEConfig(d_in=8, d_sae=16, hook_name="h")
-    with caplog.at_level(logging.WARNING, logger="scope.sae"):
+    with caplog.at_level(logging.WARNING, logger="scope.saes.sae"):
         JumpReLUSAE.from_tensors(cfg, sae_tensors)
     assert "unit norm" in caplog.text
 

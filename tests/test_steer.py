@@ -7,10 +7,10 @@ import torch
 from builders import TINY_TEXT, tiny_hooked_model
 
 import scope
-from scope.activations import capture
 from scope.errors import SteeringError
-from scope.hooks import attached, count_hooks
-from scope.sae import JumpReLUSAE, SAEConfig
+from scope.model.activations import capture
+from scope.model.hooks import attached, count_hooks
+from scope.saes.sae import JumpReLUSAE, SAEConfig
 
 SITE = "blocks.1.hook_resid_post"
 
@@ -192,7 +192,7 @@ def test_generation_attention_paths_agree(model):
 def test_attention_site_steering_on_both_attention_paths(model, tokens):
     """An edit at hook_z reaches the output the same way through transformers' attention module
     (hf_fast_path, used by generate) as through TransformerLens's re-implementation."""
-    from scope.models import hf_fast_path
+    from scope.model.load import hf_fast_path
 
     site = "blocks.1.attn.hook_z"
     sae = random_sae(model.cfg.n_heads * model.cfg.d_head, site=site)

@@ -19,7 +19,6 @@ from builders import TINY_TEXT, tiny_hooked_model
 from extract_helpers import brute_force, store_arrays, synthetic_sae
 
 import scope
-from scope.decoder_tables import COSINE_GRID, decoder_neighbours
 from scope.errors import (
     CorpusError,
     NonFiniteActivationError,
@@ -27,7 +26,8 @@ from scope.errors import (
     StoreError,
     StoreLockedError,
 )
-from scope.sae import JumpReLUSAE
+from scope.pipeline.decoder_tables import COSINE_GRID, decoder_neighbours
+from scope.saes.sae import JumpReLUSAE
 from scope.store import open_store
 from scope.store import schema as S
 

@@ -20,17 +20,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import tomllib
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def test_every_package_is_listed_for_the_wheel():
-    """pyproject lists packages explicitly (three come from top-level folders): none forgotten."""
-    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
-                 ["packages"])
-    found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "scope").rglob("__init__.py")}
-    assert found <= listed, f"add {sorted(found - listed)} to [tool.setuptools] packages"
 
 
 def _free_port() -> int:
@@ -80,8 +71,12 @@ def _env(tmp_path) -> dict:
 def test_wheel_runs_registry_bundled_sae_and_dashboard(venv, tmp_path):
     env_dir, site = venv
     env = _env(tmp_path)
-    assert (site / "scope" / "_registry" / "index.json").is_file()
-    assert (site / "scope" / "_dashboard" / "dashboard" / "app.py").is_file()
+    assert (site / "scope" / "saes" / "registry" / "index.json").is_file()
+    assert (site / "scope" / "dashboard" / "app.py").is_file()
+    missing = [p.relative_to(REPO).as_posix() for p in (REPO / "scope").rglob("*")
+               if p.suffix in (".py", ".json", ".safetensors") and "__pycache__" not in p.parts
+               and not (site / p.relative_to(REPO)).is_file()]
+    assert missing == [], f"the wheel lacks {missing[:5]}"
     assert not (site / "dashboard").exists() and not (site / "configs").exists()
     out = subprocess.run([str(env_dir / "bin" / "scope"), "saes"], capture_output=True,
                          text=True, cwd=tmp_path, env=env, timeout=300)
@@ -95,13 +90,12 @@ def test_wheel_runs_registry_bundled_sae_and_dashboard(venv, tmp_path):
     where, shape = out.stdout.strip().splitlines()
     assert where.startswith(str(site)) and not where.startswith(str(REPO))
     assert int(shape.split()[0]) > 0
-    code = ("import sys; from scope.dashboard_launch import app_path; p = app_path(); "
-            "sys.path.insert(0, str(p.parent.parent)); from dashboard import data, render; "
-            "print(p); print(data.__file__)")
+    code = ("from scope.dashboard.launch import app_path; p = app_path(); "
+            "from scope.dashboard import data, render; print(p); print(data.__file__)")
     out = subprocess.run([str(env_dir / "bin" / "python"), "-c", code], capture_output=True,
                          text=True, cwd=tmp_path, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert all(line.startswith(str(site / "scope" / "_dashboard"))
+    assert all(line.startswith(str(site / "scope" / "dashboard"))
                for line in out.stdout.split())
 
     from builders import tiny_hooked_model

@@ -1,10 +1,10 @@
-"""Generate the release registry (configs/releases/*.json) from the shared release list.
+"""Generate the release registry (scope/saes/registry/*.json) from a release list.
 
 Usage:
-    python configs/releases/generate.py [path/to/gemma_scope_releases.json]
+    python configs/releases/generate.py path/to/gemma_scope_releases.json
 
 Input: `{release: {repo_id, model, format, kind, saes: [{id, path, l0?, neuronpedia?}]}}`
-(default: ../shared/reference/gemma_scope_releases.json next to the repo). Output: `index.json`
+Output: `index.json`
 (one summary row per release) and one `<release>.json` per release with every SAE's id, path,
 layer, width, d_sae, l0 label, TransformerLens hook(s), d_in and Neuronpedia id.
 
@@ -22,8 +22,7 @@ import re
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-DEFAULT_SOURCE = HERE.parents[2] / "shared" / "reference" / "gemma_scope_releases.json"
+OUT = Path(__file__).resolve().parents[2] / "scope" / "saes" / "registry"
 FORMAT_VERSION = 1
 INDEX_FILENAME = "index.json"
 
@@ -169,6 +168,7 @@ def generate(source: Path, out_dir: Path) -> int:
 
 
 if __name__ == "__main__":
-    src = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_SOURCE
-    n = generate(src, HERE)
-    print(f"wrote {n} releases to {HERE}")  # noqa: T201
+    if len(sys.argv) != 2:
+        sys.exit("usage: python configs/releases/generate.py path/to/gemma_scope_releases.json")
+    n = generate(Path(sys.argv[1]), OUT)
+    print(f"wrote {n} releases to {OUT}")  # noqa: T201

@@ -167,7 +167,7 @@ def prompt_tokens(model: Any, prompt: str | torch.Tensor) -> torch.Tensor:
     """[1, pos] token ids with BOS first."""
     if isinstance(prompt, torch.Tensor):
         return prompt.reshape(1, -1).long()
-    from scope.activations import to_tokens
+    from scope.model.activations import to_tokens
 
     return to_tokens(model, prompt)
 

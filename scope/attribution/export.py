@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from scope.atomic import atomic_write_text
+from scope.base.atomic import atomic_write_text
 
 FEATURE_TYPE = "cross layer transcoder"
 ERROR_TYPE = "mlp reconstruction error"

@@ -14,7 +14,7 @@ in the residual stream between one SAE splice and the next, apart from MLPs that
 replaces.
 
 Only TransformerLens hook names are used (`model.hook_dict`, forward hooks through
-`scope.hooks.attached`), so the same code runs on a HookedTransformer and on a TransformerBridge.
+`scope.model.hooks.attached`), so the same code runs on a HookedTransformer and on a TransformerBridge.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from typing import Any
 
 import torch
 
-from scope.activations import hook_layer, splice_hooks, validate_hook_names
 from scope.errors import AttributionError
-from scope.hooks import attached
+from scope.model.activations import hook_layer, splice_hooks, validate_hook_names
+from scope.model.hooks import attached
 
 # order of sites within one block, to sort splices into forward order
 _SITE_RANK = [("hook_resid_pre", 0.0), ("ln1.", 0.1), ("attn.", 0.2), ("hook_attn_out", 0.3),
@@ -164,7 +164,7 @@ def hooks(model: Any, fwd: Sequence[tuple[str, Callable]]) -> Iterator[None]:
 
 def site_hooks(model: Any, hook_name: str, fn: Callable[[torch.Tensor], torch.Tensor | None]
                ) -> list[tuple[str, Callable]]:
-    """`scope.activations.splice_hooks`: `fn` sees and may replace `[batch, pos, width]`."""
+    """`scope.model.activations.splice_hooks`: `fn` sees and may replace `[batch, pos, width]`."""
     return splice_hooks(model, hook_name, fn)
 
 

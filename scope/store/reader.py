@@ -22,8 +22,8 @@ import numpy as np
 from safetensors import safe_open
 
 from scope.errors import StoreCorruptError, StoreError, suggest
-from scope.labels import Explanation, feature_explanation, feature_label
 from scope.store import schema as S
+from scope.store.labels import Explanation, feature_explanation, feature_label
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ class Feature:
 
     @property
     def label(self) -> str:
-        """Its explanation's text when one is stored, else the automatic label (scope.labels)."""
+        """Its explanation's text when one is stored, else the automatic label (scope.store.labels)."""
         return feature_label(self)
 
     @property
@@ -205,7 +205,7 @@ class Feature:
 
     @property
     def neuronpedia_url(self) -> str | None:
-        from scope.releases import neuronpedia_url
+        from scope.saes.releases import neuronpedia_url
 
         return neuronpedia_url(self._store.sae_info(self.sae_name).get("neuronpedia_id"),
                                self.index)

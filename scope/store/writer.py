@@ -1,6 +1,6 @@
 """Writing a feature store: the manifest, the vocabulary, the once-per-run tables, generations.
 
-Every write is atomic (`scope.atomic`): a generation is built in a hidden temporary folder,
+Every write is atomic (`scope.base.atomic`): a generation is built in a hidden temporary folder,
 renamed into place, and committed by swapping `manifest.json`, so the manifest always names a
 complete generation whatever moment a run is killed at. Before writing, the free space is
 checked against what the write needs; a disk that fills up anyway raises `StoreFullError` with
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import save_file
 
-from scope.atomic import atomic_folder, atomic_write_text
+from scope.base.atomic import atomic_folder, atomic_write_text
 from scope.errors import StoreFullError
 from scope.store import schema as S
 
@@ -98,7 +98,7 @@ def stats_arrays(st: Any, window_index: np.ndarray, window_tokens: np.ndarray
                  ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """`(summary, per_feature)` arrays of one SAE's statistics, named as in `schema`.
 
-    `st` is a `scope.accumulators.FeatureStats` (not imported: the writer needs no torch).
+    `st` is a `scope.pipeline.accumulators.FeatureStats` (not imported: the writer needs no torch).
     """
     top_w, top_p = st.top_window, st.top_pos
     top_token = np.full(top_w.shape, -1, dtype=np.int32)

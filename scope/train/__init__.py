@@ -1,6 +1,6 @@
 """Training JumpReLU SAEs (Gemma Scope recipe); kept apart from the inference code.
 
-`scope.train` is never imported by `scope.sae`, `scope.loading` or any other inference module.
+`scope.train` is never imported by `scope.saes.sae`, `scope.saes.loading` or any other inference module.
 Entry points: `train(cfg)` (the `scope train` pipeline) and `fit(...)` (the bare loop).
 """
 

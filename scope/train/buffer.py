@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from scope.atomic import atomic_write, atomic_write_text
+from scope.base.atomic import atomic_write, atomic_write_text
 from scope.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Model activations -> the on-disk activation cache a training run reads.
 
-Runs the model over token windows of a corpus split (BOS first, see `scope.corpus`), keeps the
+Runs the model over token windows of a corpus split (BOS first, see `scope.pipeline.corpus`), keeps the
 activations at one hook site for every position that is not BOS, EOS or padding (Gemma Scope
 never trained on those), and appends them to an `ActivationCache`. The windows are
 deterministic, so an interrupted capture resumes after the last window it wrote.
@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from scope.corpus import special_token_ids
+from scope.pipeline.corpus import special_token_ids
 from scope.train.buffer import ActivationCache
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ def fill_cache(model: Any, corpus: Any, cache: ActivationCache, *, hook_name: st
 
     Args:
         model: a model from `scope.load_model` (a TransformerLens TransformerBridge).
-        corpus: a `scope.corpus.Corpus` (its split selects train or held-out text).
+        corpus: a `scope.pipeline.corpus.Corpus` (its split selects train or held-out text).
         cache: the cache to fill; resumes after `cache.windows_done` windows.
         hook_name: the site to capture.
         ctx: window length (BOS included).
@@ -41,8 +41,8 @@ def fill_cache(model: Any, corpus: Any, cache: ActivationCache, *, hook_name: st
     Returns:
         The completed cache.
     """
-    from scope.activations import capture
-    from scope.corpus import token_windows
+    from scope.model.activations import capture
+    from scope.pipeline.corpus import token_windows
 
     if cache.complete:
         return cache

@@ -39,8 +39,8 @@ def fill_caches(cfgs: list[TrainConfig], model: Any = None) -> None:
         cfgs: configs with the same model, corpus, ctx and capture batch size.
         model: a loaded model (loaded from the first config's `model` when None).
     """
-    from scope.activations import capture, site_width
-    from scope.corpus import Corpus, token_windows
+    from scope.model.activations import capture, site_width
+    from scope.pipeline.corpus import Corpus, token_windows
     from scope.train.trainer import cache_folder
 
     first = cfgs[0].data
@@ -51,7 +51,7 @@ def fill_caches(cfgs: list[TrainConfig], model: Any = None) -> None:
             raise ValueError("multicapture: configs must share model, corpus, ctx and "
                              "capture_batch_size")
     if model is None:
-        from scope.models import load_model
+        from scope.model.load import load_model
 
         model = load_model(first.model)
     special = special_token_ids(model.tokenizer)

@@ -27,7 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from scope.atomic import atomic_write
+from scope.base.atomic import atomic_write
 from scope.errors import CheckpointError
 from scope.train.buffer import ActivationCache, shuffled_batches
 from scope.train.config import OptimConfig, TrainConfig
@@ -348,7 +348,7 @@ def prepare_data(cfg: TrainConfig, model: Any = None) -> tuple[ActivationCache, 
     Returns:
         (train cache, held-out cache), both complete.
     """
-    from scope.corpus import Corpus
+    from scope.pipeline.corpus import Corpus
 
     caches = []
     for split, n_tokens in (("train", cfg.data.train_tokens), ("heldout", cfg.data.eval_tokens)):
@@ -361,7 +361,7 @@ def prepare_data(cfg: TrainConfig, model: Any = None) -> tuple[ActivationCache, 
                 caches.append(cache)
                 continue
         model = model if model is not None else _load_model(cfg)
-        from scope.activations import site_width
+        from scope.model.activations import site_width
 
         d_in = site_width(model, cfg.data.hook_name)
         cache = ActivationCache(folder, key=_cache_key(cfg, split), d_in=d_in)
@@ -377,7 +377,7 @@ def prepare_data(cfg: TrainConfig, model: Any = None) -> tuple[ActivationCache, 
 
 
 def _load_model(cfg: TrainConfig) -> Any:
-    from scope.models import load_model
+    from scope.model.load import load_model
 
     log.info("loading model %s", cfg.data.model)
     return load_model(cfg.data.model)
@@ -420,9 +420,9 @@ def to_inference(sae: JumpReLUTrainingSAE, scale: float, cfg: TrainConfig, *, d_
         extra: more entries for `cfg.extra`.
 
     Returns:
-        A float32 `scope.sae.JumpReLUSAE`.
+        A float32 `scope.saes.sae.JumpReLUSAE`.
     """
-    from scope.sae import JumpReLUSAE, SAEConfig
+    from scope.saes.sae import JumpReLUSAE, SAEConfig
 
     sae_cfg = SAEConfig(
         d_in=d_in, d_sae=sae.d_sae, hook_name=cfg.data.hook_name,
@@ -435,8 +435,8 @@ def to_inference(sae: JumpReLUTrainingSAE, scale: float, cfg: TrainConfig, *, d_
 
 def cast_for_saving(sae: Any, dtype_name: str) -> Any:
     """Cast to the save dtype; float16 falls back to bfloat16 if a weight would overflow it."""
-    from scope.dtypes import dtype_name as canonical
-    from scope.dtypes import to_torch_dtype
+    from scope.base.dtypes import dtype_name as canonical
+    from scope.base.dtypes import to_torch_dtype
 
     dtype_name = canonical(dtype_name)
     if dtype_name == "float16":
@@ -451,18 +451,18 @@ def cast_for_saving(sae: Any, dtype_name: str) -> Any:
 def heldout_report(sae: Any, acts: torch.Tensor, batch_size: int = 4096) -> dict[str, float]:
     """L0, FVU and dead fraction of an inference SAE on raw held-out activations [n, d_in].
 
-    The same definitions as `scope eval` (`scope.evals.reconstruction_stats`): FVU is a ratio of
+    The same definitions as `scope eval` (`scope.pipeline.evals.reconstruction_stats`): FVU is a ratio of
     sums over every token; a feature is dead when it fires on none of the tokens.
     """
-    from scope.evals import reconstruction_stats
+    from scope.pipeline.evals import reconstruction_stats
 
     return reconstruction_stats(sae, acts, batch_size=batch_size)
 
 
 def _lm_report(model: Any, sae: Any, cfg: TrainConfig) -> dict[str, float]:
     """Delta LM loss (and L0/FVU in context) on `eval_lm_windows` held-out windows."""
-    from scope.corpus import Corpus, token_windows
-    from scope.evals import evaluate
+    from scope.pipeline.corpus import Corpus, token_windows
+    from scope.pipeline.evals import evaluate
 
     n = cfg.run.eval_lm_windows
     windows = token_windows(Corpus(source=cfg.data.corpus, split="heldout"), model.tokenizer,

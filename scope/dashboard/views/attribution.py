@@ -1,0 +1,263 @@
+"""Attribution: which features make the model predict a token, and what happens if we change one.
+
+Prompt + target token (+ an optional contrast token) -> `scope.attribute` over the selected SAE
+and any extra SAEs (other store SAEs, or the shipped demo layers for the bundled model): a
+token x feature heatmap of the strongest attributions, a ranked table with labels and links to
+each feature's page, and the ablation cross-check. "Build graph" draws the attribution graph
+(layers as rows, positions as columns, edges coloured by sign). "Apply" scales one chosen
+feature in the spliced model (0 ablates it, 2 doubles it) and shows how the target's probability
+moves.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from urllib.parse import quote
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from scope.dashboard import data
+
+path = st.session_state["store_path"]
+sae_name = st.session_state["sae"]
+store = data.get_store(path)
+
+st.subheader("Attribution")
+model, sae_obj, unavailable = data.live_pair(path, sae_name)
+if unavailable:
+    st.warning(f"Attribution needs the model and SAE, which are unavailable: {unavailable}")
+    st.stop()
+
+
+@st.cache_resource(show_spinner="Loading the SAE…")
+def _extra_sae(spec: str, _model):
+    from scope.saes.loading import load_sae
+
+    return load_sae(spec, model=_model)
+
+
+def _extra_choices() -> dict[str, str]:
+    """Display name -> loader key for SAEs besides the selected one."""
+    out = {n: f"store:{n}" for n in store.sae_names if n != sae_name}
+    if getattr(model.cfg, "d_model", None) == 640 and getattr(model.cfg, "n_layers", 0) == 18:
+        from scope.attribution.attribute import expand_sae_specs
+
+        for spec in expand_sae_specs(["bundled/all"]):
+            if spec != "bundled":
+                out[f"demo SAE {spec}"] = f"spec:{spec}"
+    return out
+
+
+def _load_extra(key: str):
+    kind, _, name = key.partition(":")
+    if kind == "store":
+        return data.live_sae(path, name)
+    return _extra_sae(name, model)
+
+
+def _label(name: str | None, feature: int | None) -> str:
+    if name is None or feature is None or name not in store.sae_names:
+        return ""
+    try:
+        return str(getattr(store.feature(name, int(feature)), "label", "") or "")
+    except Exception:  # noqa: BLE001 - a label is decoration
+        return ""
+
+
+def _feature_link(name: str | None, feature: int | None) -> str | None:
+    if name is None or feature is None or name not in store.sae_names:
+        return None
+    return f"/?sae={quote(name, safe='')}&feature={int(feature)}"
+
+
+with st.form("attr_form"):
+    prompt = st.text_area("Prompt", st.session_state.get(
+        "attr_prompt", "When Mary and John went to the store, John gave a cold drink to"),
+                          height=70)
+    c = st.columns([2, 2, 2])
+    target = c[0].text_input("Target token", st.session_state.get("attr_target", " Mary"),
+                             help="One token; mind the leading space (' Paris').")
+    contrast = c[1].text_input("Contrast token (optional)",
+                               st.session_state.get("attr_contrast", ""),
+                               help="Explain logit(target) - logit(contrast).")
+    mode = c[2].radio("Mode", ["total", "direct"], horizontal=True,
+                      help="total: full backward; direct: attention, norms and other "
+                           "features frozen (the graph's edges into the logit).")
+    choices = _extra_choices()
+    demo = [c for c in choices if c.startswith("demo SAE")]  # the bundled model's other layers
+    extra = st.multiselect("Extra SAEs", list(choices), default=demo,
+                           help="Attribute over several SAEs at once (and draw a graph).")
+    go_button = st.form_submit_button("Attribute", type="primary")
+
+if go_button:
+    from scope.attribution import attribute
+
+    st.session_state.update(attr_prompt=prompt, attr_target=target, attr_contrast=contrast)
+    saes = [sae_obj] + [_load_extra(choices[e]) for e in extra]
+    try:
+        with st.spinner("Attributing…"), data.model_lock(path):
+            res = attribute(model, saes, prompt, target, contrast=contrast or None, mode=mode)
+    except Exception as exc:  # noqa: BLE001 - shown to the user (bad token, ...)
+        st.error(f"Attribution failed: {exc}")
+        st.stop()
+    st.session_state["attr_result"] = {"res": res, "saes": saes, "prompt": prompt,
+                                       "target": target, "contrast": contrast or None}
+    st.session_state.pop("attr_graph", None)
+    st.session_state.pop("attr_intervention", None)
+
+state = st.session_state.get("attr_result")
+if not state:
+    st.info("Enter a prompt and the token it should predict, then press Attribute.")
+    st.stop()
+res = state["res"]
+feats = res.features()
+m = st.columns(4)
+m[0].metric("Metric", f"{res.metric:.3f}", help=res.metric_name)
+if res.target_prob is not None:
+    m[1].metric("p(target)", f"{res.target_prob:.3f}")
+m[2].metric("Splice check", f"{res.splice_max_rel_error:.1e}",
+            help="max |logit change| / max |logit| from splicing the SAEs with their errors")
+ab = res.ablation_check
+if ab is not None and ab.nodes:
+    m[3].metric("Ablation agreement", "n/a" if math.isnan(ab.correlation)
+                else f"r = {ab.correlation:.2f}",
+                help="correlation of -attribution with the measured effect of zeroing each of "
+                     f"the top {len(ab.nodes)} features")
+cm = res.completeness
+st.caption(f"{html.escape(res.metric_name)} · sums of attributions: features "
+           f"{cm['feature']:+.3f}, errors {cm['error']:+.3f}, embeddings {cm['embedding']:+.3f} "
+           f"(total {cm['total']:+.3f} vs metric {cm['metric']:+.3f})")
+
+# token x feature heatmap of the strongest attributions
+top = feats[:20]
+if top:
+    rows = sorted({(n.sae_index, n.feature) for n in top}, key=lambda k: (k[0], k[1]))
+    names = {n.sae_index: n.sae for n in top}
+    z = [[0.0] * len(res.tokens) for _ in rows]
+    for n in feats:
+        key = (n.sae_index, n.feature)
+        if key in rows:
+            z[rows.index(key)][n.position] += n.attribution
+    ylab = [f"{'L' + str(next(x.layer for x in top if x.sae_index == s))}/{f}"
+            + (f" {_label(names[s], f)[:30]}" if _label(names[s], f) else "") for s, f in rows]
+    xlab = [f"{i}:{t!r}" for i, t in enumerate(res.tokens)]
+    lim = max(abs(v) for r in z for v in r) or 1.0
+    fig = go.Figure(go.Heatmap(z=z, x=xlab, y=ylab, colorscale="RdBu", zmid=0, zmin=-lim,
+                               zmax=lim, colorbar={"title": "attribution"}))
+    fig.update_layout(height=120 + 22 * len(rows), margin={"l": 10, "r": 10, "t": 30, "b": 10},
+                      title="Strongest feature attributions by token")
+    st.plotly_chart(fig, width="stretch")
+
+table = []
+for rank, n in enumerate(feats[:50], 1):
+    table.append({"rank": rank, "attribution": round(n.attribution, 4),
+                  "activation": round(n.activation, 3), "feature": n.feature,
+                  "layer": n.layer, "pos": n.position, "token": n.token,
+                  "label": _label(n.sae, n.feature), "page": _feature_link(n.sae, n.feature)})
+st.dataframe(table, hide_index=True, column_config={
+    "page": st.column_config.LinkColumn("page", display_text="open")})
+
+# intervention: scale one feature and watch the target
+st.markdown("**Steer one feature** (in the spliced model)")
+options = list(range(min(len(feats), 50)))
+if options:
+    ic = st.columns([4, 2, 1])
+    pick = ic[0].selectbox("Feature", options, format_func=lambda i: (
+        f"#{i + 1} L{feats[i].layer} f{feats[i].feature} @ {feats[i].position} "
+        f"({feats[i].attribution:+.3f})"), key="attr_pick")
+    factor = ic[1].select_slider("Scale its activation by", [0.0, 0.5, 1.0, 2.0, 4.0], value=0.0,
+                                 key="attr_factor", help="0 ablates, 2 doubles")
+    if ic[2].button("Apply", key="attr_apply"):
+        from scope.attribution import intervene
+
+        n = feats[pick]
+        with st.spinner("Running…"), data.model_lock(path):
+            out = intervene(model, state["saes"], state["prompt"], n.sae_index, n.feature,
+                            n.position, factor, state["target"], contrast=state["contrast"])
+        st.session_state["attr_intervention"] = (n, out)
+    done = st.session_state.get("attr_intervention")
+    if done:
+        n, out = done
+        c = st.columns(3)
+        c[0].metric("metric", f"{out.metric_after:.3f}", f"{out.metric_after - out.metric_before:+.3f}")
+        if out.prob_after is not None:
+            c[1].metric("p(target)", f"{out.prob_after:.3f}",
+                        f"{out.prob_after - out.prob_before:+.3f}")
+        c[2].caption(f"feature {n.feature} at position {n.position} × {out.factor:g}; "
+                     f"attribution predicted {-(1 - out.factor) * n.attribution:+.3f}")
+
+# graph
+st.markdown("**Attribution graph**")
+gc = st.columns([1, 1, 1])
+node_t = gc[0].number_input("Node threshold", 0.1, 1.0, 0.8, 0.05, key="attr_node_t")
+edge_t = gc[1].number_input("Edge threshold", 0.1, 1.0, 0.98, 0.01, key="attr_edge_t")
+if gc[2].button("Build graph", key="attr_graph_go"):
+    from scope.attribution import attribution_graph
+
+    with st.spinner("Building the graph…"), data.model_lock(path):
+        st.session_state["attr_graph"] = attribution_graph(
+            model, state["saes"], state["prompt"], node_threshold=float(node_t),
+            edge_threshold=float(edge_t), store=store)
+graph = st.session_state.get("attr_graph")
+if graph is not None:
+    gj = graph.to_json(node_threshold=float(node_t), edge_threshold=float(edge_t))
+    layers = sorted({s.layer for s in graph.sites})
+    row = {"E": 0, **{str(L): i + 1 for i, L in enumerate(layers)},
+           str(graph.n_layers + 1): len(layers) + 1}
+    pos_of = {}
+    for n in gj["nodes"]:
+        same = [x for x in gj["nodes"] if x["layer"] == n["layer"] and x["ctx_idx"] == n["ctx_idx"]]
+        k = same.index(n)
+        pos_of[n["node_id"]] = (n["ctx_idx"] + 0.8 * (k + 1) / (len(same) + 1) - 0.4,
+                                row.get(n["layer"], 0))
+    wmax = max((abs(link["weight"]) for link in gj["links"]), default=1.0) or 1.0
+    fig = go.Figure()
+    for sign, colour in ((1, "rgba(31,119,180,0.5)"), (-1, "rgba(214,39,40,0.5)")):
+        xs, ys = [], []
+        for link in gj["links"]:
+            if (link["weight"] > 0) == (sign > 0) and abs(link["weight"]) > 0.05 * wmax:
+                (x0, y0), (x1, y1) = pos_of[link["source"]], pos_of[link["target"]]
+                xs += [x0, x1, None]
+                ys += [y0, y1, None]
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"color": colour, "width": 1},
+                                 hoverinfo="skip", name="positive" if sign > 0 else "negative"))
+    kinds = {"cross layer transcoder": ("feature", "circle"),
+             "mlp reconstruction error": ("error", "square"),
+             "embedding": ("token", "diamond"), "logit": ("logit", "star")}
+    for ft, (label, symbol) in kinds.items():
+        ns = [n for n in gj["nodes"] if n["feature_type"] == ft]
+        if not ns:
+            continue
+        fig.add_trace(go.Scatter(
+            x=[pos_of[n["node_id"]][0] for n in ns], y=[pos_of[n["node_id"]][1] for n in ns],
+            mode="markers", marker={"symbol": symbol, "size": 10}, name=label,
+            customdata=[n["node_id"] for n in ns],
+            text=[html.escape(f"{n['node_id']} {n.get('clerp', '')}") for n in ns],
+            hoverinfo="text"))
+    fig.update_layout(
+        height=520, margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        title=f"{len(gj['nodes'])} nodes, {len(gj['links'])} links · replacement "
+              f"{graph.scores()['replacement']:.2f} · {graph.stats['backward_passes']} backward "
+              f"passes, {graph.stats['seconds']:.1f} s",
+        xaxis={"tickvals": list(range(graph.n_pos)),
+               "ticktext": [repr(t) for t in graph.tokens], "title": "position"},
+        yaxis={"tickvals": list(row.values()),
+               "ticktext": ["emb"] + [f"L{L}" for L in layers] + ["logits"], "title": "layer"})
+    event = st.plotly_chart(fig, width="stretch", on_select="rerun", key="attr_graph_plot",
+                            selection_mode="points")
+    picked = [p.get("customdata") for p in (event.selection.points if event else [])
+              if p.get("customdata")]
+    by_id = {n["node_id"]: n for n in gj["nodes"]}
+    for nid in picked[:5]:
+        n = by_id.get(nid)
+        if n is None or n["feature_type"] != "cross layer transcoder":
+            continue
+        link = _feature_link(n.get("sae"), n["feature"])
+        st.markdown(f"feature {n['feature']} at position {n['ctx_idx']} ({html.escape(str(n.get('sae')))})"
+                    + (f" · [open its page]({link})" if link else ""))
+    st.download_button("Download graph JSON (Neuronpedia format)",
+                       data=json.dumps(gj), file_name=f"{gj['metadata']['slug']}.json",
+                       mime="application/json")

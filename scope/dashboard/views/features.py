@@ -1,0 +1,97 @@
+"""Feature list: every feature of the SAE with its label; search, sort, filter, page, open.
+
+The table comes from `data.table` (scope.explore.feature_list.FeatureTable, built once per SAE): text
+search ranks labels and explanations with BM25, dense (> 1%) and rare (< 10 firings) features
+are hidden by default, and only one page of rows is sent to the browser. Selecting a row opens
+its feature page.
+"""
+
+from __future__ import annotations
+
+import math
+
+import streamlit as st
+
+from scope.dashboard import data, render
+from scope.explore.feature_list import COLUMNS
+from scope.store.labels import DENSE, RARE
+
+path = st.session_state["store_path"]
+sae = st.session_state["sae"]
+store = data.get_store(path)
+n = store.n_features(sae)
+table = data.table(path, sae)
+
+st.subheader("Feature list")
+SORTS = {"relevance (with a search)": "relevance", "density": "density",
+         "firing count": "firing_count", "max activation": "max_activation",
+         "mean activation": "mean_activation", "explanation score": "score", "index": "index"}
+assert set(SORTS.values()) - {"relevance"} == set(COLUMNS)
+
+top = st.columns([4, 2, 1.2], vertical_alignment="bottom")
+text = top[0].text_input("Search labels and explanations", key="fl_text",
+                         placeholder="e.g. 'def' or 'closing bracket' (ranked by BM25)")
+sort_name = top[1].selectbox("Sort by", list(SORTS), index=0 if text else 1, key="fl_sort")
+descending = top[2].toggle("Largest first", value=True, key="fl_desc")
+f = st.columns([1.3, 1.3, 1.3, 3], vertical_alignment="bottom")
+hide_dense = f[0].checkbox(f"Hide dense (> {DENSE:.0%})", value=True, key="fl_dense",
+                           help="features that fire on more than 1% of tokens top every ranking")
+hide_rare = f[1].checkbox(f"Hide rare (< {RARE} firings)", value=True, key="fl_rare",
+                          help="a handful of firings tells little about a feature")
+hide_dead = f[2].checkbox("Hide dead", value=True, key="fl_dead")
+lo, hi = f[3].select_slider(
+    "Density range", options=[f"1e{k}" for k in range(-8, 1)], value=("1e-8", "1e0"),
+    key="fl_range", format_func=lambda v: render.format_density(float(v)),
+)
+
+sort = SORTS[sort_name]
+if sort == "relevance" and not text.strip():
+    sort = "density"
+size = 50
+filters = dict(hide_dense=hide_dense, hide_rare=hide_rare, hide_dead=hide_dead,
+               min_density=float(lo) if float(lo) > 1e-8 else None,
+               max_density=float(hi) if float(hi) < 1.0 else None)
+total = table.query(text, sort=sort, descending=descending, page_size=1, **filters).total
+pages = max(1, math.ceil(total / size))
+if st.session_state.get("fl_page", 1) > pages:
+    st.session_state["fl_page"] = 1
+p = st.columns([1, 5], vertical_alignment="bottom")
+page_no = p[0].number_input(f"Page (of {pages:,})", 1, pages, 1, key="fl_page")
+res = table.query(text, sort=sort, descending=descending, page=page_no - 1, page_size=size,
+                  **filters)
+p[1].caption(f"{res.total:,} of {n:,} features match · rows {min(res.total, (page_no - 1) * size + 1):,}"
+             f"–{min(res.total, page_no * size):,} · select a row to open its feature page")
+
+rows = [{
+    "feature": r.index,
+    "label": r.label,
+    "score": r.score,
+    "density": render.format_density(r.density),
+    "firings": r.firing_count,
+    "max act": r.max_activation,
+    "mean act": r.mean_activation,
+    **({"relevance": round(r.relevance, 2)} if r.relevance is not None else {}),
+} for r in res.rows]
+if not rows:
+    st.info("No feature matches. Clear the search or untick the filters.")
+    st.stop()
+if all(r["score"] is None for r in rows):  # no explanation scores on this page: no empty column
+    for r in rows:
+        del r["score"]
+event = st.dataframe(
+    rows, hide_index=True, on_select="rerun", selection_mode="single-row", key="fl_table",
+    height=min(36 * (len(rows) + 1) + 2, 720), width="stretch",
+    column_config={
+        "feature": st.column_config.NumberColumn("feature", format="%d", width="small"),
+        "label": st.column_config.TextColumn("label / explanation", width="large"),
+        "score": st.column_config.NumberColumn("score", format="%.2f", width="small",
+                                               help="explanation's detection score"),
+        "firings": st.column_config.NumberColumn("firings", format="localized"),
+        "max act": st.column_config.NumberColumn("max act", format="%.3g"),
+        "mean act": st.column_config.NumberColumn("mean act", format="%.3g"),
+    },
+)
+chosen = event.selection.rows if event and event.selection else []
+if chosen:
+    st.session_state["feature"] = int(rows[chosen[0]]["feature"])
+    st.switch_page("views/feature.py")
