@@ -18,7 +18,7 @@ PKG = Path(__file__).resolve().parent.parent / "scope"
 
 #: folders (and the one top-level module) in the order data flows; an import may only point left
 LAYERS = ["errors", "base", "model", "saes", "store", "pipeline", "explore", "steer",
-          "attribution", "train", "dashboard", "cli"]
+          "attribution", "train", "plan", "dashboard", "cli"]
 MODULES = sorted(p for p in PKG.rglob("*.py") if "bundled" not in p.parts)
 
 
