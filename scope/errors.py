@@ -108,3 +108,9 @@ def suggest(name: str, choices: Iterable[str], n: int = 3) -> str:
     """Return ' Did you mean: a, b?' for the closest of `choices`, or '' when none is close."""
     close = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)
     return f" Did you mean: {', '.join(close)}?" if close else ""
+
+
+class StoreChangedError(StoreError):
+    """A store that a run rewrote while a reader held it open: its data is intact, reopen it."""
+
+    exit_code = 1

@@ -67,3 +67,66 @@ def manifest_core(path) -> dict:
 
 def np_hist(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return np.histogram(np.clip(values, edges[0], edges[-1] * 0.999), edges)[0]
+
+
+# -- command lines of the hostile suites (tests/test_hostile_*.py) ---------------------------------
+HOOK = "blocks.1.hook_resid_post"
+
+
+def cli_model() -> str:
+    """The tiny Gemma 3 checkpoint folder (written once per test process)."""
+    from builders import _cached_dir
+
+    return str(_cached_dir("gemma3"))
+
+
+def cli_files(root) -> None:
+    """A small corpus, two SAEs with the same hook and width (so the same name), a file."""
+    from builders import TINY_TEXT
+
+    (root / "doc.txt").write_text(" ".join(TINY_TEXT) * 4)
+    (root / "a_file").write_text("not a folder")
+    synthetic_sae(64, 32, HOOK, seed=3).save(root / "sae")
+    synthetic_sae(64, 32, HOOK, seed=4).save(root / "other_sae")
+    synthetic_sae(64, 16, HOOK, seed=5).save(root / "narrow_sae")
+
+
+def cli_override(args: list[str], extra: list[str]) -> list[str]:
+    """`args` with flags in `extra` replacing the same flags (a flag followed by its value)."""
+    out = list(args)
+    i = 0
+    while i < len(extra):
+        flag = extra[i]
+        value = extra[i + 1] if i + 1 < len(extra) and not extra[i + 1].startswith("--") else None
+        if flag in out and value is not None:
+            out[out.index(flag) + 1] = value
+        else:
+            out += [flag] + ([value] if value is not None else [])
+        i += 2 if value is not None else 1
+    return out
+
+
+def cli_extract(*extra: str):
+    """`scope extract` of cli_files' corpus and SAE into ROOT/out; `{root}` in `extra` expands."""
+    def argv(root) -> list[str]:
+        args = ["extract", "--model", cli_model(), "--sae", str(root / "sae"), "--corpus",
+                str(root / "doc.txt"), "--out", str(root / "out"), "--tokens", "64", "--ctx",
+                "16", "--batch-size", "2", "--no-progress"]
+        return cli_override(args, [e.format(root=root) for e in extra])
+    return argv
+
+
+def cli_eval(*extra: str):
+    def argv(root) -> list[str]:
+        args = ["eval", "--model", cli_model(), "--sae", str(root / "sae"), "--corpus",
+                str(root / "doc.txt"), "--ctx", "16", "--tokens", "64", "--batch-size", "2"]
+        return cli_override(args, [e.format(root=root) for e in extra])
+    return argv
+
+
+def cli_steer(*extra: str):
+    def argv(root) -> list[str]:
+        args = ["steer", "--model", cli_model(), "--sae", str(root / "sae"), "--feature",
+                "3:2.0", "--prompt", "The cat", "--max-new-tokens", "3"]
+        return cli_override(args, [e.format(root=root) for e in extra])
+    return argv

@@ -207,8 +207,20 @@ def test_store_module_imports_only_numpy_and_safetensors():
     assert roots - set(sys.stdlib_module_names) <= {"numpy", "safetensors", "scope", "__future__"}
 
 
-def test_torch_tensor_state_is_on_model_device(reference):
-    assert torch.device("cpu").type == "cpu"  # GPU runs are checked on a device machine
+def test_accumulator_state_lives_on_the_device_it_is_given(reference):
+    """Every state tensor of a new and of a resumed accumulator lives on the device given (the
+    SAE's): "meta" stands in for a GPU here, so a tensor left on the CPU by mistake fails."""
+    from scope.pipeline.accumulators import FeatureAccumulator
+    from scope.pipeline.checkpoint import load_state
+
+    m = read_manifest(reference.path)
+    resumed, _ = load_state(reference.path, m, devices=["meta"] * len(m.saes))
+    for acc in [*resumed, FeatureAccumulator(8, CTX, K, device="meta")]:
+        tensors = [acc.count, acc.act_sum, acc.max, acc.hist, acc.sketch, acc._hist_inner,
+                   acc._band_inner, acc._feat]
+        for slots in [acc.top, *acc.bands]:
+            tensors += [slots.key, slots.window, slots.value, slots.pos, slots.acts]
+        assert {t.device.type for t in tensors} == {"meta"}
 
 
 @pytest.mark.parametrize("field", ["dir", "data"])

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from extract_helpers import cli_eval as _eval
+from extract_helpers import cli_extract as _extract
+from extract_helpers import cli_files as _files
 from hostile import Case, params, run_case
-from test_hostile_cli import _eval, _extract, _files
 
 from scope.errors import StoreFullError
 
