@@ -22,11 +22,20 @@ def synthetic_sae(d_in: int, d_sae: int, hook: str, seed: int = 0, threshold: fl
                        threshold=torch.full((d_sae,), threshold))
 
 
-def brute_force(model, saes, corpus, ctx, batch_size, tokens=None):
+def block_encode(sae, x, block: int):
+    """JumpReLU features computed `block` columns at a time (as a wide SAE is extracted)."""
+    parts = []
+    for a in range(0, sae.cfg.d_sae, block):
+        pre = x @ sae.W_enc[:, a:a + block] + sae.b_enc[a:a + block]
+        parts.append(pre * (pre > sae.threshold[a:a + block]))
+    return torch.cat(parts, dim=-1)
+
+
+def brute_force(model, saes, corpus, ctx, batch_size, tokens=None, encode=None):
     """All windows' feature activations in memory: `(window tokens [W, P], [f [W, P, F]])`.
 
     Runs the same batches as the extractor (batch composition changes float rounding) and
-    zeroes BOS/EOS/pad positions.
+    zeroes BOS/EOS/pad positions. `encode(sae, x)` defaults to `sae.encode(x)`.
     """
     windows = list(iter_windows(corpus, model.tokenizer, ctx, tokens))
     toks = torch.stack([w.tokens for w in windows])
@@ -36,7 +45,8 @@ def brute_force(model, saes, corpus, ctx, batch_size, tokens=None):
         for start in range(0, len(toks), batch_size):
             acts = capture(model, toks[start : start + batch_size], hooks)
             for j, sae in enumerate(saes):
-                feats[j].append(sae.encode(acts[sae.cfg.hook_name]))
+                x = acts[sae.cfg.hook_name]
+                feats[j].append(sae.encode(x) if encode is None else encode(sae, x))
     tok = model.tokenizer
     special = torch.tensor([tok.bos_token_id, tok.eos_token_id, tok.pad_token_id])
     mask = ~torch.isin(toks, special)

@@ -19,7 +19,8 @@ import torch
 from safetensors.numpy import load_file
 
 from scope.errors import StoreCorruptError
-from scope.pipeline.accumulators import FeatureAccumulator, FeatureStats
+from scope.pipeline.accumulators import FeatureStats
+from scope.pipeline.feature_blocks import BlockedAccumulator
 from scope.store import schema as S
 from scope.store import validate as V
 from scope.store.folder import canonical, check_out_dir, clear_store
@@ -46,7 +47,7 @@ class WindowPool:
         for w, row in zip(index.tolist(), tokens, strict=True):
             self.rows[w] = row
 
-    def prune(self, accs: Sequence[FeatureAccumulator]) -> None:
+    def prune(self, accs: Sequence[BlockedAccumulator]) -> None:
         """Drop windows no kept context refers to any more."""
         keep = set()
         for acc in accs:
@@ -60,7 +61,7 @@ class WindowPool:
         return index, tokens
 
 
-def save_state(out: Path, manifest: S.Manifest, accs: Sequence[FeatureAccumulator],
+def save_state(out: Path, manifest: S.Manifest, accs: Sequence[BlockedAccumulator],
                pool: WindowPool) -> None:
     """Write accumulators + windows as a new generation and commit the manifest."""
     pool.prune(accs)
@@ -111,14 +112,14 @@ def load_stats(out: Path, manifest: S.Manifest, entry: S.SAEEntry) -> FeatureSta
 
 
 def load_state(out: Path, manifest: S.Manifest, devices: Sequence[Any] | None = None
-               ) -> tuple[list[FeatureAccumulator], WindowPool]:
+               ) -> tuple[list[BlockedAccumulator], WindowPool]:
     """Read back what `save_state` wrote: accumulators (on `devices`, one per SAE; default CPU)
     and the window pool."""
     devices = devices or ["cpu"] * len(manifest.saes)
     if not V.inside(out, out / manifest.data).is_dir():
         raise StoreCorruptError(f"{out / manifest.data} (the manifest's data) is missing; the "
                                 "store is corrupt: delete it and extract again")
-    accs = [FeatureAccumulator.from_stats(
+    accs = [BlockedAccumulator.from_stats(
         load_stats(out, manifest, entry), int(manifest.ctx), device=device,
         hist_edges=np.asarray(manifest.histogram_edges), band_edges=np.asarray(manifest.band_edges))
         for entry, device in zip(manifest.saes, devices, strict=True)]

@@ -8,10 +8,11 @@ never by raising; only a source that cannot be opened at all raises `CorpusError
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from scope.errors import CorpusError
 
@@ -30,6 +31,15 @@ TEXT_SUFFIXES = (".txt",)
 JSONL_SUFFIXES = (".jsonl",)
 PARQUET_SUFFIXES = (".parquet",)
 READABLE_SUFFIXES = TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES
+
+
+def _extra(module: str, what: str) -> Any:
+    """`module` of the corpus extra, or a CorpusError saying how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:  # pragma: no cover - pyarrow and datasets are in the corpus extra
+        raise CorpusError(f"{what} needs `{module.split('.')[0]}`: pip install "
+                          "'gemma-scope-toolkit[corpus]'") from exc
 
 
 def path_documents(path: Path, text_field: str, skip: Skip) -> Iterator[Document]:
@@ -96,12 +106,7 @@ def jsonl_documents(file: Path, rel: str, text_field: str, skip: Skip) -> Iterat
 def parquet_documents(file: Path, rel: str, text_field: str, skip: Skip
                       ) -> Iterator[Document]:
     """One document per row of the `text_field` column."""
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as exc:  # pragma: no cover - pyarrow is in the corpus extra
-        raise CorpusError(
-            f"reading {file} needs pyarrow: pip install 'gemma-scope-toolkit[corpus]'"
-        ) from exc
+    pq = _extra("pyarrow.parquet", f"reading {file}")
     try:
         pf = pq.ParquetFile(file)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for bad files
@@ -121,15 +126,11 @@ def parquet_documents(file: Path, rel: str, text_field: str, skip: Skip
                 skip(f"no text in field {text_field!r}", f"{rel}:{row}")
             row += 1
 
+
 def hf_documents(name: str, hf_config: str | None, hf_split: str, text_field: str,
                  skip: Skip) -> Iterator[Document]:
     """A Hugging Face dataset streamed through `datasets`."""
-    try:
-        import datasets
-    except ImportError as exc:  # pragma: no cover - datasets is in the corpus extra
-        raise CorpusError(
-            f"corpus hf:{name} needs `datasets`: pip install 'gemma-scope-toolkit[corpus]'"
-        ) from exc
+    datasets = _extra("datasets", f"corpus hf:{name}")
     try:
         ds = datasets.load_dataset(name, hf_config, split=hf_split, streaming=True)
     except Exception as exc:  # noqa: BLE001 - hub, network and config errors alike

@@ -21,7 +21,7 @@ from scope.store import schema as S
 from scope.store import validate as V
 from scope.store.folder import canonical, check_out_dir, check_out_path
 from scope.store.lock import store_lock
-from scope.store.reader import Store, open_store, read_manifest, read_vocab
+from scope.store.reader import Store, check_folders, open_store, read_manifest, read_vocab
 from scope.store.writer import write_manifest, write_vocab
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ def merge_stores(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
         if m.format_version != S.FORMAT_VERSION or m.tables is None:
             raise StoreError(f"{p} is a format {m.format_version} store; only format "
                              f"{S.FORMAT_VERSION} shards merge: extract them again")
+        check_folders(p, m)  # before anything is written: no folder of it leads elsewhere
         manifests.append(m)
     shards = [tuple(m.config.get("shard") or (0, 1)) for m in manifests]
     n = shards[0][1]

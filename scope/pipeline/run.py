@@ -2,9 +2,11 @@
 
 `ExtractionRun.run()` holds the store's lock for the whole run, decides with
 `scope.store.folder.check_out_dir` whether `--out` is resumed, reused or started fresh, and
-folds every batch into one `FeatureAccumulator` per SAE. It never loses work: the store is
-written as a checkpoint every `checkpoint_every` seconds and on Ctrl-C/SIGTERM (marked
-partial); a run that stops before its first checkpoint removes what it wrote (only that).
+folds every batch into one accumulator per SAE (`BlockedAccumulator`: a wide SAE is encoded
+and accumulated one block of features at a time, so memory is bounded whatever its width). It
+never loses work: the store is written as a checkpoint every `checkpoint_every` seconds and on
+Ctrl-C/SIGTERM (marked partial); a run that stops before its first checkpoint removes what it
+wrote (only that).
 """
 
 from __future__ import annotations
@@ -26,11 +28,11 @@ from scope.pipeline.accumulators import (
     SKETCH_DEPTH,
     SKETCH_WIDTH,
     SUM_BITS,
-    FeatureAccumulator,
 )
 from scope.pipeline.checkpoint import WindowPool, load_state, save_state
 from scope.pipeline.corpus import iter_batches, special_token_ids, token_strings
 from scope.pipeline.decoder_tables import N_LOGITS, N_NEIGHBOURS, decoder_tables
+from scope.pipeline.feature_blocks import BlockedAccumulator, BlockEncoder
 from scope.pipeline.run_config import check_sites
 from scope.store import schema as S
 from scope.store.folder import check_out_dir, check_out_path, clear_store
@@ -62,23 +64,17 @@ class ExtractionRun:
 
     def run(self) -> Store:
         check_out_path(self.out)  # refused before the lock is even taken: nothing is written
-        created = not self.out.exists()
-        try:
-            with store_lock(self.out):
-                self.manifest = check_out_dir(self.out, self.config, self.overwrite)
-                if self.manifest is not None and self.manifest.status == S.STATUS_COMPLETE:
-                    log.info("%s already holds a complete store with this configuration",
-                             self.out)
-                    return open_store(self.out)
-                try:
-                    self._run()
-                except BaseException:
-                    if self.manifest is None or self.manifest.data is None:
-                        self._remove_unstarted()
-                    raise
-        finally:
-            if created and self.out.is_dir() and not any(self.out.iterdir()):
-                self.out.rmdir()  # a run that failed at once leaves no empty folder either
+        with store_lock(self.out):  # removes `out` again if it made it and it stays empty
+            self.manifest = check_out_dir(self.out, self.config, self.overwrite)
+            if self.manifest is not None and self.manifest.status == S.STATUS_COMPLETE:
+                log.info("%s already holds a complete store with this configuration", self.out)
+                return open_store(self.out)
+            try:
+                self._run()
+            except BaseException:
+                if self.manifest is None or self.manifest.data is None:
+                    self._remove_unstarted()
+                raise
         log.info("store complete: %s (%d tokens)", self.out, self.manifest.tokens)
         return open_store(self.out)
 
@@ -97,7 +93,7 @@ class ExtractionRun:
                           for e, s in zip(manifest.saes, self.saes, strict=True)})
             write_manifest(self.out, manifest)
             self.manifest = manifest
-            self.accs = [FeatureAccumulator(s.cfg.d_sae, self.ctx, self.config["top_k"],
+            self.accs = [BlockedAccumulator(s.cfg.d_sae, self.ctx, self.config["top_k"],
                                             device=s.W_enc.device) for s in self.saes]
             self.pool = WindowPool()
         self._loop()
@@ -128,15 +124,17 @@ class ExtractionRun:
                 for n_batch, (idx, toks) in enumerate(batches):
                     toks_dev = toks.to(device)
                     acts = capture(self.model, toks_dev, self.hooks)
-                    fs = [sae.encode(acts[sae.cfg.hook_name].to(sae.W_enc.device,
-                                                                 sae.W_enc.dtype))
-                          for sae in self.saes]
+                    # an SAE of one block is encoded whole before any state changes; a wider
+                    # one block by block inside its update (bounded memory)
+                    fs = [_encoder(sae, acts[sae.cfg.hook_name], len(acc.blocks))
+                          for sae, acc in zip(self.saes, self.accs, strict=True)]
                     del acts
                     mask = ~torch.isin(toks, special)
                     in_update = True  # from here to the end of the batch the state is in flux
                     for acc, f, sae in zip(self.accs, fs, self.saes, strict=True):
+                        dev = sae.W_enc.device
                         try:
-                            acc.update(f, mask.to(f.device), idx, toks.to(f.device))
+                            acc.update(f, mask.to(dev), idx, toks.to(dev))
                         except NonFiniteActivationError as exc:
                             raise NonFiniteActivationError(
                                 f"SAE {sae.cfg.name!r}, feature {exc.feature}: a NaN or "
@@ -202,6 +200,20 @@ class ExtractionRun:
             tool_version=_tool_version(), shard=self.config["shard"], sum_bits=SUM_BITS,
             n_logits=N_LOGITS, n_neighbours=N_NEIGHBOURS,
             token_sketch={"depth": SKETCH_DEPTH, "width": SKETCH_WIDTH}, created=now)
+
+
+def _encoder(sae, x: torch.Tensor, n_blocks: int) -> torch.Tensor | BlockEncoder:
+    """The SAE's features of `x` (`[batch, pos, d_in]`): all at once for one block, else a
+    `BlockEncoder` that makes one block's (`[batch, pos, stop - start]`) when called."""
+    x = x.to(sae.W_enc.device, sae.W_enc.dtype)
+    if n_blocks == 1:
+        return sae.encode(x)
+
+    def block(start: int, stop: int) -> torch.Tensor:  # JumpReLUSAE.encode on columns start:stop
+        pre = x @ sae.W_enc[:, start:stop] + sae.b_enc[start:stop]
+        return pre * (pre > sae.threshold[start:stop])
+
+    return block
 
 
 def _tool_version() -> str:

@@ -57,13 +57,15 @@ def store_lock(out: str | os.PathLike) -> Iterator[None]:
     """Hold `out/.scope.lock` while writing the store in `out` (the folder is created if needed).
 
     Args:
-        out: the store folder.
+        out: the store folder; created if needed, and removed again on exit when it was created
+            here and is left empty (a writer that failed at once leaves nothing behind).
 
     Raises:
         StoreLockedError: another live run holds the lock (its pid and host are named), or this
             process holds it already (the lock is not re-entrant: one writer at a time).
     """
     out = Path(out)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     path = (out / S.LOCK).resolve()
     if path in _HELD:
@@ -111,3 +113,5 @@ def store_lock(out: str | os.PathLike) -> Iterator[None]:
         _HELD.discard(path)
         if _lock_holder(path) == me:
             path.unlink(missing_ok=True)
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a writer that wrote nothing leaves no empty folder either

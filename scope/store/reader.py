@@ -90,15 +90,7 @@ class Store:
             raise StoreError(f"store {self.path} holds no data yet (the extraction made no "
                              "checkpoint); rerun the extract command to resume it")
         self._data = self.path / info.data
-        folders = [self._data, *(self._data / S.SAES_DIR / e.dir for e in info.saes)]
-        if info.tables is not None:
-            folders += [self.path / info.tables,
-                        *(self.path / info.tables / e.dir for e in info.saes)]
-        for folder in folders:
-            V.inside(self.path, folder)
-            if not folder.is_dir():
-                raise StoreCorruptError(f"store {self.path}: folder {folder} is missing; the "
-                                        "store is corrupt: delete it and extract again")
+        check_folders(self.path, info)
         self._by_name = {s.name: s for s in info.saes}
 
     def __repr__(self) -> str:
@@ -323,6 +315,21 @@ class Store:
         vocab = self.vocab
         return [(vocab[t] if 0 <= t < len(vocab) else f"<{t}>", float(v))
                 for t, v in zip(ids, vals, strict=True) if t >= 0]
+
+
+def check_folders(root: Path, info: S.Manifest) -> None:
+    """Every folder the manifest names (its generation, tables, each SAE's folder in both)
+    exists and, symlinks followed, lies inside the store (`StoreOutsideError` otherwise)."""
+    data = root / info.data
+    folders = [data, *(data / S.SAES_DIR / e.dir for e in info.saes)]
+    if info.tables is not None:
+        folders += [root / info.tables, *(root / info.tables / e.dir for e in info.saes)]
+    for folder in folders:
+        V.inside(root, folder)
+    for folder in folders:
+        if not folder.is_dir():
+            raise StoreCorruptError(f"store {root}: folder {folder} is missing; the store is "
+                                    "corrupt: delete it and extract again")
 
 
 def _identity(info: S.Manifest | None) -> tuple:
