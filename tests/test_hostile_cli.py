@@ -251,7 +251,7 @@ def test_hostile_cli(case: Case, store, tmp_path, capsys, monkeypatch, caplog):
 
 
 def test_loopback_hosts_do_not_warn(caplog):
-    from scope.cli.checks import warn_if_exposed
+    from scope.cli.flags import warn_if_exposed
 
     for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
         warn_if_exposed(host)
