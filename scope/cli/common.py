@@ -73,11 +73,6 @@ def positional(default: Any = dataclasses.MISSING, *, nargs: str | None = None) 
     return dataclasses.field(default=default, metadata={"positional": True, "nargs": nargs})
 
 
-def metavar(default: Any = dataclasses.MISSING, name: str = "", **kw: Any) -> Any:
-    """A dataclass field whose `--help` shows its value as `name` (e.g. INDEX:STRENGTH)."""
-    return dataclasses.field(default=default, metadata={"metavar": name}, **kw)
-
-
 # --------------------------------------------------------------------------------------------
 # errors and exit codes
 # --------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from scope.cli.common import command, positional, say
 from scope.cli.flags import CTX, DEVICE, FOLDER, POSITIVE, SECONDS, SHARD
 from scope.errors import ConfigError, CorpusError, StoreError
 
+
 @dataclass
 class Extract:
     """Run a model and its SAEs over a corpus and record, for every feature, what makes it fire

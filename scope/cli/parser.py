@@ -76,7 +76,7 @@ def _flags(config: type) -> tuple[Flag, ...]:
         if f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
         hint, convert, many, count, choices = _unpack(hints[f.name])
-        out.append(Flag(f.name, config, hint, convert or (Path if hint is Path else hint),
+        out.append(Flag(f.name, config, hint, convert or _Plain(hint),
                         default, docs.get(f.name, ""), many, count, choices,
                         bool(f.metadata.get("positional")), f.metadata.get("nargs"),
                         f.metadata.get("metavar")))
@@ -105,6 +105,21 @@ def _unpack(hint: Any) -> tuple[type, Any, bool, int | None, tuple | None]:
     if hint not in (bool, int, float, str, Path):
         raise TypeError(f"scope.cli: unsupported flag type {hint!r}")
     return hint, None, False, None, None
+
+
+@dataclass(frozen=True)
+class _Plain:
+    """`int`, `float`, `str` or `Path` as argparse applies it, without jsonargparse's own reading
+    of the string (it would parse `--target ' Paris'` as YAML and strip the space)."""
+
+    base: type
+
+    @property
+    def __name__(self) -> str:
+        return self.base.__name__
+
+    def __call__(self, value: Any) -> Any:
+        return value if type(value) is self.base else self.base(value)
 
 
 class _Repeat(argparse.Action):
