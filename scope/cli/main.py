@@ -35,8 +35,12 @@ ORDER = ["models", "saes", "extract", "merge", "eval", "steer", "attribute", "la
          "export", "dashboard", "train", "demo"]
 
 
-def build_parser() -> tuple[ArgumentParser, dict[str, ArgumentParser]]:
-    """The `scope` parser and the parser of each command (by name)."""
+def build_parser(chosen: str | None = None) -> tuple[ArgumentParser, dict[str, ArgumentParser]]:
+    """The `scope` parser and the parser of each command (by name).
+
+    Only the `chosen` command's parser gets its flags (the others are listed, never parsed):
+    reading the field docstrings of every command would cost `scope CMD` half a second.
+    """
     root = ArgumentParser(
         prog="scope", exit_on_error=False, formatter_class=Formatter,
         description="Interpretability toolkit for Gemma models: load Gemma 2/3 with hooks, "
@@ -49,7 +53,7 @@ def build_parser() -> tuple[ArgumentParser, dict[str, ArgumentParser]]:
     rank = {name: i for i, name in enumerate(ORDER)}
     subs = {}
     for name in sorted(COMMANDS, key=lambda n: rank.get(n, len(ORDER))):
-        subs[name] = subparser(COMMANDS[name])
+        subs[name] = subparser(COMMANDS[name], with_flags=name == chosen)
         subcommands.add_subcommand(name, subs[name], help=COMMANDS[name].help)
     return root, subs
 
@@ -69,9 +73,9 @@ def parse(argv: Sequence[str]) -> tuple[Command | None, list[Any], bool]:
         ConfigError: the `--config` file or a value does not fit.
         SystemExit: `--help` or `--version` (printed).
     """
-    root, subs = build_parser()
     argv = list(argv)
     name = next((a for a in argv if not a.startswith("-")), None)
+    root, subs = build_parser(name)
     if name in subs:
         path = _config_path(argv[argv.index(name) + 1:])
         if path is not None:
@@ -86,7 +90,7 @@ def parse(argv: Sequence[str]) -> tuple[Command | None, list[Any], bool]:
             raise
         if name in subs:
             subs[name].print_usage(sys.stderr)
-        raise usage_error(exc, name if name in subs else None) from None
+        raise usage_error(exc, COMMANDS.get(name or "")) from None
     if not ns.command:
         root.print_help()
         return None, [], False

@@ -109,8 +109,10 @@ def _unpack(hint: Any) -> tuple[type, Any, bool, int | None, tuple | None]:
 
 @dataclass(frozen=True)
 class _Plain:
-    """`int`, `float`, `str` or `Path` as argparse applies it, without jsonargparse's own reading
-    of the string (it would parse `--target ' Paris'` as YAML and strip the space)."""
+    """`int`, `float`, `str` or `Path` applied as argparse's `type=`, passing values that already
+    have it (checked `--config` values, and jsonargparse's re-check of parsed ones). Given the bare
+    type, jsonargparse would refuse `--lr nan` itself, before the section's `__post_init__` can
+    say which field is out of range."""
 
     base: type
 
@@ -192,7 +194,7 @@ def _help(f: Flag) -> str:
     return text
 
 
-def subparser(cmd: Command) -> ArgumentParser:
+def subparser(cmd: Command, with_flags: bool = True) -> ArgumentParser:
     """The parser of one command: its flags plus `--config FILE.yaml` and `-v`."""
     p = ArgumentParser(prog=f"scope {cmd.name}", exit_on_error=False, formatter_class=Formatter,
                        description=f"{textwrap.fill(cmd.help, 90)}\n\nexample:\n  {cmd.example}",
@@ -201,7 +203,7 @@ def subparser(cmd: Command) -> ArgumentParser:
                    help="YAML file whose keys are this command's flags (typed like the flags; a "
                    "repeatable flag takes a list or one value); later flags win")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    for config in cmd.configs:
+    for config in cmd.configs if with_flags else ():
         add_flags(p, config)
     return p
 
@@ -218,11 +220,12 @@ def instances(cmd: Command, values: Any) -> list[Any]:
     return out
 
 
-def usage_error(exc: Exception, cmd: str | None) -> UsageError:
-    """jsonargparse's error as one line naming flags as the user types them."""
+def usage_error(exc: Exception, cmd: Command | None) -> UsageError:
+    """jsonargparse's error as one line naming arguments as the user types them."""
     text = " ".join(str(exc).split())
-    if cmd:
-        text = re.sub(rf"\b{re.escape(cmd)}\.(\w+)", lambda m: "--" + m[1].replace("_", "-"),
-                      text)
-    where = f"scope {cmd}" if cmd else "scope"
+    if cmd is not None:
+        shown = {f.name: f.flag
+                 for config in cmd.configs for f in flags(config)}
+        text = re.sub(rf"\b{re.escape(cmd.name)}\.(\w+)", lambda m: shown.get(m[1], m[1]), text)
+    where = f"scope {cmd.name}" if cmd else "scope"
     return UsageError(f"{text} (see `{where} --help`)")
