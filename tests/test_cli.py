@@ -74,6 +74,17 @@ def test_every_command_keeps_its_flags_and_shows_a_real_example(name, capsys):
     assert cmd is not None and cmd.name == name and configs
 
 
+def test_field_docstrings_are_the_help(capsys):
+    from scope.cli.parser import flags
+
+    for name, cmd in cli.COMMANDS.items():
+        text = " ".join(_help(capsys, name).split())
+        for config in cmd.configs:
+            for f in flags(config):
+                assert f.help, f"{name}: field {f.name} has no docstring"
+                assert f.help[:40] in text, f"{name}: help of {f.name} not shown"
+
+
 BOUNDS = [
     (["attribute", "--prompt", "p", "--target", "t", "--top", "-5"], "--top: '-5' is too small"),
     (["attribute", "--prompt", "p", "--target", "t", "--top", "0"], "need a positive integer"),
@@ -150,6 +161,9 @@ def test_config_flag_values_and_dashes(tmp_path):
     (tmp_path / "c.yaml").write_text("top-k: 7\nno_progress: true\nshard: 1/4\nsae: x\n")
     _, (e,), _ = cli.parse(["extract", "--config", str(tmp_path / "c.yaml"), "--out", "o"])
     assert (e.top_k, e.no_progress, e.shard, e.sae, e.out) == (7, True, "1/4", ["x"], Path("o"))
+    _, (e,), _ = cli.parse(["extract", "--top-k", "3", "--sae", "y", "--config",
+                            str(tmp_path / "c.yaml")])
+    assert (e.top_k, e.sae) == (3, ["y"])  # the command line wins, before --config too
     _, (_, _, run), _ = cli.parse(["train", "--no-resume"])
     assert run.resume is False
 

@@ -7,7 +7,7 @@ the flag's YAML type — jsonargparse would read the string `"false"` as false a
 here an on/off flag needs a YAML boolean, an integer flag a YAML integer, a repeatable flag a
 list (one string is a one-element list: `sae: bundled` is `sae: [bundled]`) — and then pass the
 flag's own check (`scope.cli.flags`). `key: null` keeps the default. The checked values become
-the parser's defaults, so flags given after `--config` on the command line win.
+the parser's defaults, so flags on the command line win wherever they stand.
 
 YAML 1.1 reads `7e-5` (no dot) as a string; the loader here reads it as the number it looks like,
 as YAML 1.2 does.

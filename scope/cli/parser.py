@@ -34,7 +34,6 @@ class Flag:
 
     name: str
     """Field name (and `--config` key; dashes are accepted there too)."""
-    owner: type
     base: type
     """bool, int, float, str or Path: the YAML type a config value must have."""
     convert: Any
@@ -76,7 +75,7 @@ def _flags(config: type) -> tuple[Flag, ...]:
         if f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
         hint, convert, many, count, choices = _unpack(hints[f.name])
-        out.append(Flag(f.name, config, hint, convert or _Plain(hint),
+        out.append(Flag(f.name, hint, convert or _Plain(hint),
                         default, docs.get(f.name, ""), many, count, choices,
                         bool(f.metadata.get("positional")), f.metadata.get("nargs"),
                         f.metadata.get("metavar")))
@@ -201,7 +200,7 @@ def subparser(cmd: Command, with_flags: bool = True) -> ArgumentParser:
                        epilog=cmd.epilog)
     p.add_argument("--config", type=str, metavar="FILE.yaml",
                    help="YAML file whose keys are this command's flags (typed like the flags; a "
-                   "repeatable flag takes a list or one value); later flags win")
+                   "repeatable flag takes a list or one value); flags on the command line win")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     for config in cmd.configs if with_flags else ():
         add_flags(p, config)
