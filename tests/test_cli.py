@@ -4,13 +4,18 @@ wrapped at word boundaries. (Hostile inputs: tests/test_hostile_cli.py, _config.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import textwrap
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 import scope.cli.main as cli
+from scope.cli.common import COMMANDS, command
 from scope.cli.models import sae_order, width_value
 from scope.cli.steer import side_by_side
 from scope.errors import ConfigError, UsageError
@@ -193,3 +198,30 @@ def test_steer_columns_wrap_at_word_boundaries():
     assert " ".join(a for a, _ in cols).split() == left.split()
     assert " ".join(b for _, b in cols if b).split() == right.split()  # no word cut
     assert cols[0][0] == textwrap.wrap(left, 20)[0]
+
+
+@dataclass
+class _Signal:
+    """Send this process a signal (a test-only command)."""
+
+    signal: str = "SIGTERM"
+    """signal name"""
+
+
+@pytest.mark.parametrize("name,code,word", [("SIGTERM", 143, "terminated"),
+                                            ("SIGINT", 130, "interrupted")])
+def test_signals_stop_a_command_with_their_exit_status(name, code, word, capsys):
+    def run(cfg: _Signal) -> int:
+        os.kill(os.getpid(), getattr(signal, cfg.signal))
+        time.sleep(5)
+        return 0
+
+    command("signal-test", _Signal, example="scope signal-test --signal SIGINT")(run)
+    try:
+        t = time.time()
+        assert cli.main(["signal-test", "--signal", name]) == code
+        assert time.time() - t < 4
+    finally:
+        del COMMANDS["signal-test"]
+    assert capsys.readouterr().err.strip() == f"scope signal-test: {word}"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed again
