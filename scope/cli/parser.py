@@ -6,6 +6,12 @@ the field name in `--config` files), its docstring the help, its annotation the 
 that defaults to true also gets `--no-NAME`), `list[...]` fields repeat (`--sae a --sae b`),
 `tuple[X, X]` fields take that many values, `Literal[...]` fields a choice, and fields made with
 `positional()` are positional arguments.
+
+Why not jsonargparse's `add_class_arguments`: it names flags `--top_k` (users type `--top-k`),
+wants `--overwrite true` for a switch, appends with `--sae+ b` (users repeat `--sae`), and
+reads the `--config` string `"false"` as false; each would break a command line or config that
+works today. The field docstrings are read by docstring_parser, the library jsonargparse's
+`signatures` extra uses for the same purpose.
 """
 
 from __future__ import annotations
