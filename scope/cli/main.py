@@ -74,7 +74,7 @@ def parse(argv: Sequence[str]) -> tuple[Command | None, list[Any], bool]:
         SystemExit: `--help` or `--version` (printed).
     """
     argv = list(argv)
-    name = next((a for a in argv if not a.startswith("-")), None)
+    name = _command_name(argv)
     root, subs = build_parser(name)
     if name in subs:
         path = _config_path(argv[argv.index(name) + 1:])
@@ -99,6 +99,11 @@ def parse(argv: Sequence[str]) -> tuple[Command | None, list[Any], bool]:
     return cmd, instances(cmd, values), bool(values.verbose)
 
 
+def _command_name(argv: list[str]) -> str | None:
+    """The command a command line names: its first word that is not an option of `scope`."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def _config_path(args: list[str]) -> str | None:
     """The value of `--config` among a command's arguments (the last one given)."""
     path = None
@@ -119,13 +124,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     never a traceback (`-v` adds the traceback of an unexpected error).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    where = "scope " + next((a for a in argv if a in COMMANDS), "")
+    name = _command_name(argv)
+    where = f"scope {name}" if name in COMMANDS else "scope"
     try:
         cmd, configs, verbose = parse(argv)
     except SystemExit as exc:  # --help or --version
         return exc.code if isinstance(exc.code, int) else 0
     except ScopeError as exc:
-        return report(where.strip(), exc)
+        return report(where, exc)
     if cmd is None:
         return 0
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
