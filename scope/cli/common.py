@@ -1,19 +1,8 @@
 """What every `scope` command shares: the command registry, the one output style, exit codes.
 
 A command is one typed dataclass (its fields are the flags, each field's docstring the flag's
-`--help`) and one function taking an instance of it, registered with `@command`:
-
-    @dataclass
-    class Hello:
-        \"\"\"Say hello.\"\"\"
-        name: str = "world"
-        \"\"\"who to greet\"\"\"
-
-    @command("hello", Hello, example="scope hello --name Ada")
-    def hello(cfg: Hello) -> int:
-        say(f"hello {cfg.name}")
-        return 0
-
+`--help`) and one function taking an instance of it, registered with
+`@command("name", TheDataclass, example="scope name ...")` (docs/cli.md shows a whole one).
 `scope.cli.parser` turns the dataclass into a jsonargparse parser; `report` turns any exception
 into one `scope CMD: error: ...` line and an exit status (2 usage, 1 runtime fault, 130 Ctrl-C,
 143 SIGTERM).
