@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sys
 import textwrap
 import time
 from dataclasses import dataclass
@@ -225,3 +226,20 @@ def test_signals_stop_a_command_with_their_exit_status(name, code, word, capsys)
         del COMMANDS["signal-test"]
     assert capsys.readouterr().err.strip() == f"scope signal-test: {word}"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed again
+
+
+def test_the_example_command_of_docs_cli_md_registers_and_parses(tmp_path, monkeypatch):
+    import importlib
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    (tmp_path / "docs_cli_example.py").write_text(text.split("```python\n", 1)[1].split("```")[0])
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        importlib.import_module("docs_cli_example")
+        cmd, (cfg,), _ = cli.parse(["count", "runs/l20", "--at-least", "10"])
+        assert cmd.name == "count" and (cfg.store, cfg.at_least) == ("runs/l20", 10)
+        with pytest.raises(UsageError, match="--at-least: '0' is too small"):
+            cli.parse(["count", "runs/l20", "--at-least", "0"])
+    finally:
+        COMMANDS.pop("count", None)
+        sys.modules.pop("docs_cli_example", None)
