@@ -29,7 +29,6 @@ from scope.errors import (
 )
 
 
-
 def _argv(*args: str):
     return lambda root: [a.format(root=root) for a in args]
 
