@@ -77,7 +77,8 @@ class Explanation:
         return {k: v for k, v in d.items() if v is not None or k in keep}
 
     @classmethod
-    def from_json(cls, d: Mapping) -> Explanation:
+    def from_json(cls, d: Mapping, legacy: bool = False) -> Explanation:
+        """Read one entry; `legacy` (a version 1 file) marks its scores as `OLD_PROTOCOL`."""
         pv = d.get("prompt_version")
         ci = d.get("score_ci")
         ci = (tuple(float(x) for x in ci) if isinstance(ci, (list, tuple)) and len(ci) == 2
@@ -85,7 +86,7 @@ class Explanation:
         protocol = d.get("protocol") if isinstance(d.get("protocol"), Mapping) else None
         score = _finite(d.get("score"))
         source = str(d.get("source", "explain"))
-        if protocol is None and score is not None and source == "explain":
+        if legacy and protocol is None and score is not None and source == "explain":
             protocol = dict(OLD_PROTOCOL)
         counts = d.get("counts") if isinstance(d.get("counts"), Mapping) else None
         return cls(text=str(d.get("text", "")), score=score, explainer=str(d.get("explainer", "")),
@@ -305,7 +306,7 @@ class Labels:
             if not isinstance(saes, dict):
                 raise TypeError("'saes' is not a mapping")
             for name, feats in saes.items():
-                self._data[str(name)] = {_index(i): Explanation.from_json(e)
+                self._data[str(name)] = {_index(i): Explanation.from_json(e, version == 1)
                                          for i, e in feats.items()}
         except StoreError:
             raise
