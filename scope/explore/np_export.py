@@ -110,7 +110,6 @@ def export_neuronpedia(store, out: str | os.PathLike, *, sae: str | None = None,
     Returns:
         The batch or upload files written.
     """
-    from tqdm.auto import tqdm
 
     if format not in FORMATS:
         raise ExportError(f"format {format!r}: choose one of {', '.join(FORMATS)}")
@@ -131,6 +130,20 @@ def export_neuronpedia(store, out: str | os.PathLike, *, sae: str | None = None,
     corpus = manifest.get("corpus")
     dataset = str(corpus.get("source") or corpus.get("name") or "") if isinstance(
         corpus, dict) else str(corpus or "")
+    created = not out.exists()
+    try:
+        return _export(store, out, names, format, batch_size, logit_histograms, progress, ctx,
+                       total_tokens, n_prompts, dataset)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # leave no trace of an export that wrote nothing
+        raise
+
+
+def _export(store, out, names, format, batch_size, logit_histograms, progress, ctx,
+            total_tokens, n_prompts, dataset) -> list[Path]:
+    from tqdm.auto import tqdm
+
     written = []
     for name in names:
         info = store.sae_info(name)
