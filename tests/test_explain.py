@@ -417,3 +417,33 @@ def test_unreachable_endpoint_is_a_named_error(store_path):
     with pytest.raises(X.ExplainError, match="cannot reach a chat endpoint"):
         X.explain_store(store, store.sae_names[0], X.ChatEndpoint("http://127.0.0.1:9/v1", "m"),
                         features=_live(store_path, 1), progress=False)
+
+
+def test_a_busy_lock_delays_saves_but_loses_no_answer(store_path, server):
+    """Another live process holds the store's lock (an extraction, say) during most of the run:
+    the answers are kept in memory and saved once the lock is free."""
+    import socket
+
+    oracle = server["oracle"] = Oracle(store_path)
+    store = scope.open_store(store_path)
+    sae = store.sae_names[0]
+    feats = _live(store_path, 3)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    lock = store_path / ".scope.lock"
+    lock.write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
+                                "started": "now"}))
+    n_requests = len(feats) * 5  # explain + detection + fuzz batches: well past two features
+
+    def free(n):
+        if n == n_requests:
+            lock.unlink()
+
+    oracle.on_request = free
+    try:
+        stats = X.explain_store(store, sae, X.ChatEndpoint(server["url"], "m"), features=feats,
+                                progress=False, lock_wait=0.2)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert stats["explained"] == 3
+    assert sorted(L.Labels(store_path).for_sae(sae)) == feats

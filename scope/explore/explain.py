@@ -24,7 +24,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from scope.errors import ConfigError, EndpointAnswerError, ExplainError, StoreError
+from scope.errors import (
+    ConfigError,
+    EndpointAnswerError,
+    ExplainError,
+    StoreError,
+    StoreLockedError,
+)
 from scope.explore import sampling as Smp
 from scope.explore import scoring as Sc
 from scope.explore.chat import ChatEndpoint, ChatModel, LocalChatModel, check_endpoint
@@ -190,6 +196,19 @@ def _todo(store, sae: str, features, explainer: ChatModel, force: bool) -> tuple
     return keep, skipped
 
 
+def _flush(path, sae: str, pending: dict, force: bool, wait: float, final: bool = False) -> None:
+    """Save the explanations not yet saved; a busy lock keeps them for the next try (only the
+    final try raises, naming how many answers could not be saved)."""
+    try:
+        save_explanations(path, {sae: dict(pending)}, replace_scored=force, wait=wait)
+        pending.clear()
+    except StoreLockedError as exc:
+        if final:
+            raise StoreLockedError(f"{exc} ({len(pending)} explanations could not be saved: "
+                                   f"features {sorted(pending)[:10]})") from None
+        log.warning("%s; keeping %d explanations to save with the next one", exc, len(pending))
+
+
 def explain_store(store, sae: str, explainer: ChatModel, judge: ChatModel | None = None, *,
                   features: Sequence[int] | None = None, cfg: ExplainConfig | None = None,
                   force: bool = False, encoder=None, progress: bool = True,
@@ -229,6 +248,7 @@ def explain_store(store, sae: str, explainer: ChatModel, judge: ChatModel | None
     negatives = Smp.NegativePool(store, sae, encoder if cfg.scoring.verify else None,
                                  cfg.scoring, cfg.seed) if todo else None
     bad_in_a_row = 0
+    pending: dict[int, L.Explanation] = {}
     bar = tqdm(total=len(todo), desc=f"explain {sae}", unit="feature", disable=not progress)
     try:
         for i in todo:
@@ -252,7 +272,8 @@ def explain_store(store, sae: str, explainer: ChatModel, judge: ChatModel | None
                     stats["skipped_reasons"][i] = got.skip_reason
                 bar.update(1)
                 continue
-            save_explanations(store.path, {sae: {i: exp}}, replace_scored=force, wait=lock_wait)
+            pending[i] = exp
+            _flush(store.path, sae, pending, force, lock_wait)
             stats["explained"] += 1
             if exp.score is not None:
                 scores.append(exp.score)
@@ -261,6 +282,8 @@ def explain_store(store, sae: str, explainer: ChatModel, judge: ChatModel | None
             bar.update(1)
     finally:
         bar.close()
+        if pending:  # the lock was busy at the last saves: wait longer, then say what is unsaved
+            _flush(store.path, sae, pending, force, max(lock_wait, 300.0), final=True)
     stats["mean_score"] = float(np.mean(scores)) if scores else None
     stats["mean_fuzz_score"] = float(np.mean(fuzz)) if fuzz else None
     return stats
