@@ -70,8 +70,9 @@ def folder_name(model_id: str, sae_set: str, hook: str, d_sae: int, suffix: str 
 
 
 def r3(values) -> list[float]:
-    """SAEDashboard's `round_list`: numbers rounded to 3 decimals."""
-    return [round(float(v), 3) for v in values]
+    """SAEDashboard's `round_list`: `np.round(values, 3)`."""
+    return np.round(np.asarray(list(values) if not isinstance(values, (list, np.ndarray))
+                               else values, dtype=np.float64), 3).tolist()
 
 
 def pct(share: float) -> float:
@@ -79,12 +80,18 @@ def pct(share: float) -> float:
     return float(f"{share:.3%}".rstrip("%")) / 100
 
 
+def _cdf(counts: np.ndarray, edges: np.ndarray, x) -> np.ndarray:
+    """Firings at or below each `x` from a binned histogram, mass uniform within each bin."""
+    x = np.atleast_1d(np.asarray(x, dtype=np.float64))
+    width = np.where(edges[1:] > edges[:-1], edges[1:] - edges[:-1], 1.0)
+    frac = np.clip((x[:, None] - edges[None, :-1]) / width[None, :], 0.0, 1.0)
+    return frac @ counts
+
+
 def _mass(counts: np.ndarray, edges: np.ndarray, lo: float, hi: float) -> float:
     """Firings in [lo, hi] from a binned histogram, mass uniform within each bin."""
-    a, b = np.maximum(edges[:-1], lo), np.minimum(edges[1:], hi)
-    width = edges[1:] - edges[:-1]
-    frac = np.where(width > 0, np.clip(b - a, 0, None) / np.where(width > 0, width, 1), 0)
-    return float((counts * frac).sum())
+    a, b = _cdf(counts, edges, [lo, hi])
+    return float(max(0.0, b - a))
 
 
 def rebin(counts, edges, top: float, n_bins: int = HIST_BINS) -> tuple[list[float], list[int]]:
@@ -97,7 +104,7 @@ def rebin(counts, edges, top: float, n_bins: int = HIST_BINS) -> tuple[list[floa
         return [], []
     lo = float(min(edges[nz[0]], top))
     grid = np.linspace(lo, top, n_bins + 1)
-    raw = np.array([_mass(counts, edges, grid[k], grid[k + 1]) for k in range(n_bins)])
+    raw = np.clip(np.diff(_cdf(counts, edges, grid)), 0.0, None)
     if lo == top:
         raw[n_bins // 2] = counts.sum()
     # mass past the max (the last non-empty log bin reaches beyond it) belongs to the last bar
@@ -131,6 +138,9 @@ def hist_equal_width(values: np.ndarray, n_bins: int = HIST_BINS) -> tuple[list[
 
 def _activation(ex, bin_min: float, bin_max: float, bin_contains: float, q: int) -> dict:
     acts = np.asarray(ex.activations, dtype=np.float64)
+    if not np.isfinite(acts).all():
+        raise ExportError(f"window {ex.window}: a context holds NaN or inf activations; "
+                          "re-extract the store")
     return {"bin_min": bin_min, "bin_max": bin_max, "bin_contains": bin_contains,
             "tokens": list(ex.tokens[1:]), "values": r3(acts[1:]),
             "qualifying_token_index": max(0, int(q) - 1)}
@@ -189,9 +199,6 @@ def feature_record(feat, *, n_prompts: int, ctx: int, dataset: str, total_tokens
     counts, edges = feat.histogram
     values, heights = ([], []) if dead else rebin(counts, edges, mx)
     acts = [] if dead else activation_groups(feat, total_tokens)
-    for a in acts:
-        if not all(math.isfinite(v) for v in a["values"]):
-            raise ExportError(f"{where}: a context holds NaN or inf activations; re-extract")
     pos, neg = feat.top_logits, feat.bottom_logits
     for _, v in [*pos, *neg]:
         _finite_or_fail(v, "a logit effect", where)
