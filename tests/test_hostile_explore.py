@@ -18,7 +18,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +25,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from explain_helpers import CHAT_OK, drip_body, drip_headers, handler, reply, serve  # noqa: E402
 from hostile import outside, snapshot  # noqa: E402
-from test_explain import serve  # noqa: E402
 
 import scope  # noqa: E402
 from scope.errors import (  # noqa: E402
@@ -217,65 +216,13 @@ def test_hostile_files(row, base_store, tmp_path):
 # HTTP: servers that misbehave
 # ---------------------------------------------------------------------------------------------
 
-CHAT_OK = json.dumps({"choices": [{"message": {"content": "Explanation: ok"}}]}).encode()
-
-
-def _handler(behaviour: Callable, seen: list):
-    class H(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            seen.append((self.path, self.headers.get("Authorization")))
-            behaviour(self)
-
-        def log_message(self, *args):
-            pass
-
-    return H
-
-
-def _reply(body: bytes, ctype: str = "application/json", code: int = 200, **headers):
-    def go(h):
-        h.send_response(code)
-        h.send_header("Content-Type", ctype)
-        for k, v in headers.items():
-            h.send_header(k.replace("_", "-"), v)
-        h.send_header("Content-Length", str(len(body)))
-        h.end_headers()
-        h.wfile.write(body)
-    return go
-
-
-def _drip_body(h):
-    h.send_response(200)
-    h.send_header("Content-Type", "application/json")
-    h.send_header("Content-Length", "100000")
-    h.end_headers()
-    for _ in range(40):
-        try:
-            h.wfile.write(b" ")
-            h.wfile.flush()
-        except OSError:
-            return
-        time.sleep(0.25)
-
-
-def _drip_headers(h):
-    for ch in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 40:
-        try:
-            h.wfile.write(bytes([ch]))
-            h.wfile.flush()
-        except OSError:
-            return
-        time.sleep(0.25)
-
-
 @pytest.fixture
 def http():
     servers = []
 
     def start(behaviour):
         seen: list = []
-        httpd, url = serve(_handler(behaviour, seen))
+        httpd, url = serve(handler(behaviour, seen))
         servers.append(httpd)
         return url, seen
 
@@ -291,8 +238,8 @@ def _ask(url, **kw):
 
 
 def test_cross_origin_redirect_never_carries_the_key(http):
-    other_url, other_seen = http(_reply(CHAT_OK))
-    url, seen = http(_reply(b"", code=307, location=other_url + "/v1/chat/completions"))
+    other_url, other_seen = http(reply(CHAT_OK))
+    url, seen = http(reply(b"", code=307, location=other_url + "/v1/chat/completions"))
     with pytest.raises(EndpointAnswerError, match="redirected .*never sends the key"):
         _ask(url)
     assert seen == [("/v1/chat/completions", "Bearer sk-secret")]
@@ -304,9 +251,9 @@ def test_same_origin_redirects(http):
 
     def behaviour(h):
         if h.path == "/v1/chat/completions":
-            _reply(b"", code=box["code"], location=box["url"] + "/v2/chat/completions")(h)
+            reply(b"", code=box["code"], location=box["url"] + "/v2/chat/completions")(h)
         else:
-            _reply(CHAT_OK)(h)
+            reply(CHAT_OK)(h)
 
     url, seen = http(behaviour)
     box["url"], box["code"] = url, 307
@@ -318,16 +265,16 @@ def test_same_origin_redirects(http):
 
 
 @pytest.mark.parametrize("name, behaviour, fragment", [
-    ("html", _reply(b"<!DOCTYPE html><html>Sign in</html>", "text/html"), "answered HTML"),
-    ("html-as-json", _reply(b"<html>proxy error</html>"), "answered HTML"),
-    ("non-utf8", _reply(b'{"choices": "\xff\xfe\xfd"}'), "not UTF-8"),
-    ("non-json", _reply(b"hello there"), "not JSON"),
-    ("wrong-shape", _reply(b'{"result": "Explanation: x"}'), "chat-completions format"),
-    ("content-not-text", _reply(b'{"choices": [{"message": {"content": [1]}}]}'), "not text"),
-    ("oversized", _reply(b"[" + b"1," * 3_000_000 + b"1]"), "more than"),
-    ("deep-json", _reply(b"[" * 100_000 + b"]" * 100_000), "not JSON"),
-    ("drip-body", _drip_body, "did not finish answering within"),
-    ("drip-headers", _drip_headers, "did not finish answering within"),
+    ("html", reply(b"<!DOCTYPE html><html>Sign in</html>", "text/html"), "answered HTML"),
+    ("html-as-json", reply(b"<html>proxy error</html>"), "answered HTML"),
+    ("non-utf8", reply(b'{"choices": "\xff\xfe\xfd"}'), "not UTF-8"),
+    ("non-json", reply(b"hello there"), "not JSON"),
+    ("wrong-shape", reply(b'{"result": "Explanation: x"}'), "chat-completions format"),
+    ("content-not-text", reply(b'{"choices": [{"message": {"content": [1]}}]}'), "not text"),
+    ("oversized", reply(b"[" + b"1," * 3_000_000 + b"1]"), "more than"),
+    ("deep-json", reply(b"[" * 100_000 + b"]" * 100_000), "not JSON"),
+    ("drip-body", drip_body, "did not finish answering within"),
+    ("drip-headers", drip_headers, "did not finish answering within"),
 ])
 def test_bad_answers_are_named_errors(http, name, behaviour, fragment):
     url, _ = http(behaviour)
@@ -364,8 +311,8 @@ def test_explain_reports_bad_answers_per_feature_and_keeps_the_rest(http, base_s
     def behaviour(h):
         state["n"] += 1
         if state["n"] == 1:  # the first feature's explanation request gets a login page
-            return _reply(b"<html>login</html>", "text/html")(h)
-        _reply(json.dumps({"choices": [{"message": {"content": "Explanation: words"}}]}
+            return reply(b"<html>login</html>", "text/html")(h)
+        reply(json.dumps({"choices": [{"message": {"content": "Explanation: words"}}]}
                           ).encode())(h)
 
     url, _ = http(behaviour)
@@ -377,7 +324,7 @@ def test_explain_reports_bad_answers_per_feature_and_keeps_the_rest(http, base_s
     done = L.Labels(tmp_path / "store").for_sae(sae)
     assert sorted(done) == [1, 2] and done[1].protocol["negatives"] == "unverified"
     state["n"] = -100  # now every answer is HTML: the run stops after 3 features in a row
-    url2, _ = http(_reply(b"<html>down</html>", "text/html"))
+    url2, _ = http(reply(b"<html>down</html>", "text/html"))
     with pytest.raises(EndpointAnswerError, match="stopping"):
         X.explain_store(store, sae, ChatEndpoint(url2 + "/v1", "m2"), features=[3, 4, 5, 6],
                         cfg=cfg, progress=False)

@@ -361,7 +361,6 @@ class Labels:
 @dataclass
 class MergeReport:
     """What `Labels.merge` did: explanations added, replaced, and scored ones it kept."""
-
     added: int = 0
     replaced: int = 0
     kept_scored: int = 0
