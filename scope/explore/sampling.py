@@ -48,7 +48,7 @@ class ScoringConfig:
     """tokens at or above this share of the context's peak are highlighted (delphi: 0.3)"""
     verify: bool = True
     """verify negatives by re-encoding with the store's model and SAE"""
-    candidate_windows: int = 256
+    candidate_windows: int = 128
     """corpus windows encoded once per run as the negative pool"""
 
     def __post_init__(self) -> None:
