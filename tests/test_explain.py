@@ -337,3 +337,19 @@ def test_a_busy_lock_delays_saves_but_loses_no_answer(store_path, server):
         holder.wait()
     assert stats["explained"] == 3
     assert sorted(L.Labels(store_path).for_sae(sae)) == feats
+
+
+def test_explain_cli(store_path, server, capsys, monkeypatch):
+    from scope.cli.main import main
+
+    server["oracle"] = Oracle(store_path, "perfect")
+    feats = _live(store_path, 2)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    rc = main(["explain", str(store_path), "--endpoint", server["url"], "--model", "fake-7b",
+               "--features", ",".join(map(str, feats)), "--hard-negatives", "2"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "explained 2" in out and "mean detection 1.000, fuzzing 1.000" in out
+    assert server["auth"] == "Bearer sk-test"
+    e = scope.open_store(store_path).feature(scope.open_store(store_path).sae_names[0],
+                                             feats[0]).explanation
+    assert e.protocol["n_hard"] == 2 and e.score == 1.0

@@ -365,3 +365,57 @@ def test_import_of_a_fifo_does_not_hang(base_store, tmp_path):
     threading.Thread(target=go, daemon=True).start()
     assert done.wait(20), "import blocked on a FIFO"
     assert "FIFO" in str(box["exc"])
+
+
+# ---------------------------------------------------------------------------------------------
+# the same through the command line (tests/hostile.py's harness)
+# ---------------------------------------------------------------------------------------------
+
+
+def _copy_store(base: Path):
+    return lambda root: shutil.copytree(base, root / "store")
+
+
+def _cli_cases(base: Path):
+    from hostile import Case
+
+    def with_store(extra=None):
+        def setup(root):
+            _copy_store(base)(root)
+            if extra:
+                extra(root)
+        return setup
+
+    return [
+        Case("cli-import-truncated-gzip", lambda r: ["labels", "import", str(r / "b.jsonl.gz"),
+                                                     str(r / "store")],
+             ExplanationImportError, "truncated or corrupt gzip",
+             setup=with_store(lambda r: (r / "b.jsonl.gz").write_bytes(
+                 gzip.compress(json.dumps(_row("1")).encode() * 20)[:-12]))),
+        Case("cli-import-index-float", lambda r: ["labels", "import", str(r / "b.jsonl"),
+                                                  str(r / "store")],
+             ExplanationImportError, "row 1: index 3.7",
+             setup=with_store(lambda r: _lines(r, "b.jsonl", [_row(3.7)]))),
+        Case("cli-import-jsonl-gz", lambda r: ["labels", "import", str(r / "b.jsonl.gz"),
+                                               str(r / "store"), "--replace-scored"],
+             None, "imported 2 explanations", writes=("store/labels.json",),
+             setup=with_store(lambda r: _lines(r, "b.jsonl.gz", [_row("1"), _row("2")],
+                                               gz=True))),
+        Case("cli-endpoint-crlf", lambda r: ["explain", str(r / "store"), "--endpoint",
+                                             "http://127.0.0.1:9/v1\r\nX: 1", "--model", "m"],
+             EndpointConfigError, "control characters", setup=with_store()),
+        Case("cli-export-inside-store", lambda r: ["export", "neuronpedia", str(r / "store"),
+                                                   "--out", str(r / "store" / "np")],
+             ExportError, "inside the store", setup=with_store()),
+        Case("cli-export-upload", lambda r: ["export", "neuronpedia", str(r / "store"), "--out",
+                                             str(r / "up"), "--format", "upload",
+                                             "--no-logit-histograms"],
+             None, "wrote 1 upload files", writes=("up",), setup=with_store()),
+    ]
+
+
+def test_hostile_cli(base_store, tmp_path, capsys, monkeypatch):
+    from hostile import run_case
+
+    for case in _cli_cases(base_store):
+        run_case(case, tmp_path / case.id, capsys, monkeypatch)
