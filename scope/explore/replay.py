@@ -11,6 +11,7 @@ manifest (`model.spec`, the SAE's `spec`) with `scope.load_model` / `scope.load_
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,10 @@ from jaxtyping import Float, Int
 from scope.errors import StoreError
 
 log = logging.getLogger(__name__)
+
+#: loading a model is not thread-safe (transformers builds it on the meta device through global
+#: patches), so two explain runs in one process load one after the other
+_LOADING = threading.Lock()
 
 
 def load_store_model(store, sae_name: str, device: str = "cpu") -> tuple[Any, Any]:
@@ -39,8 +44,9 @@ def load_store_model(store, sae_name: str, device: str = "cpu") -> tuple[Any, An
         raise StoreError(f"store {store.path}: its manifest names no model or SAE spec to load "
                          f"(model {model_spec!r}, SAE {sae_spec!r}); pass encoder=... (or "
                          "verify=False to score with unverified negatives)")
-    model = load_model(str(model_spec), device=device, dtype=torch.float32)
-    sae = load_sae(str(sae_spec), model=model, device=device, dtype=torch.float32)
+    with _LOADING:
+        model = load_model(str(model_spec), device=device, dtype=torch.float32)
+        sae = load_sae(str(sae_spec), model=model, device=device, dtype=torch.float32)
     return model, sae
 
 
