@@ -114,3 +114,29 @@ class StoreChangedError(StoreError):
     """A store that a run rewrote while a reader held it open: its data is intact, reopen it."""
 
     exit_code = 1
+
+
+class ExplainError(ScopeError, RuntimeError):
+    """The explainer or judge model cannot be reached or keeps answering nonsense."""
+
+    exit_code = 1
+
+
+class EndpointAnswerError(ExplainError):
+    """A chat endpoint answered, but not with a chat completion (HTML, non-UTF-8, not JSON, too
+    large, too slow, a redirect elsewhere); reported per feature."""
+
+
+class EndpointConfigError(ConfigError):
+    """An `--endpoint` that is not a plain http(s) URL (control characters, no host, credentials
+    in the URL, another scheme)."""
+
+
+class ExplanationImportError(StoreError):
+    """An explanation file to import that is unreadable, truncated, not Neuronpedia's format, has
+    a bad row (named by file and row) or belongs to another model; nothing was imported."""
+
+
+class ExportError(StoreError):
+    """An export that cannot be written as asked (`--out` inside the store, a folder that holds
+    something else, non-finite values in the store, a payload over the upload limit)."""
