@@ -108,3 +108,12 @@ def suggest(name: str, choices: Iterable[str], n: int = 3) -> str:
     """Return ' Did you mean: a, b?' for the closest of `choices`, or '' when none is close."""
     close = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)
     return f" Did you mean: {', '.join(close)}?" if close else ""
+
+
+class PickleWeightsError(UnknownModelError):
+    """A model checkpoint whose only weights are pickles (`pytorch_model.bin`, `*.pt`): scope
+    loads safetensors only, since unpickling can run code; the message says how to convert."""
+
+
+class SAEBenchPathError(ConfigError):
+    """A `--saebench-json` path that is a folder (or otherwise not a file that can be written)."""

@@ -142,7 +142,7 @@ def _full_rerun(model, prompt: str, n: int) -> str:
 
 @pytest.mark.parametrize("kind", ["gemma2", "gemma3"])
 def test_cached_generation_equals_full_rerun_and_transformers(kind, request):
-    """Fails without models._fix_kv_cache_kwarg: transformers >= 5.2x hands attention the cache
+    """Fails without scope.model.bridge.fix_kv_cache_kwarg: transformers >= 5.2x hands attention the cache
     as `cache=`, which TransformerLens 3.9's attention bridge ignores (each cached step then
     attends to itself alone)."""
     from transformers import AutoModelForCausalLM
@@ -164,7 +164,7 @@ def test_cached_generation_equals_full_rerun_and_transformers(kind, request):
 @pytest.mark.parametrize("kind", ["gemma2", "gemma3"])
 def test_kv_cache_step_equals_full_forward(kind, request):
     """One cached decoding step gives the logits of a full forward pass (to float rounding).
-    Fails without models._fix_kv_cache_kwarg (the step then sees only its own token)."""
+    Fails without scope.model.bridge.fix_kv_cache_kwarg (the step then sees only its own token)."""
     from scope.steer.intervene import _cache_keyword, _new_cache
 
     model = load_model(request.getfixturevalue(f"{kind}_dir"), device="cpu", dtype=torch.float32)
@@ -363,7 +363,7 @@ def test_bundled_cached_generation_equals_transformers(bundled_pair):
 
 @pytest.mark.slow
 def test_bundled_second_load_is_cached(bundled_pair, monkeypatch):
-    import scope.model.load as models
+    import scope.model.gguf as gguf
     from scope.model.load import cache_dir
 
     model, _, first = bundled_pair
@@ -371,7 +371,7 @@ def test_bundled_second_load_is_cached(bundled_pair, monkeypatch):
     def no_dequantize(*args):
         raise AssertionError("the second load dequantized the GGUF again")
 
-    monkeypatch.setattr(models, "_gguf_to_cache", no_dequantize)
+    monkeypatch.setattr(gguf, "_gguf_to_cache", no_dequantize)
     t0 = time.perf_counter()
     again = load_model("bundled", device="cpu", dtype=torch.float32)
     second = time.perf_counter() - t0
