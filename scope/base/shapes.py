@@ -15,6 +15,8 @@ Tokens = Int[Tensor, "batch pos"]
 SiteActs = Float[Tensor, "batch pos width"]
 """Activations at a hook site as `capture` returns them (`attn.hook_z` flattened)."""
 Logits = Float[Tensor, "batch pos d_vocab"]
+Gain = Float[Tensor, "d_model"]
+"""What an RMSNorm multiplies the normalised activation by."""
 
 SAEIn = Float[Tensor, "*lead d_in"]
 """What an SAE reads."""

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from scope.base.shapes import SiteActs, Tokens
+from scope.base.shapes import Gain, SiteActs, Tokens
 from scope.errors import HookNameError, suggest
 from scope.model.hooks import attached
 
@@ -102,7 +102,7 @@ def _stop_layer(names: Sequence[str]) -> int | None:
     return deepest + 1
 
 
-def norm_gain(model, norm: str) -> torch.Tensor:
+def norm_gain(model, norm: str) -> Gain:
     """The gain an RMSNorm multiplies the normalised activation by, as a [d_model] tensor.
 
     The bridge keeps Hugging Face's raw norm weights: Gemma's RMSNorm multiplies by `1 + w`, so
