@@ -103,16 +103,14 @@ class LossStats:
     def add(self, tokens: Tokens, keep: Tensor, clean: Logits, spliced: Logits,
             ablated: Logits | None) -> None:
         """Add one batch: `keep` [batch, pos] marks non-special positions."""
-        masks = self.masks(keep)
-        for name, logits in (("clean", clean), ("spliced", spliced), ("ablated", ablated)):
-            if logits is None:
-                continue
-            nll, kl = _per_position(clean, logits, tokens, kl=name != "clean")
-            for c, (ce_mask, kl_mask) in masks.items():
-                self.sums[c][name] += float(nll[ce_mask.to(nll.device)].sum())
-                if kl is not None:
-                    self.sums[c][f"kl_{name}"] += float(kl[kl_mask.to(kl.device)].sum())
-        for c, (ce_mask, kl_mask) in masks.items():
+        others = {"spliced": spliced, "ablated": ablated}
+        others = {k: v for k, v in others.items() if v is not None}
+        nll, kl = _per_position(clean, others, tokens)  # {name: [batch, pos-1]}, {name: [batch, pos]}
+        for c, (ce_mask, kl_mask) in self.masks(keep).items():
+            for name, values in nll.items():
+                self.sums[c][name] += float(values[ce_mask.to(values.device)].sum())
+            for name, values in kl.items():
+                self.sums[c][f"kl_{name}"] += float(values[kl_mask.to(values.device)].sum())
             self.ce_n[c] += int(ce_mask.sum())
             self.kl_n[c] += int(kl_mask.sum())
 
@@ -138,21 +136,24 @@ def _score(num: float, den: float) -> float:
     return num / den if den else math.nan
 
 
-def _per_position(clean: Logits, other: Logits, tokens: Tokens, kl: bool
-                  ) -> tuple[Tensor, Tensor | None]:
-    """NLL of the next token [batch, pos-1] under `other`, and KL(clean || other) [batch, pos]
-    (None unless `kl`),
-    one sequence at a time (a [pos, d_vocab] log-softmax of Gemma's 262k vocabulary is already
-    ~130 MB at 128 positions). float64 sums, float32 log-softmax as transformers computes it."""
-    nlls, kls = [], []
-    for c_row, o_row, t_row in zip(clean, other, tokens, strict=True):
-        logp = torch.log_softmax(o_row.float(), -1)  # [pos, d_vocab]
-        nlls.append(-logp[:-1].gather(-1, t_row[1:, None].to(logp.device))[:, 0].double())
-        if not kl:
-            continue
-        logq = torch.log_softmax(c_row.float(), -1)
-        kls.append((logq.exp() * (logq - logp)).sum(-1).double())
-    return torch.stack(nlls), torch.stack(kls) if kl else None
+def _per_position(clean: Logits, others: dict[str, Logits], tokens: Tokens
+                  ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Next-token NLL [batch, pos-1] under the clean and each other run, and KL(clean || other)
+    [batch, pos], one sequence at a time (a [pos, d_vocab] log-softmax of Gemma's 262k
+    vocabulary is already ~130 MB at 128 positions); float32 log-softmax, float64 results."""
+    nll: dict[str, list[Tensor]] = {k: [] for k in ("clean", *others)}
+    kl: dict[str, list[Tensor]] = {k: [] for k in others}
+    for i, row in enumerate(tokens):
+        target = row[1:, None]
+        logq = torch.log_softmax(clean[i].float(), -1)  # [pos, d_vocab]
+        nll["clean"].append(-logq[:-1].gather(-1, target.to(logq.device))[:, 0].double())
+        q = logq.exp()
+        for name, logits in others.items():
+            logp = torch.log_softmax(logits[i].float(), -1)
+            nll[name].append(-logp[:-1].gather(-1, target.to(logp.device))[:, 0].double())
+            kl[name].append((q * (logq - logp.to(logq.device))).sum(-1).double())
+        del logq, q
+    return ({k: torch.stack(v) for k, v in nll.items()}, {k: torch.stack(v) for k, v in kl.items()})
 
 
 @torch.inference_mode()
