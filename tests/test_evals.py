@@ -226,6 +226,12 @@ def test_saebench_json_layout_and_values(model, tokens, tmp_path):
     rows = got["eval_result_details"]
     assert [r["index"] for r in rows] == list(range(48))
     assert [r["feature_density"] for r in rows] == pytest.approx(density.tolist(), abs=1e-12)
+    fires, seqs = (f != 0).sum(0), torch.zeros(48)
+    for row, k in zip(capture(model, tokens, [SITE])[SITE], keep, strict=True):
+        seqs += (sae.encode(row[k]) != 0).any(0)
+    want_cah = torch.where(seqs > 0, fires / seqs.clamp(min=1), 0.0)  # 0 for never-fired (schema)
+    assert [r["consistent_activation_heuristic"] for r in rows] == pytest.approx(
+        want_cah.tolist(), rel=1e-9)
     unit = torch.nn.functional.normalize(sae.W_dec.double(), dim=-1)
     sims = unit @ unit.T - 3 * torch.eye(48, dtype=torch.float64)
     assert [r["max_decoder_cosine_sim"] for r in rows] == pytest.approx(

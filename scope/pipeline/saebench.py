@@ -104,8 +104,9 @@ def feature_metrics(report: Any, sae: JumpReLUSAE) -> dict[str, torch.Tensor | N
     W_dec = sae.W_dec.detach().double().cpu()  # [d_sae, d_out]
     out: dict[str, torch.Tensor | None] = {
         "feature_density": density,
-        "consistent_activation_heuristic": torch.where(prompts > 0, b["fires"] / prompts,
-                                                       torch.nan),
+        # tokens per sequence it fired in; 0 for a feature that never fired (SAELens: 0/0)
+        "consistent_activation_heuristic": torch.where(prompts > 0, b["fires"] / prompts.clamp(min=1),
+                                                       0.0),
         "encoder_bias": sae.b_enc.detach().double().cpu(),
         "encoder_norm": W_enc.norm(dim=0),
         "encoder_decoder_cosine_sim": None, "max_decoder_cosine_sim": None,
