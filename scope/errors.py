@@ -140,3 +140,12 @@ class ExplanationImportError(StoreError):
 class ExportError(StoreError):
     """An export that cannot be written as asked (`--out` inside the store, a folder that holds
     something else, non-finite values in the store, a payload over the upload limit)."""
+
+
+class PickleWeightsError(UnknownModelError):
+    """A model checkpoint whose only weights are pickles (`pytorch_model.bin`, `*.pt`): scope
+    loads safetensors only, since unpickling can run code; the message says how to convert."""
+
+
+class SAEBenchPathError(ConfigError):
+    """A `--saebench-json` path that is a folder (or otherwise not a file that can be written)."""
