@@ -108,3 +108,12 @@ def suggest(name: str, choices: Iterable[str], n: int = 3) -> str:
     """Return ' Did you mean: a, b?' for the closest of `choices`, or '' when none is close."""
     close = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)
     return f" Did you mean: {', '.join(close)}?" if close else ""
+
+
+class DeviceError(ScopeError, ValueError):
+    """A device this machine does not have (`cuda` without a GPU, `cuda:3` on a 2-GPU host)."""
+
+
+class WontFitError(ScopeError, MemoryError):
+    """A planned run that will not fit the device's memory, `max_memory` or the disk; the message
+    gives the figure and the way out (fewer features per pass, a smaller batch, another device)."""
