@@ -15,7 +15,7 @@ import logging
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from scope.base.atomic import atomic_write_text
@@ -118,13 +118,13 @@ def _stop_layers(model: ModelShape, saes: Sequence[SAEShape]) -> int:
 def _check_saes(model: ModelShape, saes: Sequence[SAEShape]) -> None:
     widths = {model.d_model, model.d_mlp, model.n_heads * model.d_head}
     for s in saes:
-        if s.layer >= model.n_layers:
-            raise ShapeMismatchError(f"SAE {s.name!r} reads block {s.layer}, but {model.name} "
-                                     f"has {model.n_layers} blocks (0..{model.n_layers - 1})")
         if s.d_in not in widths:
             raise ShapeMismatchError(f"SAE {s.name!r} reads d_in={s.d_in}, but {model.name}'s "
                                      f"sites have widths {sorted(widths)}; use an SAE made for "
                                      "this model")
+        if s.layer >= model.n_layers:
+            raise ShapeMismatchError(f"SAE {s.name!r} reads block {s.layer}, but {model.name} "
+                                     f"has {model.n_layers} blocks (0..{model.n_layers - 1})")
 
 
 def _block_flops(model: ModelShape, ctx: int) -> float:
@@ -255,6 +255,10 @@ def plan(model: Any, saes: Any = (), *, task: str = "extract", tokens: int | Non
                         checkpoint_every=checkpoint_every)
         memory, t, flops, st, gens, fixed = _extract(
             m, s, dev, tokens, ctx, batch_size, top_k, logits, checkpoint_every)
+        half = [replace(x, d_sae=max(1, x.d_sae // 2)) for x in s]
+        low = _extract(m, half, dev, tokens, ctx, batch_size, top_k, logits, checkpoint_every)[0]
+        settings["bytes_per_feature"] = (sum(memory.values()) - sum(low.values())) / max(
+            1, sum(x.d_sae - y.d_sae for x, y in zip(s, half, strict=True)))
         disk, disk_peak = st.total(gens), st.total(2)
         settings["windows_kept_max"] = st.windows
     else:
@@ -290,6 +294,10 @@ def _judge(p: Plan, m: ModelShape, s: list[SAEShape], out: Any, strict: bool) ->
     elif p.peak_memory_bytes > WARN_SHARE * p.budget_bytes:
         p.warnings.append(f"the peak {_gib(p.peak_memory_bytes)} is above "
                           f"{WARN_SHARE:.0%} of the {_gib(p.budget_bytes)} available")
+    ckpt = p.time.get("checkpoints", 0.0)
+    if ckpt > 0.2 * p.seconds and p.seconds > 600:
+        p.warnings.append(f"checkpoints take {_duration(ckpt)} of {_duration(p.seconds)} (each "
+                          f"writes {_gib(p.disk_bytes / 2)}): raise checkpoint_every")
     if p.device["device"].startswith("cuda") and p.host_peak_bytes > p.device[
             "host_memory_bytes"]:
         problems.append(f"checkpoints copy {_gib(p.host_peak_bytes)} of statistics to the host, "
@@ -317,17 +325,19 @@ def _memory_advice(p: Plan, s: list[SAEShape]) -> str:
     ways = []
     if p.task == "extract":
         F = sum(x.d_sae for x in s)
-        per = mem["accumulators"] / F
-        room = budget - (peak - mem["accumulators"])
-        if mem["accumulators"] > peak / 4 and room > 0:
+        per = p.settings["bytes_per_feature"]
+        room = budget - (peak - per * F)
+        if room > 0 and per * F > peak / 4:
             fit = int(room // per)
             ways.append(f"fewer features per pass: about {fit:,} of the {F:,} fit "
-                        f"({math.ceil(F / max(fit, 1))} passes over feature blocks)")
+                        f"({per / 1024:,.1f} KiB each: accumulators, features of a batch, "
+                        f"weights; {math.ceil(F / max(fit, 1))} passes over feature blocks)")
         other = {k: v for k, v in mem.items() if k in ("batch", "checkpoint", "tables")}
         if "batch" in other and other["batch"] > peak / 4:
             bs = p.settings["batch_size"]
-            fit = max(1, int(bs * (budget - peak + other["batch"]) / other["batch"]))
-            ways.append(f"a smaller batch: --batch-size {fit} (now {bs})")
+            fit = int(bs * (budget - peak + other["batch"]) / other["batch"])
+            if fit >= 1:
+                ways.append(f"a smaller batch: --batch-size {fit} (now {bs})")
     else:
         if mem["edges"] > peak / 4:
             ways.append("fewer feature rows: a smaller max_feature_nodes")
