@@ -207,6 +207,21 @@ def test_attribution_graph_estimates_within_25_percent():
     _within(p["seconds"], measured["cpu_seconds"], "seconds")
 
 
+@pytest.mark.slow
+def test_gpu_check_cpu_smoke_runs_and_prints_its_table():
+    """benchmarks/gpu_check.sh --cpu-smoke: every step of the GPU check at toy shapes."""
+    env = dict(os.environ, SCOPE_PYTHON=sys.executable)
+    out = subprocess.run(["bash", str(HERE.parent / "benchmarks" / "gpu_check.sh"),
+                          "--cpu-smoke"], capture_output=True, text=True, env=env, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    assert "| step | vs reference | throughput | memory | time |" in lines
+    rows = [line for line in lines if line.startswith("| ") and "step" not in line]
+    assert [r.split(" | ")[0] for r in rows] == ["| extract 1k", "| extract 4k", "| generate",
+                                                "| attribution graph"]
+    assert all("x floor" in r for r in rows[:2]) and "x transformers" in rows[2]
+
+
 # -- the measured child ----------------------------------------------------------------------------
 
 

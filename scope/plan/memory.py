@@ -13,10 +13,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from scope.pipeline.accumulators import BAND_EDGES, BAND_SAMPLES, HIST_EDGES, SKETCH_DEPTH, \
-    SKETCH_WIDTH
-from scope.pipeline.decoder_tables import LOGIT_CHUNK, N_LOGITS, N_NEIGHBOURS, NEIGHBOUR_BLOCK, \
-    VOCAB_CHUNK
+from scope.pipeline.accumulators import (
+    BAND_EDGES,
+    BAND_SAMPLES,
+    HIST_EDGES,
+    SKETCH_DEPTH,
+    SKETCH_WIDTH,
+)
+from scope.pipeline.decoder_tables import (
+    LOGIT_CHUNK,
+    N_LOGITS,
+    N_NEIGHBOURS,
+    NEIGHBOUR_BLOCK,
+    VOCAB_CHUNK,
+)
 from scope.pipeline.extract import FEATURE_SHARD_SIZE
 from scope.plan.shapes import ModelShape, SAEShape
 
