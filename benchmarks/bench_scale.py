@@ -40,6 +40,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 D_SAE = 65_536
 N_STORE = 1_048_576
+LAYERS = 26
 TARGET_MS = 300.0
 GEMMA_2_2B = dict(vocab_size=256000, hidden_size=2304, intermediate_size=9216,
                   num_hidden_layers=26, num_attention_heads=8, num_key_value_heads=4,
@@ -54,10 +55,21 @@ def _vmhwm() -> int:
     return 0
 
 
+def _small() -> None:
+    """Toy shapes for `--small` (the same code path, in seconds)."""
+    global D_SAE, N_STORE, LAYERS
+    GEMMA_2_2B.update(vocab_size=512, hidden_size=128, intermediate_size=256,
+                      num_attention_heads=2, num_key_value_heads=1, head_dim=64)
+    D_SAE, N_STORE, LAYERS = 4096, 65536, 2
+
+
 def _plan_shapes(layer: int) -> tuple[dict, list[dict]]:
-    model = {"name": "gemma-2-2b (random)", "layers": 26, "d_model": 2304, "vocab": 256000,
-             "d_mlp": 9216, "n_heads": 8, "n_kv_heads": 4, "d_head": 256}
-    return model, [{"d_in": 2304, "d_sae": D_SAE, "layer": layer, "l0": 64}]
+    c = GEMMA_2_2B
+    model = {"name": "gemma-2-2b (random)", "layers": LAYERS, "d_model": c["hidden_size"],
+             "vocab": c["vocab_size"], "d_mlp": c["intermediate_size"],
+             "n_heads": c["num_attention_heads"], "n_kv_heads": c["num_key_value_heads"],
+             "d_head": c["head_dim"]}
+    return model, [{"d_in": c["hidden_size"], "d_sae": D_SAE, "layer": layer, "l0": 64}]
 
 
 def gemma_2_2b(dtype: str = "float32", device: str = "cpu", layers: int | None = None):
@@ -132,7 +144,7 @@ def extract_child(args) -> dict:
 
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    model = gemma_2_2b()
+    model = gemma_2_2b(layers=LAYERS)
     sae = random_sae(model, D_SAE, args.layer)
     hook = sae.cfg.hook_name
     result = {"build_seconds": time.perf_counter() - t0, "tokens": args.tokens}
@@ -164,7 +176,7 @@ def extract_child(args) -> dict:
 
 
 def _child(part: str, args, **extra) -> dict:
-    cmd = [sys.executable, __file__, "--child", part, "--tokens", str(extra.get("tokens",
+    cmd = [sys.executable, __file__, "--child", part] + (["--small"] if args.small else []) + [ "--tokens", str(extra.get("tokens",
                                                                           args.tokens)),
            "--ctx", str(args.ctx), "--batch-size", str(args.batch_size), "--layer",
            str(args.layer)] + (["--floor"] if extra.get("floor") else [])
@@ -181,21 +193,24 @@ def _ratio(planned: float, measured: float) -> str:
 def bench_extract(args) -> int:
     from scope.errors import WontFitError
     from scope.plan import plan
+    from scope.plan.device import host_available_bytes
 
     model, saes = _plan_shapes(args.layer)
     plans = {}
     for mult in (1, 4):
         try:
+            # a shared machine: keep a fifth of the available memory for everyone else
             plans[mult] = plan(model, saes, tokens=mult * args.tokens, ctx=args.ctx,
-                               batch_size=args.batch_size, logits=False, checkpoint_every=1e9)
+                               batch_size=args.batch_size, logits=False, checkpoint_every=1e9,
+                               max_memory=int(0.8 * host_available_bytes()))
         except WontFitError as exc:
-            print(f"the planner refuses the {mult}x run on this machine: {exc}")
+            print(f"the planner refuses the {mult}x run on this machine now: {exc}")
             return 1
     print(plans[4].summary())
     one = _child("extract", args, floor=True)
     four = _child("extract", args, tokens=4 * args.tokens)
     print(f"\nGemma-2-2B-shaped random model (float32) -> blocks.{args.layer}.hook_resid_post, "
-          f"random JumpReLU 2304 x {D_SAE:,}, ctx {args.ctx}, batch {args.batch_size}, "
+          f"random JumpReLU {GEMMA_2_2B['hidden_size']} x {D_SAE:,}, ctx {args.ctx}, batch {args.batch_size}, "
           f"{os.cpu_count()} CPUs (model built in {one['build_seconds']:.0f} s)")
     print(f"  extraction vs floor (1x, {one['tokens']:,} tokens): "
           f"{one['floor_seconds'] / one['seconds']:.2f}x wall, "
@@ -216,7 +231,7 @@ def bench_extract(args) -> int:
 # -- the 1M-feature store ------------------------------------------------------------------------
 
 
-def write_synthetic_store(root: Path, n: int = N_STORE, ctx: int = 16, k: int = 5,
+def write_synthetic_store(root: Path, n: int | None = None, ctx: int = 16, k: int = 5,
                           seed: int = 0) -> Path:
     """A complete format-2 store of `n` features with random statistics (the real writer)."""
     import numpy as np
@@ -227,6 +242,7 @@ def write_synthetic_store(root: Path, n: int = N_STORE, ctx: int = 16, k: int = 
     from scope.store import schema as S
     from scope.store.writer import write_generation, write_manifest, write_tables, write_vocab
 
+    n = n or N_STORE
     rng = np.random.default_rng(seed)
     n_bands, s, n_windows, vocab = len(BAND_EDGES) - 1, 1, 4096, 360
     edges = np.logspace(-3, 6, 11)
@@ -326,7 +342,8 @@ def store_child(args) -> dict:
 def bench_store(args) -> int:
     from scope.plan import plan
 
-    out = subprocess.run([sys.executable, __file__, "--child", "store"], capture_output=True,
+    out = subprocess.run([sys.executable, __file__, "--child", "store"]
+                         + (["--small"] if args.small else []), capture_output=True,
                          text=True, check=False)
     if out.returncode != 0:
         sys.exit(f"store run failed:\n{out.stderr[-3000:]}")
@@ -341,8 +358,9 @@ def bench_store(args) -> int:
         print(f"  list {label:<24} first {first / TARGET_MS:.2f}, then {then / TARGET_MS:.2f}")
     print(f"  feature page data (store.feature: stats, contexts, logits, neighbours): median "
           f"{r['page_ms_median'] / TARGET_MS:.2f}, max {r['page_ms_max'] / TARGET_MS:.2f}")
-    real = plan(*_plan_shapes(12), tokens=10_000_000, strict=False)
-    one_m = plan(_plan_shapes(12)[0], [dict(_plan_shapes(12)[1][0], d_sae=N_STORE)],
+    layer = min(12, LAYERS - 1)
+    real = plan(*_plan_shapes(layer), tokens=10_000_000, strict=False)
+    one_m = plan(_plan_shapes(layer)[0], [dict(_plan_shapes(layer)[1][0], d_sae=N_STORE)],
                  tokens=10_000_000, strict=False)
     print(f"  planner: a real-format store of {N_STORE:,} features over 10M tokens at ctx 128 "
           f"is {one_m.disk_bytes / 2**30:.1f} GiB ({real.disk_bytes / 2**30:.2f} GiB at 65k); "
@@ -358,9 +376,14 @@ def main() -> int:
     p.add_argument("--ctx", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--layer", type=int, default=5, help="hooked block (the forward stops there)")
+    p.add_argument("--small", action="store_true",
+                   help="toy shapes (2 layers, d_model 128, 4,096 features): checks the script")
     p.add_argument("--floor", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--child", choices=["extract", "store"], help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.small:
+        _small()
+        args.layer = min(args.layer, LAYERS - 1)
     if args.child:
         import torch
 
