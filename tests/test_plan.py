@@ -140,6 +140,44 @@ def test_to_json_keys(tmp_path):
     assert data["peak_memory_bytes"] == sum(data["memory"].values())
 
 
+# -- the command line ----------------------------------------------------------------------------------
+
+
+def test_scope_plan_prints_writes_json_and_exits_2_when_it_will_not_fit(tmp_path, capsys):
+    from scope.cli.main import main
+
+    out = tmp_path / "plan.json"
+    assert main(["plan", "--model", "gemma-3-270m", "--sae", "bundled", "--tokens", "100000",
+                 "--max-memory", "8GiB", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "peak memory" in text and "accumulators" in text and "fits: yes" in text
+    data = json.loads(out.read_text())
+    expected = plan("gemma-3-270m", ["bundled"], tokens=100_000, max_memory=8 << 30,
+                    strict=False)
+    assert data["peak_memory_bytes"] == expected.peak_memory_bytes
+    assert data["disk_bytes"] == expected.disk_bytes
+    big = "gemma-scope-2b-pt-res/layer_12/width_1m/average_l0_107"
+    assert main(["plan", "--model", "gemma-2-2b", "--sae", big, "--tokens", "100000",
+                 "--max-memory", "16GiB"]) == WontFitError.exit_code
+    captured = capsys.readouterr()
+    assert "fewer features per pass" in captured.out and "will not fit" in captured.err
+
+
+def test_extract_and_attribute_dry_run_load_and_write_nothing(tmp_path, capsys):
+    from scope.cli.main import main
+
+    store = tmp_path / "store"
+    assert main(["extract", "--sae", "bundled", "--out", str(store), "--tokens", "50000",
+                 "--dry-run"]) == 0
+    assert "plan: extract gemma-3-270m" in capsys.readouterr().out
+    assert not store.exists()
+    graph = tmp_path / "g.json"
+    assert main(["attribute", "--sae", "bundled", "--prompt", "The capital of France is",
+                 "--target", " Paris", "--graph", str(graph), "--dry-run"]) == 0
+    assert "plan: attribute gemma-3-270m" in capsys.readouterr().out
+    assert not graph.exists()
+
+
 # -- estimates against measured runs -------------------------------------------------------------------
 
 

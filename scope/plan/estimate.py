@@ -314,8 +314,8 @@ def _judge(p: Plan, m: ModelShape, s: list[SAEShape], out: Any, strict: bool) ->
         p.warnings += problems
         if strict:
             raise WontFitError("this run will not fit: " + "; ".join(problems))
-    for w in p.warnings:
-        log.warning("plan: %s", w)
+    for w in p.warnings:  # a caller with strict=False reads them from the plan itself
+        (log.warning if strict else log.info)("plan: %s", w)
 
 
 def _memory_advice(p: Plan, s: list[SAEShape]) -> str:
