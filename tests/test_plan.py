@@ -121,13 +121,16 @@ def test_a_million_features_that_cannot_be_held_is_refused_with_the_way_out():
 
 
 def test_disk_too_small_is_refused(tmp_path):
-    p = plan({"layers": 2, "d_model": 64, "vocab": 512}, [{"d_in": 64, "d_sae": 1 << 20,
-                                                           "layer": 1}],
-             tokens=1 << 20, max_memory=1 << 50, strict=False, out=tmp_path / "store")
+    """A store larger than the free disk under --out (64M features: ~1.5 TB) is refused."""
+    saes = [{"d_in": 64, "d_sae": 1 << 26, "layer": 1}]
+    model = {"layers": 2, "d_model": 64, "vocab": 512}
     free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
-    if p.disk_peak_bytes < free:
-        pytest.skip("this disk is big enough for a 1M-feature store")
-    assert not p.fits
+    p = plan(model, saes, tokens=1 << 20, strict=False, out=tmp_path / "store")
+    assert p.disk_peak_bytes > free and not p.fits
+    assert any("of disk" in w and "another --out" in w for w in p.warnings)
+    with pytest.raises(WontFitError, match="disk"):
+        plan(model, saes, tokens=1 << 20, out=tmp_path / "store")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_to_json_keys(tmp_path):
