@@ -65,6 +65,8 @@ class Plan:
     disk_peak_bytes: int
     """Disk while a checkpoint writes a generation beside the previous one."""
     seconds: float
+    """Time of the `extract` / `attribution_graph` call (model loading excluded) on an otherwise
+    idle device: on CPU the probes measure CPU time over torch's thread count."""
     flops: float
     memory: dict
     """Peak parts: weights, sae_weights, accumulators, batch, checkpoint, edges, ..."""
