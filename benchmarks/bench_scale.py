@@ -82,15 +82,16 @@ def gemma_2_2b(dtype: str = "float32", device: str = "cpu", layers: int | None =
 
     from scope.model.load import _bridge, _load_tokenizer
 
-    folder = Path(tempfile.mkdtemp(prefix="scope-tok-"))
-    tiny_tokenizer().save_pretrained(str(folder))  # a saved tokenizer, as the bridge expects
+    with tempfile.TemporaryDirectory(prefix="scope-tok-") as folder:
+        tiny_tokenizer().save_pretrained(folder)  # a saved tokenizer, as the bridge expects
+        tokenizer = _load_tokenizer(Path(folder))
     cfg = Gemma2Config(**dict(GEMMA_2_2B, num_hidden_layers=layers or 26),
                        attn_implementation="eager", pad_token_id=0, eos_token_id=1,
                        bos_token_id=2)
     torch.manual_seed(0)
     with torch.device(device):
         hf = Gemma2ForCausalLM(cfg).to(getattr(torch, dtype))
-    return _bridge(hf, _load_tokenizer(folder), "gemma-2-2b-random", "gemma-2-2b-random", device,
+    return _bridge(hf, tokenizer, "gemma-2-2b-random", "gemma-2-2b-random", device,
                    "gemma-2-2b-random")
 
 
