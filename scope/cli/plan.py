@@ -77,7 +77,7 @@ def show(p: Any, json_path: Path | None) -> int:
 
 @command("plan", PlanCommand,
          example="scope plan --model gemma-2-2b --sae gemma-scope-2b-pt-res/layer_20/width_16k/"
-         "average_l0_71 --tokens 10000000 --device cuda --json plan.json")
+         "average_l0_71 --tokens 10000000 --json plan.json")
 def run_plan(cfg: PlanCommand) -> int:
     from scope.plan import plan
 
