@@ -149,3 +149,12 @@ class PickleWeightsError(UnknownModelError):
 
 class SAEBenchPathError(ConfigError):
     """A `--saebench-json` path that is a folder (or otherwise not a file that can be written)."""
+
+
+class DeviceError(ScopeError, ValueError):
+    """A device this machine does not have (`cuda` without a GPU, `cuda:3` on a 2-GPU host)."""
+
+
+class WontFitError(ScopeError, MemoryError):
+    """A planned run that will not fit the device's memory, `max_memory` or the disk; the message
+    gives the figure and the way out (fewer features per pass, a smaller batch, another device)."""

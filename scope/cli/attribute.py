@@ -52,6 +52,8 @@ class Attribute:
     max_feature_nodes: NON_NEGATIVE = 1024
     """graph: compute incoming edges for at most this many features, most influential first
     (0 = all)"""
+    dry_run: bool = False
+    """print the plan of the attribution graph (memory, time) and exit: nothing is loaded"""
 
 
 def _label(store: Any, sae: str | None, feature: int | None) -> str:
@@ -73,8 +75,12 @@ def run_attribute(args: Attribute) -> int:
     from scope.saes.loading import load_sae
     from scope.store import open_store
 
-    model = load_model(args.model)
     specs = expand_sae_specs(args.sae or ["bundled"])
+    if args.dry_run:
+        from scope.cli.plan import dry_run_attribute
+
+        return dry_run_attribute(args, specs)
+    model = load_model(args.model)
     saes = [load_sae(s, model=model) for s in specs]
     store = open_store(args.store) if args.store else None
     r = attribute(model, saes, args.prompt, args.target, contrast=args.vs, mode=args.mode,
