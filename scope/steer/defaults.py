@@ -1,12 +1,19 @@
-"""Steering defaults shared by `scope steer` and the dashboard's steering page (one place).
+"""Steering defaults shared by `scope steer` and the dashboard's steering page (one place), and
+the rule that turns a relative strength into a raw one.
 
 Strengths are multiples of each feature's max activation in a feature store when one is given
 (an SAE's activation scale varies by orders of magnitude between features and SAEs, so a raw
 strength such as 8 can be noise for one feature and word salad for another); without a store
 they are raw multiples of the unit decoder direction.
+
+`STRENGTH_X_MAX` was chosen by measurement (`benchmarks/bench_steer_sweep.py`, its table in
+docs/dashboard.md): the largest multiple of the sweep whose steered text stays within
+`DRIFT_MARGIN` nats/token of the unsteered text's loss for at least `MOST` of the features.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 #: tokens generated after the prompt
 MAX_NEW_TOKENS = 30
@@ -14,18 +21,57 @@ MAX_NEW_TOKENS = 30
 TEMPERATURE = 0.0
 #: sampling seed (used when TEMPERATURE > 0)
 SEED = 0
-#: default strength, as a multiple of the feature's max activation in the store
-STRENGTH_X_MAX = 4.0
+#: default strength, as a multiple of the feature's max activation in the store (measured)
+STRENGTH_X_MAX = 1.0
 #: default raw strength (multiple of the unit decoder direction) when no store is given
 STRENGTH_RAW = 8.0
-#: strengths of the sweep (multiples of max activation), shown side by side
-SWEEP = (0.0, 0.5, 1.0, 2.0, 4.0)
+#: strengths of the dashboard's sweep (multiples of max activation), shown side by side
+SWEEP = (0.0, 0.5, 1.0, 1.5, 2.0)
+#: the multiples the benchmark measures to choose STRENGTH_X_MAX
+BENCH_MULTIPLES = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
+#: a steered text is fluent while its loss stays within this many nats/token of the default's
+DRIFT_MARGIN = 1.0
+#: ... on at least this share of the features
+MOST = 0.75
+#: an absolute strength below this share of the feature's max activation barely moves the text
+TINY = 0.1
 #: the dashboard's default prompt
 PROMPT = "Once upon a time"
+
+
+def scale_by_max(strengths: Mapping[int, float], max_activations) -> dict[int, float]:
+    """Relative strengths to raw ones: each strength times its feature's max activation (the
+    one place this product is written; `steering(relative_to=store)`, the dashboard and the
+    sweep use it)."""
+    return {int(f): float(s) * float(max_activations[int(f)]) for f, s in strengths.items()}
+
+
+def choose_multiple(within: Mapping[float, float], most: float = MOST) -> float | None:
+    """The largest multiple whose share of fluent features (`Sweep.within()`) is >= `most`,
+    among the multiples up to the first that falls below it; None if even the smallest does."""
+    best = None
+    for m in sorted(within):
+        if within[m] < most:
+            break
+        best = m
+    return best
+
+
+def tiny_strengths(strengths: Mapping[int, float], scale: Mapping[int, float] | object,
+                   tiny: float = TINY) -> list[tuple[int, float, float]]:
+    """Absolute strengths too small to matter: `(feature, strength, scale)` for each whose
+    |strength| is below `tiny` x the feature's scale (its max activation, from a store or a
+    quick encode of the prompt). Zero strengths are deliberate and never flagged."""
+    out = []
+    for f, s in strengths.items():
+        peak = float(scale[int(f)])  # type: ignore[index]
+        if s != 0 and peak > 0 and abs(float(s)) < tiny * peak:
+            out.append((int(f), float(s), peak))
+    return out
 
 
 def describe() -> str:
     """One line for --help."""
     return (f"defaults: {MAX_NEW_TOKENS} new tokens, temperature {TEMPERATURE:g} (greedy), "
-            f"seed {SEED}; with --relative STORE a strength is a multiple of the feature's max "
-            f"activation (dashboard default {STRENGTH_X_MAX:g}x)")
+            f"seed {SEED}; with a store a strength is a multiple of the feature's max "
+            f"activation (default {STRENGTH_X_MAX:g}x, chosen by a measured sweep)")

@@ -1,9 +1,10 @@
 """Steering: the default and a steered continuation side by side, and a strength sweep.
 
-Features are typed as `index:strength` pairs or found by label. In "add" mode a strength is, by
-default, a multiple of the feature's max activation in this store (the defaults live in
-scope/steer_defaults.py, shared with `scope steer`); "clamp" fixes the feature's activation to
-the value. Every text is shown with its drift: its loss under the unsteered model, so a reader
+Features are typed as `index:strength` pairs, found by label, or added from the feature page the
+user came from (a button: the box starts empty, nothing is steered that the user did not pick).
+In "add" mode a strength is, by default, a multiple of the feature's max activation in this
+store (the defaults, chosen by a measured sweep, live in scope/steer/defaults.py, shared with
+`scope steer`); "clamp" fixes the feature's activation to the value. Every text is shown with its drift: its loss under the unsteered model, so a reader
 sees where steering turns into word salad. Both continuations use the same seed, so strength 0
 reproduces the default exactly.
 """
@@ -29,18 +30,22 @@ if unavailable:
     st.stop()
 names = data.labels(path, sae)
 current = min(max(0, int(st.session_state.get("feature", 0))), n - 1)
-if "steer_spec" not in st.session_state:
-    st.session_state["steer_spec"] = f"{current}:{sd.STRENGTH_X_MAX:g}"
+st.session_state.setdefault("steer_spec", "")  # never pre-filled: the user picks every feature
 
 
-def _add_found() -> None:
-    pick = st.session_state.get("steer_found")
+def _add(pick: int | None) -> None:
     if pick is None:
         return
     spec = st.session_state.get("steer_spec", "").strip()
+    if str(int(pick)) in {e.split(":")[0].strip() for e in spec.split(",") if e.strip()}:
+        return  # already listed
     strength = sd.STRENGTH_X_MAX if st.session_state.get("steer_relative", True) else sd.STRENGTH_RAW
     entry = f"{int(pick)}:{strength:g}"
     st.session_state["steer_spec"] = f"{spec}, {entry}" if spec else entry
+
+
+def _add_found() -> None:
+    _add(st.session_state.get("steer_found"))
 
 
 find = st.columns([3, 4, 1], vertical_alignment="bottom")
@@ -56,6 +61,8 @@ if query.strip():
         find[2].button("Add", key="steer_add", on_click=_add_found, width="stretch")
     else:
         find[1].caption("No label matches.")
+st.button(f"Add feature {current} (the feature page's): {render.md_text(names[current], 60)}",
+          key="steer_add_current", on_click=_add, args=(current,))
 
 c1, c2 = st.columns([3, 1])
 spec_text = c1.text_input("Features and strengths (index:strength, comma separated)",
@@ -64,9 +71,9 @@ mode = c2.radio("Mode", ["add", "clamp"], key="steer_mode", horizontal=True)
 relative = st.checkbox(
     "Strengths are multiples of each feature's max activation in this store",
     value=True, key="steer_relative",
-    help=f"e.g. {sd.STRENGTH_X_MAX:g} adds {sd.STRENGTH_X_MAX:g}x the feature's largest recorded "
-    "activation along its decoder direction; untick for raw multiples of the unit direction "
-    "(add mode only)",
+    help=f"e.g. {sd.STRENGTH_X_MAX:g} (the default, chosen by a measured sweep) adds "
+    f"{sd.STRENGTH_X_MAX:g}x the feature's largest recorded activation along its decoder "
+    "direction; untick for raw multiples of the unit direction (add mode only)",
 )
 prompt = st.text_area("Prompt", sd.PROMPT, key="steer_prompt", height=80)
 c = st.columns(3)
@@ -97,7 +104,7 @@ scale = relative and mode == "add"
 
 
 def _applied(strengths: dict[int, float]) -> dict[int, float]:
-    return {f: s * float(peak[f]) for f, s in strengths.items()} if scale else dict(strengths)
+    return sd.scale_by_max(strengths, peak) if scale else dict(strengths)
 
 
 gen = dict(max_new_tokens=int(max_tokens), temperature=float(temperature), seed=int(seed))
