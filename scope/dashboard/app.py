@@ -56,13 +56,13 @@ if "feature" not in st.session_state:
         st.session_state["sae"] = qp.get("sae")
     try:
         st.session_state["feature"] = int(qp["feature"])  # out of range: the page says so
-    except (KeyError, ValueError):  # no deep link: start on the first feature that fired
+    except (KeyError, ValueError):  # no deep link: the most specific live feature
         sae0 = st.session_state.get("sae", names[0])
         try:
-            live = data.live_features(path, sae0 if sae0 in names else names[0])
+            st.session_state["feature"] = data.home_feature(path, sae0 if sae0 in names
+                                                            else names[0])
         except Exception:  # a corrupt summary: the page shows the error
-            live = []
-        st.session_state["feature"] = int(live[0]) if len(live) else 0
+            st.session_state["feature"] = 0
 st.session_state["store_path"] = path
 
 # "sae" is plain session state (it outlives page switches); "sae_box" is its widget.

@@ -164,9 +164,16 @@ def live_features(path: str, sae: str) -> np.ndarray:
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def search_token(path: str, sae: str, token: str, k: int = 20) -> list[tuple[int, float]]:
-    """Features that fire most on a token string, best first."""
-    return [(int(f), float(v)) for f, v in get_store(path).search_token(sae, token, k=k)]
+def search_token(path: str, sae: str, token: str, k: int = 20) -> list:
+    """Features most specific to a token string, best first (`feature_list.TokenHit`s)."""
+    from scope.explore.feature_list import token_search
+
+    return token_search(get_store(path), sae, token, k=k)
+
+
+def home_feature(path: str, sae: str) -> int:
+    """The feature the dashboard opens on: the most specific live one (not feature 0)."""
+    return table(path, sae).most_specific()
 
 
 @st.cache_data(show_spinner=False)

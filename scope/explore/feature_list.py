@@ -181,17 +181,18 @@ class FeatureTable:
             return np.zeros(len(self))
         return np.asarray(model.get_scores(words), dtype=np.float64)
 
-    def specificity(self) -> np.ndarray:
+    def specificity(self, max_density: float = L.DENSE) -> np.ndarray:
         """`[d_sae]`: the top token's share of each feature's firings, shrunk for few firings
-        (`share * n / (n + RARE)`); 0 for dead and dense features."""
+        (`share * n / (n + RARE)`); 0 for dead features and those denser than `max_density`."""
         n = self.firing_count.astype(np.float64)
         spec = self.top_share * n / (n + L.RARE)
-        return np.where((n > 0) & (self.density <= L.DENSE), spec, 0.0)
+        return np.where((n > 0) & (self.density <= max_density), spec, 0.0)
 
-    def most_specific(self) -> int:
-        """The live, non-dense feature with the largest `specificity` whose top token is a word
-        (two letters or more), else any live one, else 0: the dashboard's home feature."""
-        spec = self.specificity()
+    def most_specific(self, max_density: float = L.DENSE) -> int:
+        """The dashboard's home feature: the live feature (no denser than `max_density`) with
+        the largest `specificity` whose top token is a word (two letters or more); else the
+        most specific of any token; else the one that fired most; else 0."""
+        spec = self.specificity(max_density)
         word = np.array([sum(c.isalpha() for c in t) >= 2 for t in self.top_token], dtype=bool)
         for cand in (np.where(word, spec, 0.0), spec, self.firing_count.astype(np.float64)):
             if cand.max(initial=0.0) > 0:

@@ -56,16 +56,19 @@ nav[1].button("◀ Prev", key="prev", on_click=_step, args=(-1,), width="stretch
 nav[2].button("Next ▶", key="next", on_click=_step, args=(1,), width="stretch")
 nav[3].button("Random live", key="random", on_click=_random, width="stretch")
 token = nav[4].text_input(
-    "Features that fire most on token", key="search_token", placeholder="e.g. ' the' or 'def'"
+    "Features specific to a token", key="search_token", placeholder="e.g. ' the' or 'def'",
+    help="ranked by the share of the feature's firings on the token times the share of the "
+    "token's occurrences it fires on",
 )
 if token:
     hits = data.search_token(path, sae, token, 20)
     if hits:
         names = data.labels(path, sae)
-        labels = {f: f"#{f}  (max {render.format_value(v)})  {names[f][:60]}" for f, v in hits}
+        labels = {h.index: f"#{h.index}  ({h.share_of_feature:.0%} of its firings, "
+                  f"{h.share_of_token:.0%} of the token's)  {names[h.index][:60]}" for h in hits}
         c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
         c1.selectbox(
-            f"{len(hits)} features fire most on this token", list(labels),
+            f"{len(hits)} features, most specific first", list(labels),
             format_func=labels.get, key="search_pick",
         )
         c2.button("Open", key="search_open", on_click=_from_search, width="stretch")
