@@ -34,7 +34,7 @@ path = data.store_path()
 if not path:
     st.error(
         "No feature store given. Start the dashboard with `scope dashboard STORE` "
-        f"(or set ${data.STORE_ENV})."
+        f"(or set ${render.md_text(data.STORE_ENV)})."
     )
     st.stop()
 try:

@@ -79,7 +79,7 @@ index = st.session_state["feature"]
 view = data.feature_view(path, sae, index, data.labels_mtime(path))
 st.query_params.update({"sae": sae, "feature": str(index)})
 
-st.subheader(f"Feature {index}")
+st.subheader(f"Feature {index:d}")
 st.markdown(f"**{render.md_text(view.label)}**")
 st.caption(f"{render.explanation_caption(view.explanation)} · SAE {render.md_text(sae)}")
 m = st.columns(5)

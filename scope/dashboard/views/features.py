@@ -57,7 +57,7 @@ descending = top[2].toggle("Largest first", value=True, key="fl_desc")
 f = st.columns(4, vertical_alignment="bottom")
 hide_dense = f[0].checkbox(f"Hide dense (> {DENSE:.0%})", value=True, key="fl_dense",
                            help="features that fire on more than 1% of tokens top every ranking")
-hide_rare = f[1].checkbox(f"Hide rare (< {RARE} firings)", value=True, key="fl_rare",
+hide_rare = f[1].checkbox(f"Hide rare (< {RARE:d} firings)", value=True, key="fl_rare",
                           help="a handful of firings tells little about a feature")
 hide_dead = f[2].checkbox("Hide dead", value=True, key="fl_dead")
 lo, hi = f[3].select_slider(
@@ -71,10 +71,10 @@ if sort == "relevance" and not text.strip():
 trust = True
 if sort in SAMPLE_COLUMNS:
     trust = st.toggle(
-        f"Rank only features with ≥ {TRUST_FIRINGS} firings", value=True, key="fl_trust",
+        f"Rank only features with ≥ {TRUST_FIRINGS:d} firings", value=True, key="fl_trust",
         help=f"a max or mean over a handful of firings is a handful of samples (a feature seen "
         f"10 times sits at its own max): sorting by it hides features with fewer than "
-        f"{TRUST_FIRINGS} firings unless this is off")
+        f"{TRUST_FIRINGS:d} firings unless this is off")
 size = 50
 filters = dict(hide_dense=hide_dense, hide_rare=hide_rare, hide_dead=hide_dead,
                min_density=float(lo) if float(lo) > 1e-8 else None,

@@ -61,7 +61,7 @@ if query.strip():
         find[2].button("Add", key="steer_add", on_click=_add_found, width="stretch")
     else:
         find[1].caption("No label matches.")
-st.button(f"Add feature {current} (the feature page's): {render.md_text(names[current], 60)}",
+st.button(f"Add feature {current:d} (the feature page's): {render.md_text(names[current], 60)}",
           key="steer_add_current", on_click=_add, args=(current,))
 
 c1, c2 = st.columns([3, 1])
@@ -91,13 +91,13 @@ except ValueError as exc:
     st.stop()
 bad = [f for f in spec if f >= n]
 if bad:
-    st.error(f"Feature(s) {bad} out of range: SAE {render.md_text(sae)} has {n:,} features "
+    st.error(f"Feature(s) {render.md_text(bad)} out of range: SAE {render.md_text(sae)} has {n:,} features "
              f"(0…{n - 1:,}).")
     st.stop()
 if not spec:
     st.info("Add at least one feature:strength pair, or find one by label above.")
 else:
-    st.caption(" · ".join(f"#{f} {render.md_text(names[f][:60])}" for f in spec))
+    st.caption(render.md_text(" · ".join(f"#{f} {names[f][:60]}" for f in spec)))
 
 peak = data.max_activations(path, sae)
 scale = relative and mode == "add"
@@ -112,8 +112,9 @@ b = st.columns([1, 1, 4])
 go = b[0].button("Generate", key="steer_go", type="primary", disabled=not spec or not prompt)
 sweep = b[1].button("Strength sweep", key="steer_sweep", disabled=not spec or not prompt
                     or mode != "add",
-                    help="every listed feature at " + ", ".join(f"{m:g}" for m in sd.SWEEP)
-                    + ("× its max activation" if scale else " (raw)") + ", side by side")
+                    help=render.md_text("every listed feature at " + ", ".join(
+                        f"{m:g}" for m in sd.SWEEP) + ("× its max activation" if scale
+                                                       else " (raw)") + ", side by side"))
 if go or sweep:
     try:
         with st.spinner("Generating…"):
@@ -152,7 +153,7 @@ if result:
         heads = [col.empty() for col in cols]
         unit = "× max" if result["scale"] else ""
         for head, col, run in zip(heads, cols, runs, strict=True):
-            head.markdown(f"**{run['level']:g}{unit}**")
+            head.markdown(f"**{run['level']:g}{render.md_text(unit)}**")
             col.text(result["prompt"] + run["text"])
     note = st.empty()
     rows = []
@@ -175,7 +176,7 @@ if result:
                           "default)")
     else:
         for head, run in zip(heads, runs, strict=True):
-            head.markdown(f"**{run['level']:g}{unit}** · drift {run['loss']:.2f}")
+            head.markdown(f"**{run['level']:g}{render.md_text(unit)}** · drift {run['loss']:.2f}")
     note.caption("Drift: the text's loss (nats/token) under the unsteered model; the default "
                  f"text scores {base:.2f}. A steep rise marks word salad (repetition can stay "
                  "low: read the texts too).")
