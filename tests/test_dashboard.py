@@ -132,8 +132,10 @@ def test_feature_navigation_widgets(store_path, monkeypatch):
     store = scope.open_store(store_path)
     sae = store.sae_names[0]
     at = ok(app_for(store_path, monkeypatch))
-    first_live = int(np.flatnonzero(store.densities(sae) > 0)[0])
-    assert at.session_state["feature"] == first_live  # no deep link: the first live feature
+    from scope.explore.feature_list import FeatureTable
+
+    home = FeatureTable.build(store, sae).most_specific()  # test_feature_list checks the rule
+    assert at.session_state["feature"] == home  # no deep link: the most specific live feature
     at.number_input(key="feature_box").set_value(7).run()
     assert ok(at).session_state["feature"] == 7 and at.subheader[0].value == "Feature 7"
     at.button(key="next").click().run()
@@ -172,15 +174,18 @@ def test_sae_selector_switches_every_page(store_path, monkeypatch):
 def test_feature_search_by_token(store_path, monkeypatch):
     store = scope.open_store(store_path)
     sae = store.sae_names[0]
+    from scope.explore.feature_list import token_search
+
     token, hits = next((t, h) for t in ["t", "a", "e", "<", "s", "c"]
-                       if (h := store.search_token(sae, t, k=20)))
+                       if (h := token_search(store, sae, t, k=20)))
     at = ok(app_for(store_path, monkeypatch))
     at.text_input(key="search_token").input(token).run()
     box = ok(at).selectbox(key="search_pick")
-    labels = [store.feature(sae, f).label for f, _ in hits]
-    assert box.options == [f"#{f}  (max {v:.3g})  {lab[:60]}"
-                           for (f, v), lab in zip(hits, labels, strict=True)]
-    target = hits[min(1, len(hits) - 1)][0]
+    labels = [store.feature(sae, h.index).label for h in hits]
+    assert box.options == [f"#{h.index}  ({h.share_of_feature:.0%} of its firings, "
+                           f"{h.share_of_token:.0%} of the token's)  {lab[:60]}"
+                           for h, lab in zip(hits, labels, strict=True)]
+    target = hits[min(1, len(hits) - 1)].index
     box.set_value(target).run()
     at.button(key="search_open").click().run()
     assert ok(at).session_state["feature"] == target
@@ -240,7 +245,7 @@ def test_inspector_selects_and_opens_feature(store_path, monkeypatch):
     at.toggle(key="inspect_hide_dense").set_value(False).run()  # a random SAE: most are dense
     at.toggle(key="inspect_hide_rare").set_value(False).run()
     at.text_area(key="inspect_text").input("the cat sat <b>on</b> the mat").run()
-    table = ok(at).html[0].value
+    table = next(h.value for h in ok(at).html if "<table" in h.value)
     assert "BOS: not read by SAEs" in table
     assert "&lt;" in table and "<b>" not in table
     box = at.selectbox(key="inspect_feature")
@@ -290,6 +295,11 @@ def test_steering_defaults_are_multiples_of_max_and_sweep(store_path, monkeypatc
     f = int(np.argmax(store.max_activations(sae)))
     at = app_for(store_path, monkeypatch, feature=f)
     at.switch_page("views/steering.py").run()
+    assert ok(at).text_input(key="steer_spec").value == ""  # never pre-filled
+    assert at.button(key="steer_go").disabled
+    at.button(key="steer_add_current").click().run()  # the feature page's feature, on request
+    assert ok(at).text_input(key="steer_spec").value == f"{f}:{sd.STRENGTH_X_MAX:g}"
+    at.button(key="steer_add_current").click().run()  # listed once
     assert ok(at).text_input(key="steer_spec").value == f"{f}:{sd.STRENGTH_X_MAX:g}"
     at.number_input(key="steer_max_tokens").set_value(8).run()
     at.button(key="steer_go").click().run()
@@ -321,7 +331,9 @@ def test_steering_finds_features_by_label(store_path, monkeypatch):
     pick = box.value
     assert box.options and word in table.labels[pick]
     at.button(key="steer_add").click().run()
-    assert ok(at).text_input(key="steer_spec").value.endswith(f"{pick}:4")
+    from scope.steer import defaults as sd
+
+    assert ok(at).text_input(key="steer_spec").value == f"{pick}:{sd.STRENGTH_X_MAX:g}"
 
 
 def test_steering_rejects_bad_spec(store_path, monkeypatch):

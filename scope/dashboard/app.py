@@ -18,6 +18,7 @@ import streamlit as st
 from scope.dashboard import data, render
 
 st.set_page_config(page_title="scope dashboard", layout="wide")
+st.html(render.LAYOUT_CSS)  # rows wrap at 900 px instead of cutting numbers and labels
 log = logging.getLogger("scope.dashboard")
 VIEWS = Path(__file__).resolve().parent / "views"
 
@@ -80,6 +81,7 @@ with st.sidebar:
         "SAE", names, key="sae_box", on_change=_pick_sae,
         help="The SAE (hook site) every page reads.",
     )
+    st.caption(render.md_text(st.session_state["sae"]))  # the full name, wrapped
     st.caption(render.store_caption(Path(path).name, store.manifest))
 
 page = st.navigation(list(PAGES.values()))

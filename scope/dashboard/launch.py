@@ -61,6 +61,7 @@ def dashboard_argv(
         "--server.headless", "false" if open_browser else "true",
         "--browser.gatherUsageStats", "false",
         "--client.toolbarMode", "minimal",  # no "Deploy" button on a local research tool
+        "--logger.hideWelcomeMessage", "true",  # scope prints the URL itself, once
         "--", str(Path(store).resolve()),
     ]
 
@@ -84,7 +85,7 @@ def start_dashboard(
     """Start the dashboard server in the background and return its process (caller stops it)."""
     _check(store)
     argv = dashboard_argv(store, host, port, open_browser=open_browser)
-    log.info("dashboard for %s on http://%s:%d (Ctrl-C stops it)", store, host, int(port))
+    log.info("dashboard: http://%s:%d  (Ctrl-C stops it)", host, int(port))
     return subprocess.Popen(argv, **popen_kwargs)
 
 
@@ -115,6 +116,8 @@ def dashboard_command(
     """Serve the dashboard for `store` until interrupted; returns Streamlit's exit status.
 
     Ctrl-C or SIGTERM to this process stops the Streamlit server too (no orphaned server).
+    Ctrl-C is how a user ends a server, so it is a clean end: one short line and status 0
+    (as `python -m http.server` does); SIGTERM returns 143.
     """
     proc = start_dashboard(store, host, port, open_browser=open_browser)
     in_main = threading.current_thread() is threading.main_thread()
@@ -126,7 +129,8 @@ def dashboard_command(
         return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         stop_dashboard(proc)
-        raise
+        log.info("dashboard stopped")
+        return 0
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous)

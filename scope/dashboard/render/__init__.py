@@ -37,6 +37,7 @@ from scope.dashboard.render.text import (
     store_error_message,
 )
 from scope.dashboard.render.tokens import (
+    LAYOUT_CSS,
     TOKEN_CSS,
     Window,
     context_window,
@@ -82,6 +83,7 @@ __all__ = [
     "steering_rows",
     "store_caption",
     "store_error_message",
+    "LAYOUT_CSS",
     "TOKEN_CSS",
     "tokens_html",
     "top_features_per_token",

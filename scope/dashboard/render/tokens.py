@@ -207,3 +207,21 @@ def neighbours_html(sae: str, rows: Sequence[tuple[int, float, str]]) -> str:
         body.append('<tr><td colspan="2" style="color:#888">not in this store (format 1): '
                     "extract again to get neighbours</td></tr>")
     return head + "".join(body) + "</tbody></table>"
+
+
+# Page layout that fits 900 px and up: rows of columns wrap instead of squeezing their contents
+# (a metric's value, a button's label) into an ellipsis, and labels wrap instead of being cut.
+LAYOUT_CSS = (
+    "<style>"
+    '[data-testid="stHorizontalBlock"]{flex-wrap:wrap;row-gap:0.5rem}'
+    '[data-testid="stHorizontalBlock"]>[data-testid="stColumn"]{min-width:min(100%,8.5rem)}'
+    '[data-testid="stMetricValue"],[data-testid="stMetricValue"] *{white-space:normal;'
+    "overflow:visible;text-overflow:clip;overflow-wrap:anywhere}"
+    '[data-testid="stMetricValue"]{font-size:clamp(1.15rem,2.1vw,2.1rem);line-height:1.2}'
+    '[data-testid="stMetricLabel"] *,[data-testid="stWidgetLabel"] *{white-space:normal;'
+    "overflow:visible;text-overflow:clip}"
+    '[data-testid="stBaseButton-secondary"] *,[data-testid="stBaseButton-primary"] *,'
+    '[data-testid="stBaseLinkButton-secondary"] *{white-space:normal;overflow:visible;'
+    "text-overflow:clip}"
+    "</style>"
+)
