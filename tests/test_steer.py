@@ -224,3 +224,94 @@ def test_relative_strengths_scale_by_the_store_max_and_refuse_another_sae(model,
         with scope.steering(model, wider, {1: 1.0}, relative_to=store):
             pass
     assert count_hooks(model) == 0
+
+
+# -- defaults and drift: the rule behind the default strength --------------------------------
+
+
+def test_greedy_rows_equal_generate_under_steering(model):
+    """The sweep's batched generation is the twin of `generate` under one-feature steering."""
+    from scope.steer.drift import greedy_rows
+
+    sae = random_sae(model.cfg.d_model)
+    prompt = "Sparse autoencoders"
+    pairs = [(2, 0.0), (2, 30.0), (5, -20.0), (9, 60.0)]
+    deltas = torch.stack([s * sae.W_dec[f].detach() for f, s in pairs])
+    rows = greedy_rows(model, prompt, SITE, deltas, 8)
+    for (f, s), text in zip(pairs, rows, strict=True):
+        with scope.steering(model, sae, {f: s}):
+            assert text == scope.generate(model, prompt, max_new_tokens=8, temperature=0.0)
+    assert count_hooks(model) == 0
+
+
+def test_continuation_losses_are_the_mean_nll_of_each_continuation(model):
+    from scope.steer.drift import continuation_losses
+
+    prompt, texts = "Sparse autoencoders", [" find features", " are", ""]
+    losses = continuation_losses(model, prompt, texts)
+    n = model.to_tokens(prompt).shape[1]
+    for text, loss in zip(texts, losses, strict=True):
+        toks = model.to_tokens(prompt + text)
+        if toks.shape[1] == n:
+            assert loss == 0.0
+            continue
+        with torch.no_grad():
+            logp = torch.log_softmax(model(toks, return_type="logits")[0].float(), -1)
+        nll = [-float(logp[p - 1, toks[0, p]]) for p in range(n, toks.shape[1])]
+        assert loss == pytest.approx(sum(nll) / len(nll), abs=1e-4)
+
+
+def test_sweep_rows_shares_and_the_chosen_multiple(model):
+    from scope.steer.drift import continuation_losses, sweep
+
+    sae = random_sae(model.cfg.d_model)
+    peak = torch.linspace(1.0, 4.0, sae.cfg.d_sae)
+    res = sweep(model, sae, peak, [1, 4], [0.0, 5.0, 40.0], "Sparse autoencoders",
+                max_new_tokens=6)
+    assert [(r.feature, r.multiple) for r in res.rows] == [(1, 0.0), (1, 5.0), (1, 40.0),
+                                                             (4, 0.0), (4, 5.0), (4, 40.0)]
+    for r in res.rows:
+        with scope.steering(model, sae, {r.feature: r.multiple * float(peak[r.feature])}):
+            assert r.text == scope.generate(model, "Sparse autoencoders", max_new_tokens=6,
+                                            temperature=0.0)
+    assert [r.text for r in res.rows if r.multiple == 0.0] == [res.default] * 2
+    drift = continuation_losses(model, "Sparse autoencoders", [r.text for r in res.rows])
+    assert [r.drift for r in res.rows] == pytest.approx(drift, abs=1e-4)
+    within = res.within(0.5)
+    for m in (0.0, 5.0, 40.0):
+        ok = [r.drift <= res.base + 0.5 for r in res.rows if r.multiple == m]
+        assert within[m] == sum(ok) / len(ok)
+    assert within[0.0] == 1.0 and res.changed()[0.0] == 0.0
+
+
+def test_choose_multiple_takes_the_largest_before_the_first_failure():
+    from scope.steer.defaults import choose_multiple
+
+    assert choose_multiple({0.5: 1.0, 1.0: 0.8, 2.0: 0.5, 4.0: 0.9}, most=0.75) == 1.0
+    assert choose_multiple({0.5: 0.7, 1.0: 1.0}, most=0.75) is None
+    assert choose_multiple({0.25: 1.0, 0.5: 0.75}, most=0.75) == 0.5
+
+
+def test_scale_by_max_and_tiny_strengths():
+    from scope.steer.defaults import scale_by_max, tiny_strengths
+
+    peak = [0.0, 2.0, 500.0, 80.0]
+    assert scale_by_max({1: 1.5, 2: -0.5}, peak) == {1: 3.0, 2: -250.0}
+    # 8 against a max of 500 is tiny; 8 against 80 is exactly 10%, not below it; 0 is deliberate
+    assert tiny_strengths({2: 8.0, 3: 8.0, 1: 0.0, 0: 5.0}, peak) == [(2, 8.0, 500.0)]
+    assert tiny_strengths({3: 7.9}, peak) == [(3, 7.9, 80.0)]
+
+
+def test_prompt_scale_is_the_peak_over_the_prompt_or_the_threshold(model):
+    from scope.steer.defaults import prompt_scale
+
+    sae = random_sae(model.cfg.d_model)
+    prompt = TINY_TEXT[0]
+    f = sae.encode(resid(model, model.to_tokens(prompt)))[0, 1:]
+    silent = int((f.amax(0) == 0).nonzero()[0]) if (f.amax(0) == 0).any() else None
+    live = int(f.amax(0).argmax())
+    scale = prompt_scale(model, sae, prompt, [live] + ([silent] if silent is not None else []))
+    assert scale[live] == pytest.approx(float(f[:, live].max()))
+    if silent is not None:
+        assert scale[silent] == pytest.approx(float(sae.threshold[silent]))
+    assert count_hooks(model) == 0

@@ -70,6 +70,26 @@ def tiny_strengths(strengths: Mapping[int, float], scale: Mapping[int, float] | 
     return out
 
 
+def prompt_scale(model, sae, prompt: str, features) -> dict[int, float]:
+    """Each feature's scale when no store is at hand: its largest activation over `prompt` (BOS
+    left out) from one quick encode, and never below its JumpReLU threshold (the smallest
+    nonzero activation it can have), so a feature silent on the prompt still has a scale."""
+    import torch
+
+    from scope.model.activations import capture
+
+    site = sae.cfg.hook_name
+    with torch.inference_mode():
+        tokens = model.to_tokens(prompt)
+        acts = capture(model, tokens, [site])[site]
+        f = sae.encode(acts.to(sae.W_dec.dtype))[0, 1:]  # [pos, d_sae], BOS left out
+        idx = torch.tensor([int(i) for i in features], dtype=torch.long)
+        peak = f[:, idx].amax(0) if f.shape[0] else torch.zeros(len(idx))
+        floor = sae.threshold.detach()[idx].to(peak.dtype)
+    return {int(i): float(v) for i, v in zip(idx.tolist(), torch.maximum(peak, floor).tolist(),
+                                              strict=True)}
+
+
 def describe() -> str:
     """One line for --help."""
     return (f"defaults: {MAX_NEW_TOKENS} new tokens, temperature {TEMPERATURE:g} (greedy), "

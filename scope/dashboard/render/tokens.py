@@ -213,8 +213,10 @@ def neighbours_html(sae: str, rows: Sequence[tuple[int, float, str]]) -> str:
 # (a metric's value, a button's label) into an ellipsis, and labels wrap instead of being cut.
 LAYOUT_CSS = (
     "<style>"
+    '[data-testid="stMainBlockContainer"]{padding-left:2rem;padding-right:2rem;'
+    "padding-top:3rem}"
     '[data-testid="stHorizontalBlock"]{flex-wrap:wrap;row-gap:0.5rem}'
-    '[data-testid="stHorizontalBlock"]>[data-testid="stColumn"]{min-width:min(100%,8.5rem)}'
+    '[data-testid="stHorizontalBlock"]>[data-testid="stColumn"]{min-width:min(100%,10rem)}'
     '[data-testid="stMetricValue"],[data-testid="stMetricValue"] *{white-space:normal;'
     "overflow:visible;text-overflow:clip;overflow-wrap:anywhere}"
     '[data-testid="stMetricValue"]{font-size:clamp(1.15rem,2.1vw,2.1rem);line-height:1.2}'

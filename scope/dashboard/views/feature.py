@@ -105,9 +105,11 @@ with left:
         st.info("This feature never fired on the corpus (dead feature): no histogram.")
 with right:
     st.html(
-        '<div style="display:flex;gap:16px">'
-        f'<div style="flex:1">{render.logit_table_html(view.top_logits, "Promoted tokens", True)}</div>'
-        f'<div style="flex:1">{render.logit_table_html(view.bottom_logits, "Suppressed tokens", False)}</div>'
+        '<div style="display:flex;flex-wrap:wrap;gap:8px 16px">'  # side by side, or stacked
+        '<div style="flex:1 1 11em;min-width:0">'
+        f'{render.logit_table_html(view.top_logits, "Promoted tokens", True)}</div>'
+        '<div style="flex:1 1 11em;min-width:0">'
+        f'{render.logit_table_html(view.bottom_logits, "Suppressed tokens", False)}</div>'
         "</div>"
     )
     names = data.labels(path, sae)
