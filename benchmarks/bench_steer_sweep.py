@@ -15,6 +15,7 @@ at least `MOST` of the features within the margin.
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
 import sys
 import time
@@ -49,12 +50,13 @@ def main() -> None:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--store", default="runs/demo", help="a store of the bundled model + SAE")
-    p.add_argument("--features", type=int, default=20)
+    p.add_argument("--features", type=int, default=16)
     p.add_argument("--prompt", default=sd.PROMPT)
     p.add_argument("--tokens", type=int, default=sd.MAX_NEW_TOKENS)
     p.add_argument("--texts", action="store_true", help="print every steered text")
     a = p.parse_args()
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
     store = open_store(a.store)
     name = store.sae_names[0]

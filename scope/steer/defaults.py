@@ -28,7 +28,7 @@ STRENGTH_RAW = 8.0
 #: strengths of the dashboard's sweep (multiples of max activation), shown side by side
 SWEEP = (0.0, 0.5, 1.0, 1.5, 2.0)
 #: the multiples the benchmark measures to choose STRENGTH_X_MAX
-BENCH_MULTIPLES = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
+BENCH_MULTIPLES = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
 #: a steered text is fluent while its loss stays within this many nats/token of the default's
 DRIFT_MARGIN = 1.0
 #: ... on at least this share of the features

@@ -10,6 +10,7 @@ all use these two.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -20,6 +21,8 @@ from torch import Tensor
 
 from scope.steer import defaults as sd
 
+log = logging.getLogger(__name__)
+
 if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -27,25 +30,29 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 @torch.inference_mode()
-def continuation_losses(model: TransformerBridge, prompt: str,
-                        continuations: Sequence[str]) -> list[float]:
+def continuation_losses(model: TransformerBridge, prompt: str, continuations: Sequence[str],
+                        batch_size: int = 8) -> list[float]:
     """Mean cross-entropy (nats/token) of each continuation after `prompt` under `model` as it
-    is, in one batched forward pass (call it with no steering active: this is how far a
+    is, `batch_size` texts per forward pass (call it with no steering active: this is how far a
     steered text drifts from what the model itself would say). An empty continuation scores 0.
+    The batches bound memory: logits are `[batch, pos, d_vocab]`, 262k wide for Gemma 3.
     """
     n_prompt = model.to_tokens(prompt).shape[1]
     rows = [model.to_tokens(prompt + c)[0] for c in continuations]  # BOS prepended
-    width = max(len(r) for r in rows)
-    batch = torch.stack([torch.nn.functional.pad(r, (0, width - len(r)), value=int(r[-1]))
-                         for r in rows])  # right padding: causal, earlier positions unchanged
-    logp = torch.log_softmax(model(batch, return_type="logits").float(), dim=-1)
     out = []
-    for b, r in enumerate(rows):
-        if len(r) <= n_prompt:
-            out.append(0.0)
-            continue
-        nll = -logp[b, : len(r) - 1].gather(1, r[1:, None].to(logp.device))[:, 0]
-        out.append(float(nll[n_prompt - 1:].mean()))
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i:i + batch_size]
+        width = max(len(r) for r in chunk)
+        batch = torch.stack([torch.nn.functional.pad(r, (0, width - len(r)), value=int(r[-1]))
+                             for r in chunk])  # right padding: causal, earlier positions unchanged
+        logits = model(batch, return_type="logits")
+        for b, r in enumerate(chunk):
+            if len(r) <= n_prompt:
+                out.append(0.0)
+                continue
+            lg = logits[b, n_prompt - 1: len(r) - 1].float()  # predicts r[n_prompt:]
+            nll = torch.logsumexp(lg, -1) - lg.gather(1, r[n_prompt:, None].to(lg.device))[:, 0]
+            out.append(float(nll.mean()))
     return out
 
 
@@ -112,11 +119,14 @@ def sweep(model: TransformerBridge, sae: JumpReLUSAE, max_activations: Sequence[
     pairs = [(int(f), float(m)) for f in features for m in multiples]
     W_dec = sae.W_dec.detach().float()
     texts: list[str] = []
+    log.info("sweep: %d texts of %d tokens in batches of %d", len(pairs), max_new_tokens,
+             batch_size)
     for i in range(0, len(pairs), batch_size):
         chunk = pairs[i:i + batch_size]
         deltas = torch.stack([sd.scale_by_max({f: m}, max_activations)[f] * W_dec[f]
                               for f, m in chunk])  # [rows, d_out]
         texts += greedy_rows(model, prompt, _site(sae), deltas, max_new_tokens)
+        log.info("sweep: %d/%d texts generated", len(texts), len(pairs))
     losses = continuation_losses(model, prompt, [default, *texts])
     rows = [SweepRow(f, m, t, d) for (f, m), t, d in zip(pairs, texts, losses[1:], strict=True)]
     return Sweep(prompt, default, losses[0], rows)
