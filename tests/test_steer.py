@@ -315,3 +315,12 @@ def test_prompt_scale_is_the_peak_over_the_prompt_or_the_threshold(model):
     if silent is not None:
         assert scale[silent] == pytest.approx(float(sae.threshold[silent]))
     assert count_hooks(model) == 0
+
+
+def test_tiny_warnings_name_the_scale_and_a_strength_that_matters():
+    from scope.steer.defaults import STRENGTH_X_MAX, tiny_warnings
+
+    (line,) = tiny_warnings({749: 8.0, 3: 900.0}, {749: 2031.0, 3: 1000.0}, "its peak on the prompt")
+    assert line.startswith("feature 749: strength 8 is 0.4% of its scale (2,031, its peak on "
+                           "the prompt)")
+    assert f"749:{STRENGTH_X_MAX * 2031:.4g}" in line

@@ -70,6 +70,16 @@ def tiny_strengths(strengths: Mapping[int, float], scale: Mapping[int, float] | 
     return out
 
 
+def tiny_warnings(strengths: Mapping[int, float], scale, source: str) -> list[str]:
+    """One line per absolute strength too small to move the text (`tiny_strengths`), naming
+    the feature's scale, where it came from (`source`, e.g. "its max in runs/demo" or "its peak
+    on the prompt") and a strength that would matter."""
+    return [f"feature {f}: strength {s:g} is {abs(s) / peak:.1%} of its scale ({peak:,.4g}, "
+            f"{source}) and will barely change the text; try {f}:{STRENGTH_X_MAX * peak:.4g} "
+            f"({STRENGTH_X_MAX:g}x), or give a store for strengths relative to each feature's max"
+            for f, s, peak in tiny_strengths(strengths, scale)]
+
+
 def prompt_scale(model, sae, prompt: str, features) -> dict[int, float]:
     """Each feature's scale when no store is at hand: its largest activation over `prompt` (BOS
     left out) from one quick encode, and never below its JumpReLU threshold (the smallest
