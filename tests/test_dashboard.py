@@ -403,6 +403,27 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None
     raise AssertionError(f"dashboard did not answer at {url} within {timeout}s")
 
 
+def test_ctrl_c_stops_the_dashboard_cleanly_and_the_url_is_printed_once(store_path):
+    port = _free_port()
+    cmd = [sys.executable, "-m", "scope.cli.main", "dashboard", store_path, "--port", str(port)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                            start_new_session=True)
+    try:
+        _wait_healthy(f"http://127.0.0.1:{port}", proc)
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends to `scope dashboard`
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert proc.returncode == 0, out
+    assert out.count(f"http://127.0.0.1:{port}") == 1, out  # scope's line; no Streamlit banner
+    assert "dashboard stopped" in out and "Traceback" not in out, out
+    assert not _server_alive(port)
+
+
 @pytest.mark.browser
 def test_browser_feature_page(store_path, tmp_path):
     from selenium import webdriver
