@@ -192,6 +192,34 @@ def test_feature_search_by_token(store_path, monkeypatch):
     assert at.subheader[0].value == f"Feature {target}"
 
 
+def test_feature_list_sorts_a_query_by_relevance_until_the_user_picks(store_path, monkeypatch):
+    from scope.explore.feature_list import FeatureTable
+
+    store = scope.open_store(store_path)
+    table = FeatureTable.build(store, store.sae_names[0])
+    word = next(w for lab in table.auto_labels for w in lab.replace("'", " ").split()
+                if w.isalpha() and len(w) > 2)
+    at = app_for(store_path, monkeypatch)
+    at.switch_page("views/features.py").run()
+    assert ok(at).selectbox(key="fl_sort").value == "density"
+    for box in ("fl_dense", "fl_rare"):  # a random SAE: most features are dense
+        at.checkbox(key=box).uncheck().run()
+    at.text_input(key="fl_text").input(word).run()
+    assert ok(at).selectbox(key="fl_sort").value.startswith("relevance")
+    shown = [r["feature"] for r in at.dataframe[0].value.to_dict("records")]
+    expect = table.query(word, hide_dense=False, hide_rare=False, page_size=50).rows
+    assert shown == [r.index for r in expect]  # ranked by BM25, best first
+    at.selectbox(key="fl_sort").set_value("firing count").run()  # the user's pick stays
+    at.text_input(key="fl_text").input(word + " x").run()
+    assert ok(at).selectbox(key="fl_sort").value == "firing count"
+    assert "fl_trust" not in [t.key for t in at.toggle]  # the few-firings rule: max/mean only
+    at.selectbox(key="fl_sort").set_value("max activation").run()
+    assert ok(at).toggle(key="fl_trust").value  # hides features with too few firings
+    at.text_input(key="fl_text").input("").run()  # cleared: the user's pick is forgotten
+    at.text_input(key="fl_text").input(word).run()
+    assert ok(at).selectbox(key="fl_sort").value.startswith("relevance")
+
+
 def test_store_tokens_with_html_render_escaped(store_path, monkeypatch):
     store = scope.open_store(store_path)
     sae = store.sae_names[0]
