@@ -324,3 +324,31 @@ def test_tiny_warnings_name_the_scale_and_a_strength_that_matters():
     assert line.startswith("feature 749: strength 8 is 0.4% of its scale (2,031, its peak on "
                            "the prompt)")
     assert f"749:{STRENGTH_X_MAX * 2031:.4g}" in line
+
+
+def test_scope_steer_warns_when_a_raw_strength_is_tiny(tmp_path, caplog, capsys):
+    """`scope steer` without a store: a strength far below the feature's scale is named, with
+    one that would matter; a strong one is not."""
+    import logging
+
+    from builders import _cached_dir
+
+    from scope.cli.main import main
+    from scope.steer.defaults import prompt_scale
+
+    model = tiny_hooked_model("gemma3")
+    sae = random_sae(model.cfg.d_model)
+    sae.save(tmp_path / "sae")
+    prompt = TINY_TEXT[0]
+    f = int(sae.encode(resid(model, model.to_tokens(prompt)))[0, 1:].amax(0).argmax())
+    peak = prompt_scale(model, sae, prompt, [f])[f]
+    argv = ["steer", "--model", str(_cached_dir("gemma3")), "--sae", str(tmp_path / "sae"),
+            "--prompt", prompt, "--max-new-tokens", "2"]
+    with caplog.at_level(logging.WARNING, logger="scope"):
+        assert main([*argv, "--feature", f"{f}:{0.01 * peak}"]) == 0
+    (line,) = [r.getMessage() for r in caplog.records if "barely change" in r.getMessage()]
+    assert line.startswith(f"feature {f}: strength") and f"{peak:,.4g}" in line
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="scope"):
+        assert main([*argv, "--feature", f"{f}:{peak}"]) == 0
+    assert not [r for r in caplog.records if "barely change" in r.getMessage()]

@@ -78,9 +78,10 @@ def run_steer(cfg: Steer) -> int:
     if store is not None:
         check_relative_store(store, sae, cfg.sae)
     features = dict(cfg.feature)
-    if store is None and cfg.mode == "add":  # raw strengths: say when one cannot matter
-        scale = sd.prompt_scale(model, sae, cfg.prompt, features)
-        for line in sd.tiny_warnings(features, scale, "its peak on the prompt"):
+    valid = {f: s for f, s in features.items() if 0 <= f < sae.cfg.d_sae}  # steering names the rest
+    if store is None and cfg.mode == "add" and valid:  # raw strengths: say when one cannot matter
+        scale = sd.prompt_scale(model, sae, cfg.prompt, valid)
+        for line in sd.tiny_warnings(valid, scale, "its peak on the prompt"):
             log.warning("%s (--relative STORE)", line)
     gen = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed)
     default = generate(model, cfg.prompt, **gen)
