@@ -5,9 +5,10 @@ labelled live features alone (not dense, at least `RARE` firings, the most speci
 largest share of their firings on one word token) at multiples of its max activation in the
 store, continues the default prompt greedily, and measures each text's drift: its loss
 (nats/token) under the unsteered model. Prints, per multiple, the median drift, the share of
-features whose text changed and the share within `DRIFT_MARGIN` nats of the unsteered text's
-loss, then the multiple the rule picks: the largest one (up to the first that fails) that keeps
-at least `MOST` of the features within the margin.
+features whose text changed, the share within `DRIFT_MARGIN` nats of the unsteered text's
+loss, the share that is not a loop (`MIN_DISTINCT` of its words distinct) and the share that is
+both (fluent), then the multiple the rule picks: the largest one (up to the first that fails)
+that keeps more than `MOST` of the features fluent.
 
     python benchmarks/bench_steer_sweep.py [--store runs/demo] [--features 20] [--texts]
 """
@@ -45,7 +46,7 @@ def main() -> None:
     from scope.model.load import load_model
     from scope.saes.loading import load_sae
     from scope.steer import defaults as sd
-    from scope.steer.drift import sweep
+    from scope.steer.drift import distinct_share, sweep
     from scope.store import open_store
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -73,15 +74,20 @@ def main() -> None:
     print(f"prompt {a.prompt!r}, {a.tokens} greedy tokens; {len(feats)} features; "
           f"unsteered loss {res.base:.2f} nats/token")
     print(f"unsteered: {res.default!r}")
-    within, changed = res.within(), res.changed()
-    print(f"\n{'x max':>6} {'median drift':>13} {'changed':>8} {'within ' + str(sd.DRIFT_MARGIN):>11}")
+    within, changed, fluent = res.within(), res.changed(), res.fluent()
+    loops = {m: sum(distinct_share(r.text) >= sd.MIN_DISTINCT for r in res.rows
+                    if r.multiple == m) / len(feats) for m in sd.BENCH_MULTIPLES}
+    print(f"\n{'x max':>6} {'median drift':>13} {'changed':>8} {'within':>7} {'no loop':>8} "
+          f"{'fluent':>7}")
     for m in sd.BENCH_MULTIPLES:
         d = [r.drift for r in res.rows if r.multiple == m]
-        print(f"{m:>6g} {statistics.median(d):>13.2f} {changed[m]:>8.0%} {within[m]:>11.0%}")
-    pick = sd.choose_multiple(within)
-    print(f"\nrule: largest multiple with >= {sd.MOST:.0%} of features within "
-          f"{sd.DRIFT_MARGIN:g} nats of the unsteered loss -> {pick}x "
-          f"(scope.steer.defaults.STRENGTH_X_MAX = {sd.STRENGTH_X_MAX:g})")
+        print(f"{m:>6g} {statistics.median(d):>13.2f} {changed[m]:>8.0%} {within[m]:>7.0%} "
+              f"{loops[m]:>8.0%} {fluent[m]:>7.0%}")
+    pick = sd.choose_multiple(fluent)
+    print(f"\nrule: largest multiple with more than {sd.MOST:.0%} of features fluent (drift "
+          f"within {sd.DRIFT_MARGIN:g} nats of the unsteered loss, >= {sd.MIN_DISTINCT:.0%} of "
+          f"words distinct) -> {pick}x (scope.steer.defaults.STRENGTH_X_MAX = "
+          f"{sd.STRENGTH_X_MAX:g})")
     print(f"{time.time() - t:.0f} s for {len(res.rows)} texts")
     shown = feats if a.texts else feats[:3]
     for f in shown:

@@ -282,6 +282,14 @@ def test_sweep_rows_shares_and_the_chosen_multiple(model):
         ok = [r.drift <= res.base + 0.5 for r in res.rows if r.multiple == m]
         assert within[m] == sum(ok) / len(ok)
     assert within[0.0] == 1.0 and res.changed()[0.0] == 0.0
+    from scope.steer.drift import distinct_share
+
+    fluent = res.fluent(0.5, 0.5)
+    for m in (0.0, 5.0, 40.0):
+        ok = [r.drift <= res.base + 0.5 and distinct_share(r.text) >= 0.5
+              for r in res.rows if r.multiple == m]
+        assert fluent[m] == sum(ok) / len(ok)
+    assert distinct_share("I was not. I was not. I was not.") == pytest.approx(3 / 9)
 
 
 def test_choose_multiple_takes_the_largest_before_the_first_failure():
@@ -289,7 +297,8 @@ def test_choose_multiple_takes_the_largest_before_the_first_failure():
 
     assert choose_multiple({0.5: 1.0, 1.0: 0.8, 2.0: 0.5, 4.0: 0.9}, most=0.75) == 1.0
     assert choose_multiple({0.5: 0.7, 1.0: 1.0}, most=0.75) is None
-    assert choose_multiple({0.25: 1.0, 0.5: 0.75}, most=0.75) == 0.5
+    assert choose_multiple({0.25: 1.0, 0.5: 0.75}, most=0.75) == 0.25  # "more than", not equal
+    assert choose_multiple({0.5: 0.6, 1.0: 0.56, 1.5: 0.5}) == 1.0  # default: a majority
 
 
 def test_scale_by_max_and_tiny_strengths():

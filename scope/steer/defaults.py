@@ -7,8 +7,9 @@ strength such as 8 can be noise for one feature and word salad for another); wit
 they are raw multiples of the unit decoder direction.
 
 `STRENGTH_X_MAX` was chosen by measurement (`benchmarks/bench_steer_sweep.py`, its table in
-docs/dashboard.md): the largest multiple of the sweep whose steered text stays within
-`DRIFT_MARGIN` nats/token of the unsteered text's loss for at least `MOST` of the features.
+docs/dashboard.md): the largest multiple of the sweep whose steered text stays fluent for more
+than `MOST` of the features, fluent meaning within `DRIFT_MARGIN` nats/token of the unsteered
+text's loss and at least `MIN_DISTINCT` of its words distinct (a loop scores a low loss).
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ SWEEP = (0.0, 0.5, 1.0, 1.5, 2.0)
 BENCH_MULTIPLES = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
 #: a steered text is fluent while its loss stays within this many nats/token of the default's
 DRIFT_MARGIN = 1.0
-#: ... on at least this share of the features
-MOST = 0.75
+#: ... and not a loop: at least this share of its words distinct
+MIN_DISTINCT = 0.5
+#: the default keeps more than this share of the features fluent (a majority)
+MOST = 0.5
 #: an absolute strength below this share of the feature's max activation barely moves the text
 TINY = 0.1
 #: the dashboard's default prompt
@@ -46,12 +49,12 @@ def scale_by_max(strengths: Mapping[int, float], max_activations) -> dict[int, f
     return {int(f): float(s) * float(max_activations[int(f)]) for f, s in strengths.items()}
 
 
-def choose_multiple(within: Mapping[float, float], most: float = MOST) -> float | None:
-    """The largest multiple whose share of fluent features (`Sweep.within()`) is >= `most`,
-    among the multiples up to the first that falls below it; None if even the smallest does."""
+def choose_multiple(fluent: Mapping[float, float], most: float = MOST) -> float | None:
+    """The largest multiple whose share of fluent features (`Sweep.fluent()`) is above `most`,
+    among the multiples up to the first that is not; None if even the smallest is not."""
     best = None
-    for m in sorted(within):
-        if within[m] < most:
+    for m in sorted(fluent):
+        if fluent[m] <= most:
             break
         best = m
     return best

@@ -83,12 +83,30 @@ class Sweep:
             out.setdefault(r.multiple, []).append(r.drift <= self.base + margin)
         return {m: sum(v) / len(v) for m, v in out.items()}
 
+    def fluent(self, margin: float = sd.DRIFT_MARGIN,
+               min_distinct: float = sd.MIN_DISTINCT) -> dict[float, float]:
+        """Per multiple, the share of features whose text is fluent: within `margin` nats of
+        the unsteered loss and not a loop (at least `min_distinct` of its words distinct; a
+        repeated phrase scores a low loss, so drift alone misses it)."""
+        out: dict[float, list[bool]] = {}
+        for r in self.rows:
+            ok = r.drift <= self.base + margin and distinct_share(r.text) >= min_distinct
+            out.setdefault(r.multiple, []).append(ok)
+        return {m: sum(v) / len(v) for m, v in out.items()}
+
     def changed(self) -> dict[float, float]:
         """Per multiple, the share of features whose steered text differs from the default."""
         out: dict[float, list[bool]] = {}
         for r in self.rows:
             out.setdefault(r.multiple, []).append(r.text != self.default)
         return {m: sum(v) / len(v) for m, v in out.items()}
+
+
+def distinct_share(text: str) -> float:
+    """Distinct words over words (1 for an empty text): low for a loop like 'I was not. I was
+    not.'"""
+    words = text.split()
+    return len(set(words)) / len(words) if words else 1.0
 
 
 def sweep(model: TransformerBridge, sae: JumpReLUSAE, max_activations: Sequence[float],
