@@ -224,6 +224,9 @@ def _safe(node) -> bool:
         return all(isinstance(v, ast.Constant) or _safe_formatted(v) for v in node.values)
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
         return _safe(node.left) and _safe(node.right)
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+            and node.value.id == "render":  # a constant of render (e.g. its CSS)
+        return True
     if isinstance(node, (ast.Tuple, ast.List)):
         return all(_safe(e) for e in node.elts)
     if isinstance(node, ast.IfExp):
