@@ -280,7 +280,7 @@ def test_inspector_selects_and_opens_feature(store_path, monkeypatch):
     assert box.options, "no feature fired on the prompt"
     target = int(box.options[min(2, len(box.options) - 1)].split()[0].lstrip("#"))
     box.set_value(target).run()
-    prompt_html = ok(at).html[-1].value
+    prompt_html = [h.value for h in ok(at).html if "scope-tokens" in h.value][-1]
     assert 'class="scope-tok"' in prompt_html and "<b>" not in prompt_html
     # every feature id in the table links to its feature page
     ids = re.findall(r'href="\./\?sae=[^"&]*&amp;feature=(\d+)"[^>]*>#(\d+)<', table)

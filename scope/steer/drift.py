@@ -1,11 +1,10 @@
 """How far a steered text drifts from what the model would say: its loss under the unsteered
 model, and a strength sweep that measures it for many features at once.
 
-`continuation_losses` scores texts (nats per token, one batched forward pass, no steering
+`continuation_losses` scores texts (nats per token, batched forward passes, no steering
 active); `sweep` generates a prompt's continuation for each feature at each strength (a multiple
-of the feature's max activation) and scores every text. The dashboard's drift column,
-`benchmarks/bench_steer_sweep.py` (which chose `defaults.STRENGTH_X_MAX`) and `scope steer`
-all use these two.
+of the feature's max activation) and scores every text. The dashboard's drift column and
+`benchmarks/bench_steer_sweep.py` (whose run chose `defaults.STRENGTH_X_MAX`) use them.
 """
 
 from __future__ import annotations
