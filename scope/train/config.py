@@ -20,6 +20,12 @@ from scope.errors import ConfigError, suggest
 
 _HOOK_RE = re.compile(r"^(hook_\w+|blocks\.\d+\.[\w.]+)$")
 SAVE_DTYPES = ("float32", "float16", "bfloat16")
+#: the optimisation is fully determined by these config keys; a checkpoint made under others
+#: is not resumed
+RESUME_KEYS = ("model", "hook_name", "corpus", "ctx", "train_tokens", "d_sae", "l0_coefficient",
+               "l0_warmup_steps", "bandwidth", "threshold_init", "lr", "lr_warmup_steps",
+               "lr_decay_fraction", "adam_betas", "batch_size", "epochs", "dead_steps",
+               "dead_coefficient", "target_l0", "spike_clip", "seed")
 
 
 def _positive(obj: Any, *names: str) -> None:
