@@ -241,6 +241,10 @@ def train(cfg: TrainConfig, *, model: Any = None, progress: bool = True) -> Trai
         A `TrainResult`; the SAE is saved in `cfg.run.out` with `training_config.json` and
         `report.json` beside it.
     """
+    if cfg.transcoder.kind == "transcoder":  # one per layer, from one forward pass per batch
+        from scope.train.transcoders import train_transcoders
+
+        return train_transcoders(cfg, model=model, progress=progress)
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     run_dir = Path(cfg.run.run_dir)
