@@ -108,3 +108,7 @@ def suggest(name: str, choices: Iterable[str], n: int = 3) -> str:
     """Return ' Did you mean: a, b?' for the closest of `choices`, or '' when none is close."""
     close = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)
     return f" Did you mean: {', '.join(close)}?" if close else ""
+
+
+class MissingLayerError(SAEFormatError):
+    """A per-layer dictionary set (e.g. bundled/transcoders) that lacks some of its layers."""

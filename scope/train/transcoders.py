@@ -288,6 +288,10 @@ def finish(model: Any, layers: list[LayerTrainer], cfg: TrainConfig, report: dic
     model_name = getattr(model.cfg, "model_name", "") or cfg.data.model
     inference = [to_inference(lt, cfg, d_in=d_in, d_out=d_out, model_name=model_name)
                  for lt in layers]
+    out = Path(cfg.run.out)
+    inference = [cast_for_saving(tc, cfg.run.save_dtype) for tc in inference]
+    for lt, tc in zip(layers, inference, strict=True):  # saved before the (long) evaluation
+        tc.save(out / f"layer_{lt.layer}")
     d = cfg.data
     n_windows = max(1, math.ceil(d.eval_tokens / (d.ctx - cfg.transcoder.outlier_prefix)))
     windows = torch.stack(list(token_windows(Corpus(source=d.corpus, split="heldout"),
@@ -295,7 +299,8 @@ def finish(model: Any, layers: list[LayerTrainer], cfg: TrainConfig, report: dic
                                              max_tokens=n_windows * d.ctx)))
     t0 = time.time()
     model_dtype = next(model.parameters()).dtype
-    per_layer = evaluate_transcoders(model, [tc.to(model_dtype) for tc in inference], windows,
+    per_layer = evaluate_transcoders(model, [_copy(tc).to(model_dtype) for tc in inference],
+                                     windows,
                                      ce_windows=cfg.run.eval_lm_windows,
                                      prefix=cfg.transcoder.outlier_prefix)
     report["heldout"] = {"windows": len(windows), "ce_windows": min(cfg.run.eval_lm_windows,
@@ -305,16 +310,22 @@ def finish(model: Any, layers: list[LayerTrainer], cfg: TrainConfig, report: dic
                          "eval_seconds": round(time.time() - t0, 1)}
     report["layers"] = {str(lt.layer): rec for lt, rec in zip(layers, per_layer, strict=True)}
     report["config"] = cfg.to_flat()
-    out = Path(cfg.run.out)
     saved = []
     for lt, tc, rec in zip(layers, inference, per_layer, strict=True):
-        tc = cast_for_saving(tc, cfg.run.save_dtype)
         tc.cfg.extra["report"] = rec
         tc.save(out / f"layer_{lt.layer}")
         saved.append(tc)
     (out / REPORT_FILENAME).write_text(json.dumps(report, indent=2) + "\n")
     log.info("saved %d transcoders to %s", len(saved), out)
     return saved, out, report
+
+
+def _copy(tc: Any) -> Any:
+    """A copy of an inference SAE (casting one in place would change the saved dtype)."""
+    from scope.saes.sae import JumpReLUSAE, SAEConfig
+
+    return JumpReLUSAE.from_tensors(SAEConfig.from_dict(tc.cfg.to_dict()),
+                                    {k: v.clone() for k, v in tc.state_tensors().items()})
 
 
 def to_inference(lt: LayerTrainer, cfg: TrainConfig, *, d_in: int, d_out: int,
