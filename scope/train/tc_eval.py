@@ -61,11 +61,13 @@ def evaluate_transcoders(model: Any, transcoders: list[Any], windows: torch.Tens
     t0 = time.time()
     special = special_token_ids(model.tokenizer)
     sites = [name for tc in transcoders for name in (tc.cfg.hook_name, tc.cfg.hook_name_out)]
-    for start in range(0, len(windows), batch_size):
-        batch = windows[start:start + batch_size]
+    ce_windows = min(ce_windows, len(windows))
+    spans = [(a, min(a + batch_size, ce_windows)) for a in range(0, ce_windows, batch_size)]
+    spans += [(a, min(a + batch_size, len(windows)))
+              for a in range(ce_windows, len(windows), batch_size)]
+    for start, stop in spans:
+        batch = windows[start:stop]
         with_ce = start < ce_windows
-        if with_ce:
-            batch = batch[:ce_windows - start]
         keep = kept_positions(model, batch, prefix)  # [batch, pos]
         batch = batch.to(model.cfg.device)
         if with_ce:  # the clean pass gives the logits and every site at once
@@ -96,7 +98,7 @@ def evaluate_transcoders(model: Any, transcoders: list[Any], windows: torch.Tens
             for value, sums in ((preds[i], ce_spliced), (zeroed, ce_zero)):
                 with attached(model, splice_hooks(model, tc.cfg.hook_name_out, _put(value))):
                     sums[i] += _ce_sum(model(batch), targets, target_keep)
-        log.info("evaluated %d/%d CE windows (%.0f s)", start + len(batch), ce_windows,
+        log.info("evaluated %d/%d CE windows (%.0f s)", stop, ce_windows,
                  time.time() - t0)
     out = []
     for i, tc in enumerate(transcoders):
