@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +36,10 @@ from scope.train.checkpoint import (
 from scope.train.config import RESUME_KEYS, TrainConfig
 from scope.train.jumprelu import JumpReLUTrainingSAE
 from scope.train.loop import FitState, fit, l0_coefficient_at, lr_at, make_optimizer
+from scope.train.output import TrainResult, cast_for_saving, load_run_model
 
-__all__ = ["FitState", "TrainResult", "cache_folder", "fit", "heldout_report", "l0_coefficient_at",
+__all__ = ["FitState", "TrainResult", "cache_folder", "cast_for_saving", "fit", "heldout_report",
+           "l0_coefficient_at",
            "load_checkpoint", "lr_at", "make_optimizer", "prepare_data", "save_checkpoint",
            "to_inference", "train"]
 
@@ -114,7 +115,7 @@ def prepare_data(cfg: TrainConfig, model: Any = None) -> tuple[ActivationCache, 
                     cache.complete and cache.tokens >= n_tokens):
                 caches.append(cache)
                 continue
-        model = model if model is not None else _load_model(cfg)
+        model = model if model is not None else load_run_model(cfg)
         from scope.model.activations import site_width
 
         d_in = site_width(model, cfg.data.hook_name)
@@ -130,13 +131,6 @@ def prepare_data(cfg: TrainConfig, model: Any = None) -> tuple[ActivationCache, 
     return caches[0], caches[1]
 
 
-def _load_model(cfg: TrainConfig) -> Any:
-    from scope.model.load import load_model
-
-    log.info("loading model %s", cfg.data.model)
-    return load_model(cfg.data.model)
-
-
 def estimate_scale(cache: ActivationCache, n: int = 1 << 16) -> tuple[float, torch.Tensor]:
     """Scale with E||scale * x||^2 = 1 and the mean activation [d_in], from a sample of the cache."""
     sample = cache.sample(n).double()
@@ -147,18 +141,6 @@ def estimate_scale(cache: ActivationCache, n: int = 1 << 16) -> tuple[float, tor
 # --------------------------------------------------------------------------------------------
 # the pipeline
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class TrainResult:
-    """What `train` produced."""
-
-    sae: Any
-    """The trained `JumpReLUSAE` (raw-activation weights, in the saved dtype)."""
-    out: Path
-    """Folder it was saved to."""
-    report: dict[str, Any]
-    """Held-out figures (see `heldout_report`) and training facts."""
 
 
 def to_inference(sae: JumpReLUTrainingSAE, scale: float, cfg: TrainConfig, *, d_in: int,
@@ -185,21 +167,6 @@ def to_inference(sae: JumpReLUTrainingSAE, scale: float, cfg: TrainConfig, *, d_
                "trainer": "scope.train (JumpReLU, Gemma Scope recipe)", **(extra or {})},
     )
     return JumpReLUSAE.from_tensors(sae_cfg, sae.folded_tensors(scale))
-
-
-def cast_for_saving(sae: Any, dtype_name: str) -> Any:
-    """Cast to the save dtype; float16 falls back to bfloat16 if a weight would overflow it."""
-    from scope.base.dtypes import dtype_name as canonical
-    from scope.base.dtypes import to_torch_dtype
-
-    dtype_name = canonical(dtype_name)
-    if dtype_name == "float16":
-        biggest = max(float(t.abs().max()) for t in sae.state_tensors().values())
-        if biggest > torch.finfo(torch.float16).max / 2:
-            log.warning("a weight of magnitude %.3g does not fit float16; saving bfloat16",
-                        biggest)
-            dtype_name = "bfloat16"
-    return sae.to(to_torch_dtype(dtype_name))
 
 
 def heldout_report(sae: Any, acts: torch.Tensor, batch_size: int = 4096) -> dict[str, float]:
@@ -280,7 +247,7 @@ def train(cfg: TrainConfig, *, model: Any = None, progress: bool = True) -> Trai
     train_seconds = time.time() - started
 
     if cfg.run.eval_lm_windows and model is None:
-        model = _load_model(cfg)
+        model = load_run_model(cfg)
     model_name = getattr(getattr(model, "cfg", None), "model_name", "") or cfg.data.model
     inference = cast_for_saving(
         to_inference(sae, scale, cfg, d_in=d_in, model_name=model_name), cfg.run.save_dtype)

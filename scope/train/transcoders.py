@@ -39,6 +39,7 @@ from scope.train.checkpoint import (
 )
 from scope.train.config import RESUME_KEYS, TrainConfig
 from scope.train.loop import Fitter, log_record
+from scope.train.output import TrainResult, cast_for_saving, load_run_model
 from scope.train.transcoder import JumpReLUTrainingTranscoder
 
 log = logging.getLogger(__name__)
@@ -195,16 +196,15 @@ def train_transcoders(cfg: TrainConfig, *, model: Any = None, progress: bool = T
         progress: log one line per segment (the bar of single-SAE runs is per step).
 
     Returns:
-        A `scope.train.trainer.TrainResult` whose `sae` is the list of transcoders, shallowest
+        A `scope.train.output.TrainResult` whose `sae` is the list of transcoders, shallowest
         first, and whose `report` is the content of `out/report.json`.
     """
     from scope.model.activations import site_width, validate_hook_names
-    from scope.train.trainer import TrainResult, _load_model
 
     _check(cfg)
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
-    model = model if model is not None else _load_model(cfg)
+    model = model if model is not None else load_run_model(cfg)
     layer_ids = cfg.transcoder.layer_list(model.cfg.n_layers)
     ins, outs = seg.sites(cfg, layer_ids)
     validate_hook_names(model, ins + outs)
@@ -283,7 +283,6 @@ def finish(model: Any, layers: list[LayerTrainer], cfg: TrainConfig, report: dic
     """Fold, evaluate on held-out text and save every layer; (transcoders, out folder, report)."""
     from scope.pipeline.corpus import Corpus, token_windows
     from scope.train.tc_eval import ABLATION, evaluate_transcoders
-    from scope.train.trainer import cast_for_saving
 
     model_name = getattr(model.cfg, "model_name", "") or cfg.data.model
     inference = [to_inference(lt, cfg, d_in=d_in, d_out=d_out, model_name=model_name)
