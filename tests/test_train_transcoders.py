@@ -213,6 +213,11 @@ def test_interrupted_run_resumes_bit_identical(tiny, tmp_path):
     cfg = _cfg(tiny, tmp_path / "b", eval_lm_windows=0)
     with pytest.raises(Killed), attached(model, [("hook_embed", killer)]):
         train(cfg, model=model, progress=False)
+    from scope.train.transcoders import finish_from_checkpoint
+
+    early = finish_from_checkpoint(cfg, model=model)  # ship what a stopped run has
+    assert early.report["training"]["stopped_early"] and early.report["training"][
+        "segments_done"] == 2 and len(early.sae) == 4
     again = train(cfg, model=model, progress=False)
     assert again.report["training"]["forward_passes_this_session"] == (
         whole.report["training"]["forward_passes_this_session"] - 4)

@@ -259,6 +259,41 @@ def train_transcoders(cfg: TrainConfig, *, model: Any = None, progress: bool = T
     return TrainResult(*finish(model, layers, cfg, report, d_in=d_in, d_out=d_out))
 
 
+def finish_from_checkpoint(cfg: TrainConfig, *, model: Any = None) -> TrainResult:
+    """Fold, evaluate and save the transcoders of a run's latest checkpoint (a run stopped
+    before its last segment: its report says how far it got).
+
+    Raises:
+        CheckpointError: no usable checkpoint of this config in `cfg.run.run_dir`.
+    """
+    from scope.errors import CheckpointError
+    from scope.model.activations import site_width
+
+    model = model if model is not None else load_run_model(cfg)
+    layer_ids = cfg.transcoder.layer_list(model.cfg.n_layers)
+    ins, outs = seg.sites(cfg, layer_ids)
+    d_in, d_out = site_width(model, ins[0]), site_width(model, outs[0])
+    n_segments, total = plan(cfg)
+    layers = [LayerTrainer(L, cfg, d_in, d_out, total) for L in layer_ids]
+    ckpt = Path(cfg.run.run_dir) / CHECKPOINT_FILENAME
+    meta = load_run(ckpt, layers, cfg)
+    if meta is None:
+        raise CheckpointError(f"{ckpt}: no checkpoint of this config to finish from; run "
+                              "`scope train` with it first")
+    tokens, seconds = int(meta.get("tokens", 0)), float(meta.get("train_seconds", 0.0))
+    report = {"training": {"tokens": tokens, "steps": layers[0].fitter.state.step,
+                           "train_seconds": round(seconds, 1),
+                           "tokens_per_s": round(tokens / max(seconds, 1e-9), 1),
+                           "segments": n_segments, "segments_done": meta["segments_done"],
+                           "stopped_early": meta["segments_done"] < n_segments,
+                           "note": f"finished from the checkpoint after {meta['segments_done']} "
+                                   f"of {n_segments} segments (step {layers[0].fitter.state.step}"
+                                   f" of ~{total}, the schedule unfinished)"
+                           if meta["segments_done"] < n_segments else "",
+                           "machine": _machine(cfg)}}
+    return TrainResult(*finish(model, layers, cfg, report, d_in=d_in, d_out=d_out))
+
+
 def _log_segment(index: int, n_segments: int, records: dict[int, dict], tokens: int,
                  seconds: float, total: int, progress: bool) -> None:
     fvus = [r["fvu"] for r in records.values()]
