@@ -23,16 +23,9 @@ SHIPPED = REPO / "scope" / "bundled" / "transcoders"
 def tiny(tmp_path_factory):
     """(checkpoint folder, corpus folder) of the tiny Gemma 3 and a small word corpus."""
     from builders import _cached_dir
+    from corpus_helpers import word_corpus
 
-    root = tmp_path_factory.mktemp("tc")
-    corpus = root / "corpus"
-    corpus.mkdir()
-    words = "the quick brown fox jumps over a lazy dog while sparse features fire".split()
-    gen = torch.Generator().manual_seed(0)
-    for i in range(30):
-        idx = torch.randint(len(words), (120,), generator=gen).tolist()
-        (corpus / f"doc{i}.txt").write_text(" ".join(words[j] for j in idx))
-    return _cached_dir("gemma3"), corpus
+    return _cached_dir("gemma3"), word_corpus(tmp_path_factory.mktemp("tc") / "corpus")
 
 
 def _cfg(tiny, tmp_path, **over) -> TrainConfig:
