@@ -255,7 +255,7 @@ def train_transcoders(cfg: TrainConfig, *, model: Any = None, progress: bool = T
                            "train_seconds": round(seconds, 1),
                            "tokens_per_s": round(tokens / max(seconds, 1e-9), 1),
                            "forward_passes_this_session": source.forwards,
-                           "segments": n_segments, "machine": _machine(cfg)}}
+                           "segments": n_segments, "width": cfg.optim.d_sae, "machine": _machine(cfg)}}
     return TrainResult(*finish(model, layers, cfg, report, d_in=d_in, d_out=d_out))
 
 
@@ -284,7 +284,7 @@ def finish_from_checkpoint(cfg: TrainConfig, *, model: Any = None) -> TrainResul
     report = {"training": {"tokens": tokens, "steps": layers[0].fitter.state.step,
                            "train_seconds": round(seconds, 1),
                            "tokens_per_s": round(tokens / max(seconds, 1e-9), 1),
-                           "segments": n_segments, "segments_done": meta["segments_done"],
+                           "segments": n_segments, "width": cfg.optim.d_sae, "segments_done": meta["segments_done"],
                            "stopped_early": meta["segments_done"] < n_segments,
                            "note": f"finished from the checkpoint after {meta['segments_done']} "
                                    f"of {n_segments} segments (step {layers[0].fitter.state.step}"
