@@ -310,7 +310,10 @@ def test_bundled_transcoders_every_layer_with_its_report():
     assert attribution_expand(["bundled/all"]) == expand_sae_specs(["bundled/all"])
     report = json.loads((SHIPPED_TC / "report.json").read_text())
     assert set(report["layers"]) == {str(L) for L in range(18)}
-    for rec in report["layers"].values():
-        assert 0 <= rec["fvu"] < 1 and rec["ce_loss_score"] > 0
+    for rec in report["layers"].values():  # the score is the documented ratio of its CEs
+        assert 0 <= rec["fvu"] < 1 and rec["ce_clean"] < rec["ce_zero_ablation"]
+        assert rec["ce_loss_score"] == pytest.approx(
+            (rec["ce_zero_ablation"] - rec["ce_spliced"]) / (rec["ce_zero_ablation"] - rec["ce_clean"]))
+    assert "usable_for_attribution" in report["quality"]  # a reader must see the verdict
     size = sum(p.stat().st_size for p in SHIPPED_TC.rglob("*") if p.is_file())
     assert size < 70 * 2**20
