@@ -158,3 +158,7 @@ class DeviceError(ScopeError, ValueError):
 class WontFitError(ScopeError, MemoryError):
     """A planned run that will not fit the device's memory, `max_memory` or the disk; the message
     gives the figure and the way out (fewer features per pass, a smaller batch, another device)."""
+
+
+class MissingLayerError(SAEFormatError):
+    """A per-layer dictionary set (e.g. bundled/transcoders) that lacks some of its layers."""

@@ -11,7 +11,6 @@ the `model=` checks.
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
 import logging
 import os
 import re
@@ -29,13 +28,13 @@ from scope.base.hub import cache_root as scope_cache_root
 from scope.base.hub import hub_error
 from scope.errors import SAEFormatError, ShapeMismatchError, UnknownSAEError, suggest
 from scope.saes import releases
+from scope.saes.bundled import BUNDLED_ROOT, bundled_member, expand_sae_specs, set_members
 from scope.saes.config import SAEConfig
 from scope.saes.formats import gs2, native, npz
 from scope.saes.sae import JumpReLUSAE
 
 log = logging.getLogger(__name__)
 
-BUNDLED_ROOT = Path(str(importlib.resources.files("scope").joinpath("bundled")))
 BUNDLED_DIR = BUNDLED_ROOT / "demo_sae"
 CACHE_VERSION = 1  # bump to invalidate every cached copy
 
@@ -66,8 +65,13 @@ def load_sae(
             (outside a Gemma Scope folder layout).
 
     Returns:
-        The JumpReLUSAE, with `cfg` filled in (hook_name, release, sae_id, neuronpedia_id, ...).
+        The JumpReLUSAE, with `cfg` filled in (hook_name, release, sae_id, neuronpedia_id, ...);
+        for a set spec (`"bundled/transcoders"`, a folder of `layer_L/` dictionaries) the list of
+        its dictionaries, shallowest first (`load_saes` always returns a list).
     """
+    if sae_id is None and (members := set_members(spec)) is not None:
+        # a set ("bundled/transcoders", a folder of layer_L/): one dictionary per layer
+        return [load_sae(m, device=device, dtype=dtype, model=model) for m in members]
     if dtype is not None:
         dtype = to_torch_dtype(dtype)
     sae = _dispatch(spec, sae_id, device=device, dtype=dtype, hook_name=hook_name)
@@ -75,6 +79,18 @@ def load_sae(
         check_against_model(sae, model)
     sae.scope_spec = _spec_string(spec, sae_id)  # what load_sae accepts again (stores record it)
     return sae
+
+
+def load_saes(specs: str | os.PathLike | list[str], **kwargs: Any) -> list[JumpReLUSAE]:
+    """Every dictionary the specs name, sets expanded (`scope.saes.bundled.expand_sae_specs`):
+    `load_saes("bundled/transcoders")` is the bundled model's 18 transcoders, shallowest first.
+
+    Args:
+        specs: one spec or a list (each as `load_sae` takes it, without `sae_id`).
+        **kwargs: passed to `load_sae` (device, dtype, model, hook_name).
+    """
+    many = [specs] if isinstance(specs, (str, os.PathLike)) else list(specs)
+    return [load_sae(s, **kwargs) for s in expand_sae_specs([str(s) for s in many])]
 
 
 def _spec_string(spec: str | os.PathLike, sae_id: str | None) -> str:
@@ -89,6 +105,8 @@ def _spec_string(spec: str | os.PathLike, sae_id: str | None) -> str:
 def _dispatch(spec, sae_id, *, device, dtype, hook_name) -> JumpReLUSAE:
     if isinstance(spec, str) and spec == "bundled":
         return load_bundled(device=device, dtype=dtype)
+    if (member := bundled_member(spec)) is not None:  # "bundled/transcoders/layer_L"
+        return JumpReLUSAE.load(member, device=device, dtype=dtype or torch.float32)
     if isinstance(spec, str) and spec.startswith("bundled/"):  # "bundled/layer_3": extra demo SAEs
         return load_bundled(device=device, dtype=dtype, name=spec.split("/", 1)[1])
     if sae_id is not None:
