@@ -134,7 +134,8 @@ def _empty_tables(ext) -> None:
         out[S.NEIGHBOUR_COSINE] = np.zeros((F, 10), np.float32)
         return out
 
-    ext.decoder_tables = tables
+    # the run module (scope.pipeline.run) is where extraction calls the tables
+    sys.modules["scope.pipeline.run"].decoder_tables = tables
 
 
 def extract_child(args) -> dict:

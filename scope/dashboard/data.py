@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from scope.store.reader import Band, Example
+from scope.store.feature import Band, Example
 
 log = logging.getLogger("scope.dashboard")
 

@@ -27,7 +27,7 @@ from scope.pipeline.decoder_tables import (
     NEIGHBOUR_BLOCK,
     VOCAB_CHUNK,
 )
-from scope.pipeline.extract import FEATURE_SHARD_SIZE
+from scope.pipeline.run import FEATURE_SHARD_SIZE
 from scope.plan.shapes import ModelShape, SAEShape
 
 N_BINS = len(HIST_EDGES) - 1
