@@ -211,7 +211,7 @@ def test_residual_sae_edges_equal_finite_differences(kind):
 def test_splice_leaves_logits_unchanged_and_ablation_agrees(kind):
     model = tiny_hooked_model(kind)
     saes = [resid_saes(model)[1], transcoders(model)[2]]
-    r = attribute(model, saes, PROMPT, " ", ablation_k=4)
+    r = attribute(model, saes, PROMPT, " ", ablation_k=4, method="grad")
     assert r.splice_max_rel_error <= 1e-5
     kinds = {n.kind for n in r.nodes}
     assert kinds == {"feature", "error", "embedding"}
@@ -222,8 +222,8 @@ def test_splice_leaves_logits_unchanged_and_ablation_agrees(kind):
     for pred, meas in zip(ab.predicted, ab.measured, strict=True):  # first order: same size
         assert abs(pred - meas) <= 0.5 * abs(pred) + 1e-3
     # a logit difference is the difference of the two logits' attributions
-    r2 = attribute(model, saes, PROMPT, "a", ablation_k=0)
-    rd = attribute(model, saes, PROMPT, " ", contrast="a", ablation_k=0)
+    r2 = attribute(model, saes, PROMPT, "a", ablation_k=0, method="grad")
+    rd = attribute(model, saes, PROMPT, " ", contrast="a", ablation_k=0, method="grad")
     key = lambda n: (n.kind, n.sae_index, n.position, n.feature)  # noqa: E731
     a1 = {key(n): n.attribution for n in r.nodes}
     a2 = {key(n): n.attribution for n in r2.nodes}
