@@ -79,18 +79,24 @@ def prompt_tokens(model: Any, prompt: str | torch.Tensor) -> Int[torch.Tensor, "
     elif isinstance(prompt, str):
         from scope.model.activations import to_tokens
 
+        n = len(model.tokenizer.encode(prompt, add_special_tokens=False)) + 1  # + BOS
+        _check_length(model, n)  # before tokenizing: TransformerLens truncates in silence
         tokens = to_tokens(model, prompt) if prompt.strip() else torch.zeros(1, 1, dtype=torch.long)
     else:
         raise AttributionError(f"prompt must be text or token ids, got {type(prompt).__name__}")
     if tokens.shape[1] < 2:
         raise AttributionError("the prompt is empty: give at least one token of text after BOS "
                                "(e.g. --prompt \"The capital of France is\")")
-    n_ctx = int(getattr(model.cfg, "n_ctx", 0) or 0)
-    if n_ctx and tokens.shape[1] > n_ctx:
-        raise AttributionError(f"the prompt is {tokens.shape[1]} tokens (BOS included) but the "
-                               f"model's context is {n_ctx}: shorten it to at most {n_ctx - 1} "
-                               "tokens of text")
+    _check_length(model, tokens.shape[1])
     return tokens
+
+
+def _check_length(model: Any, n: int) -> None:
+    n_ctx = int(getattr(model.cfg, "n_ctx", 0) or 0)
+    if n_ctx and n > n_ctx:
+        raise AttributionError(f"the prompt is {n} tokens (BOS included) but the model's "
+                               f"context is {n_ctx}: shorten it to at most {n_ctx - 1} tokens "
+                               "of text")
 
 
 def token_strings(model: Any, tokens: torch.Tensor) -> list[str]:
