@@ -202,3 +202,29 @@ def test_bad_graph_input_is_named(tmp_path):
     with pytest.raises(AttributionError, match="is a folder"):
         graph.to_json(str(tmp_path))
     assert (tmp_path / "file").read_text() == "x"
+
+
+def test_max_memory_batches_and_chunks_without_changing_edges():
+    model = tiny_hooked_model("gemma3")
+    saes = transcoders(model)
+    ref = attribution_graph(model, saes, PROMPT, batch_size=16, max_feature_nodes=40)
+    probe = attribution_graph(model, saes, PROMPT, batch_size=16, max_feature_nodes=40,
+                              max_memory="64GB")
+    per = probe.stats["forward_bytes_per_copy"]
+    assert per > 0 and probe.stats["batch_size"] == 16
+    edge_bytes = ref.edges.numel() * 4
+    tight = attribution_graph(model, saes, PROMPT, batch_size=16, max_feature_nodes=40,
+                              max_memory=edge_bytes + int(3.5 * per / 0.75))
+    assert tight.stats["batch_size"] == 3 and tight.stats["feature_chunk"] >= 1
+    assert tight.stats["backward_passes"] > ref.stats["backward_passes"]
+    done = ref.rows_done
+    assert torch.equal(tight.rows_done, done)
+    scale = float(ref.adjacency.abs().max())
+    assert torch.allclose(tight.adjacency[done], ref.adjacency[done], atol=1e-6 * scale)
+    with pytest.raises(AttributionError, match="edge rows alone"):
+        attribution_graph(model, saes, PROMPT, max_feature_nodes=40, max_memory=1000)
+    with pytest.raises(AttributionError, match="one copy"):
+        attribution_graph(model, saes, PROMPT, max_feature_nodes=40,
+                          max_memory=edge_bytes + per // 4)
+    with pytest.raises(AttributionError, match="size like"):
+        attribution_graph(model, saes, PROMPT, max_memory="lots")

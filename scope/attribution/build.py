@@ -9,24 +9,28 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from scope.attribution.graph import AttributionGraph, SiteInfo
-from scope.attribution.inputs import outlier_positions, prompt_tokens, token_id, token_strings
+from scope.attribution.inputs import prompt_tokens, token_id, token_strings
 from scope.attribution.replacement import (
     AttributionError,
     Freezer,
     Site,
     clean_run,
-    embed_hook,
-    final_hook,
-    forward,
     hooks,
     make_sites,
-    site_hooks,
+)
+from scope.attribution.rows import (
+    GraphPass,
+    Sources,
+    memory_plan,
+    parse_memory,
+    run_rows,
+    saved_bytes_per_copy,
 )
 
 log = logging.getLogger(__name__)
@@ -70,46 +74,6 @@ def logit_directions(model: Any, freezer: Freezer, final: torch.Tensor, ids: Seq
     return torch.stack(rows)
 
 
-class _GraphPass:
-    """The batched forward pass whose graph every row's backward reuses."""
-
-    def __init__(self, model: Any, sites: list[Site], clean: dict[str, torch.Tensor],
-                 freezer: Freezer, tokens: torch.Tensor, batch: int) -> None:
-        self.reads: dict[int, torch.Tensor] = {}
-        self.final: torch.Tensor | None = None
-        self.embed = clean["embed"].unsqueeze(0).expand(batch, -1, -1).clone().requires_grad_(True)
-        self.writes = []
-        fwd: list[tuple[str, Callable]] = []
-        fwd += site_hooks(model, embed_hook(), lambda a: self.embed.to(a.dtype))
-        for i, s in enumerate(sites):
-            base = (s.sae.decode(s.acts).float() + s.error)  # write value minus the live skip
-            leaf = base.unsqueeze(0).expand(batch, -1, -1).clone().requires_grad_(True)
-            self.writes.append(leaf)
-            fwd += site_hooks(model, s.read, self._reader(i))
-            fwd += site_hooks(model, s.write, self._writer(i, s))
-
-        def fin(a):
-            self.final = a
-            return None
-
-        fwd += site_hooks(model, final_hook(model), fin)
-        fwd += freezer.frozen()
-        with hooks(model, fwd):
-            forward(model, tokens.expand(batch, -1), stop_at_final=True)
-
-    def _reader(self, i: int) -> Callable:
-        def read(x):
-            self.reads[i] = x
-            return None
-        return read
-
-    def _writer(self, i: int, s: Site) -> Callable:
-        def write(y):
-            out = self.writes[i] + s.skip(self.reads[i].float())
-            return out.to(y.dtype)
-        return write
-
-
 BOS_MODES = ("keep", "zero")
 
 
@@ -149,7 +113,8 @@ def attribution_graph(model: Any, saes: Any, prompt: str | torch.Tensor, *,
                       node_threshold: float = 0.8, edge_threshold: float = 0.98,
                       batch_size: int = 32, max_feature_nodes: int | None = 1024,
                       bos: str = "keep", require_all_layers: bool = True,
-                      store: Any = None) -> AttributionGraph:
+                      max_memory: int | str | None = None, store: Any = None
+                      ) -> AttributionGraph:
     """Build the attribution graph of one prompt's next-token prediction.
 
     Args:
@@ -171,6 +136,10 @@ def attribution_graph(model: Any, saes: Any, prompt: str | torch.Tensor, *,
             reconstruction) or "zero" (circuit-tracer's convention: features and errors there
             are zero, only the token embedding remains; scores comparable with Neuronpedia's).
         require_all_layers: with transcoders only, refuse a set that misses a layer.
+        max_memory: a budget (bytes, or "8GB") for the edge rows, the batched forward pass
+            (its measured size per copy sets the batch) and the temporaries of the edge
+            computation (done in chunks of features); None = `batch_size` copies and 256 MB
+            temporaries. A budget below what one copy needs is refused by name.
         store: an open feature store; feature labels are read from it when it has them.
 
     Returns:
@@ -230,27 +199,32 @@ def attribution_graph(model: Any, saes: Any, prompt: str | torch.Tensor, *,
              n_pos, n_f, len(sites), len(logit_ids))
 
     B = max(1, min(batch_size, max(n_f, len(logit_ids))))
-    gp = _GraphPass(model, sites, clean, freezer, tokens, B)
-    sources = _Sources(graph, sites, clean, features, activations, bos)
-    passes = _run_rows(graph, gp, sites, sources, [("logit", k) for k in range(len(logit_ids))],
-                       v_logit, B)
+    budget = parse_memory(max_memory)
+    per_copy = 0 if budget is None else saved_bytes_per_copy(model, sites, clean, freezer, tokens)
+    d_out = max(s.error.shape[-1] for s in sites)
+    B, chunk = memory_plan(budget, B, per_copy, graph.edges.numel() * 4, d_out)
+    gp = GraphPass(model, sites, clean, freezer, tokens, B)
+    sources = Sources(graph, sites, clean, features, activations, bos)
+    passes = run_rows(graph, gp, sites, sources, [("logit", k) for k in range(len(logit_ids))],
+                       v_logit, B, chunk)
     # feature rows by influence on the logits, recomputed after every batch
-    budget = n_f if max_feature_nodes is None else min(max_feature_nodes, n_f)
+    n_rows_f = n_f if max_feature_nodes is None else min(max_feature_nodes, n_f)
     done = torch.zeros(n_f, dtype=torch.bool)
-    while int(done.sum()) < budget:
+    while int(done.sum()) < n_rows_f:
         infl = graph.node_influence()[:n_f].clone()
         infl[done] = -1.0
-        take = min(B, budget - int(done.sum()))
+        take = min(B, n_rows_f - int(done.sum()))
         order = torch.argsort(infl, descending=True)[:take]
         order = order[infl[order] > 0]
         if len(order) == 0:
             break
         done[order] = True
-        passes += _run_rows(graph, gp, sites, sources, [("feature", int(i)) for i in order],
-                            v_logit, B)
+        passes += run_rows(graph, gp, sites, sources, [("feature", int(i)) for i in order],
+                           v_logit, B, chunk)
     graph.stats = {"backward_passes": passes, "batch_size": B, "seconds": time.time() - t0,
                    "feature_rows": int(graph.rows_done[:n_f].sum()), "active_features": n_f,
-                   "max_feature_nodes": max_feature_nodes, "bos": bos,
+                   "max_feature_nodes": max_feature_nodes, "bos": bos, "feature_chunk": chunk,
+                   "forward_bytes_per_copy": per_copy,
                    "splice_max_rel_error": float(
                        (clean["logits"][-1] - _plain_logits(model, tokens)).abs().max()
                        / clean["logits"][-1].abs().max().clamp_min(1e-30))}
@@ -263,77 +237,6 @@ def attribution_graph(model: Any, saes: Any, prompt: str | torch.Tensor, *,
 def _plain_logits(model: Any, tokens: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model(tokens)[0, -1].float()
-
-
-class _Sources:
-    """Per-site source values: active decoder rows, activations, error vectors, embeddings."""
-
-    def __init__(self, graph: AttributionGraph, sites: list[Site], clean: dict[str, torch.Tensor],
-                 features: torch.Tensor, activations: torch.Tensor, bos: str) -> None:
-        self.per_site = []
-        for si, s in enumerate(sites):
-            idx = torch.nonzero(features[:, 0] == si).flatten()
-            dec = s.sae.W_dec[features[idx, 2]].float()  # [n_active, d_out]
-            self.per_site.append((idx, features[idx, 1], dec * activations[idx, None]))
-        self.errors = [s.error for s in sites]
-        if bos == "zero":  # circuit-tracer: no error node at the outlier positions
-            self.errors = [_zero_rows(e, outlier_positions(s.sae)) for e, s in zip(
-                self.errors, sites, strict=True)]
-        self.embed = clean["embed"]
-
-
-def _zero_rows(x: torch.Tensor, n: int) -> torch.Tensor:
-    x = x.clone()
-    x[:n] = 0.0
-    return x
-
-
-def _run_rows(graph: AttributionGraph, gp: _GraphPass, sites: list[Site], src: _Sources,
-              rows: list[tuple[str, int]], v_logit: torch.Tensor, B: int) -> int:
-    """Fill adjacency rows for `rows` in batches of B; returns the number of backward passes."""
-    passes = 0
-    for start in range(0, len(rows), B):
-        chunk = rows[start:start + B]
-        grads_out: dict[Any, torch.Tensor] = {}
-        targets = []
-        for b, (kind, i) in enumerate(chunk):
-            if kind == "logit":
-                key, pos, vec = "final", graph.n_pos - 1, v_logit[i]
-                targets.append(graph.logit_start + i)
-            else:
-                si, pos, k = graph.features[i].tolist()
-                key, vec = si, sites[si].sae.W_enc[:, k].float()
-                targets.append(i)
-            ref = gp.final if key == "final" else gp.reads[key]
-            if key not in grads_out:
-                grads_out[key] = torch.zeros_like(ref)
-            grads_out[key][b, pos] = vec.to(ref.dtype)
-        outs = [gp.final if k == "final" else gp.reads[k] for k in grads_out]
-        inputs = [gp.embed] + gp.writes
-        grads = torch.autograd.grad(outs, inputs, grad_outputs=list(grads_out.values()),
-                                    retain_graph=True, allow_unused=True)
-        passes += 1
-        n = len(chunk)
-        rows_t = torch.tensor(targets)
-        free = int((graph.row_nodes >= 0).sum())
-        slots = torch.arange(free, free + n)
-        graph.row_nodes[slots] = rows_t
-        A = graph.edges
-        g_emb = grads[0]
-        if g_emb is not None:
-            A[slots, graph.token_start:graph.logit_start] = (
-                g_emb[:n].float() * src.embed).sum(-1)
-        for si, g in enumerate(grads[1:]):
-            if g is None:
-                continue
-            g = g[:n].float()  # [n, pos, d_out]
-            err_cols = graph.error_start + si * graph.n_pos
-            A[slots, err_cols:err_cols + graph.n_pos] = (g * src.errors[si]).sum(-1)
-            idx, pos, dec = src.per_site[si]
-            if len(idx):
-                # [n, n_active]: g[b, pos_u] . (a_u W_dec[u])
-                A[slots[:, None], idx[None, :]] = torch.einsum("bnd,nd->bn", g[:, pos], dec)
-    return passes
 
 
 def feature_labels(store: Any, graph: AttributionGraph) -> dict[int, str]:
