@@ -20,8 +20,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Ctrl-C ends the demo (exit 130): that is the user's choice, not a failure for make to report.
 demo: $(STAMP)
-	$(VENV)/bin/scope demo $(ARGS)
+	@$(VENV)/bin/scope demo $(ARGS) || { rc=$$?; [ $$rc -eq 130 ] || exit $$rc; }
 
 # Headless Chromium for the browser test; installed by the test setup itself so CI on a fresh
 # machine has it.

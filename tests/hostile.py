@@ -92,13 +92,13 @@ def run_case(case: Case, root: Path, capsys, monkeypatch) -> None:
         case.setup(root)
     argv = case.argv(root)
     seen: list[BaseException] = []
-    real_report = cli._report
+    real_report = cli.report
 
     def spy(where, exc, **kw):
         seen.append(exc)
         return real_report(where, exc, **kw)
 
-    monkeypatch.setattr(cli, "_report", spy)
+    monkeypatch.setattr(cli, "report", spy)
     capsys.readouterr()
     before = snapshot(root)
     code = cli.main(argv)

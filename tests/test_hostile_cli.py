@@ -218,6 +218,13 @@ ROWS = [
     # --- correct behaviour -------------------------------------------------------------------
     Case("eval-single-small-file-works", _eval("--json", "{root}/report.json"),
          fragment="delta_lm_loss", setup=_files, writes=("report.json",), check=_report_ok),
+    Case("attribute-on-a-small-model-works",
+         lambda r: ["attribute", "--model", _model(), "--sae", str(r / "sae"), "--prompt",
+                    "The cat sat on the", "--target", "m", "--top", "3", "--ablation-k", "1"],
+         fragment="sum of attributions: features", setup=_files),
+    Case("attribute-graph-is-a-folder",
+         lambda r: ["attribute", "--model", _model(), "--sae", str(r / "sae"), "--prompt", "x",
+                    "--target", " y", "--graph", str(r)], UsageError, "is a folder; give a file"),
     Case("version", _argv("--version"), fragment="scope "),
     Case("no-command-prints-help", _argv(), fragment="Start with `scope demo`"),
     # --- --relative must be the same SAE, not just the same name ----------------------------
@@ -251,7 +258,7 @@ def test_hostile_cli(case: Case, store, tmp_path, capsys, monkeypatch, caplog):
 
 
 def test_loopback_hosts_do_not_warn(caplog):
-    from scope.cli.checks import warn_if_exposed
+    from scope.cli.flags import warn_if_exposed
 
     for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
         warn_if_exposed(host)

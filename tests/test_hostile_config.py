@@ -107,11 +107,12 @@ def test_hostile_config(case: Case, tmp_path, capsys, monkeypatch):
 
 
 def _parse(tmp_path: Path, text: str, *argv: str):
+    """The dataclass the command runs with, from `argv[0] --config FILE argv[1:]`."""
     import scope.cli.main as cli
 
     (tmp_path / "c.yaml").write_text(text)
-    return cli._parse(cli.build_parser(), [argv[0], "--config", str(tmp_path / "c.yaml"),
-                                           *argv[1:]])
+    _, configs, _ = cli.parse([argv[0], "--config", str(tmp_path / "c.yaml"), *argv[1:]])
+    return configs[0] if len(configs) == 1 else configs
 
 
 def test_config_values_reach_the_command_with_their_types(tmp_path):
@@ -123,6 +124,8 @@ def test_config_values_reach_the_command_with_their_types(tmp_path):
     # flags on the command line win; a repeated flag replaces the file's list
     args = _parse(tmp_path, "sae: [a, b]\nctx: 64\n", "extract", "--sae", "c", "--ctx", "32")
     assert args.sae == ["c"] and args.ctx == 32
+    args = _parse(tmp_path, "sae: [a, b]\n", "extract", "--sae", "c", "--sae", "d")
+    assert args.sae == ["c", "d"]
     # a required flag may come from the file
     args = _parse(tmp_path, "feature: ['3:2.5']\nprompt: hi\n", "steer")
     assert args.feature == [(3, 2.5)] and args.prompt == "hi"
@@ -130,5 +133,5 @@ def test_config_values_reach_the_command_with_their_types(tmp_path):
         _parse(tmp_path, "feature: ['x:2']\nprompt: hi\n", "steer")
     with pytest.raises(UsageError, match="required: --feature"):  # still required when the file does not give it
         _parse(tmp_path, "prompt: hi\n", "steer")
-    args = _parse(tmp_path, "lr: 7e-5\nepochs: 2\nadam_betas: [0, 0.99]\n", "train")
-    assert args.lr == 7e-5 and args.epochs == 2.0 and args.adam_betas == [0.0, 0.99]
+    data, optim, run = _parse(tmp_path, "lr: 7e-5\nepochs: 2\nadam_betas: [0, 0.99]\n", "train")
+    assert optim.lr == 7e-5 and optim.epochs == 2.0 and optim.adam_betas == (0.0, 0.99)
