@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float
 
-from scope.attribution.replacement import Site, embed_hook, hooks, site_hooks
+from scope.attribution.replacement import Site, embed_hook, hooks, last_logits, site_hooks
 
 Metric = Callable[[dict[int, torch.Tensor], torch.Tensor], torch.Tensor]
 """(reads {site index: [batch, pos, d_in]}, logits [batch, pos, d_vocab]) -> [batch] metric."""
@@ -79,7 +79,7 @@ def run(model, sites: Sequence[Site], tokens: torch.Tensor, metric_of: Metric,
         fwd += site_hooks(model, embed_hook(), at_embed)
     need = grad or grad_writes
     with torch.set_grad_enabled(need), hooks(model, fwd):
-        logits = model(tokens.expand(batch, -1))
+        logits = last_logits(model, tokens.expand(batch, -1))  # [batch, 1, d_vocab]
         metric = metric_of(reads, logits)
     coeff_grads: dict[int, torch.Tensor] = {}
     write_grads: dict[int, torch.Tensor] = {}

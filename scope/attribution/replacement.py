@@ -199,6 +199,26 @@ def forward(model: Any, tokens: torch.Tensor, *, stop_at_final: bool = False) ->
     return None
 
 
+def last_logits(model: Any, tokens: torch.Tensor) -> torch.Tensor:
+    """[batch, 1, d_vocab] logits at the last position only, equal to `model(tokens)[:, -1:]`.
+
+    The blocks run on every position, but the final norm and the unembedding (most of a Gemma
+    forward pass: a 262k-token vocabulary) only on the last one; the output soft-cap, where the
+    model has one, is applied as the model applies it. Hooks attached before this call run.
+    """
+    got: dict[str, torch.Tensor] = {}
+
+    def keep(act, hook):
+        got["x"] = act
+        return None
+
+    with attached(model, [(final_hook(model), keep)]):
+        forward(model, tokens, stop_at_final=True)
+    logits = model.unembed(model.ln_final(got["x"][:, -1:]))
+    cap = float(getattr(model.cfg, "output_logits_soft_cap", 0.0) or 0.0)
+    return cap * torch.tanh(logits / cap) if cap > 0 else logits
+
+
 def clean_run(model: Any, sites: list[Site], tokens: torch.Tensor, freezer: Freezer | None = None
               ) -> dict[str, torch.Tensor]:
     """Run the spliced model once on `tokens` [1, pos], filling each site's acts/error/x_in.
