@@ -35,6 +35,10 @@ if unavailable:
                f"{render.md_text(unavailable)}")
     st.stop()
 
+# measured on the bundled layer-9 SAE (docs/attribution.md): ig's top 8 agree with their
+# measured removal here (7/8 signs, r 0.89)
+DEFAULT_PROMPT = "The capital of France is Paris. The capital of Germany is"
+DEFAULT_TARGET = " Berlin"
 NODE_COLOURS = {"feature": "#2ca02c", "error": "#7f7f7f", "token": "#9467bd", "logit": "#ff7f0e"}
 EDGE_COLOURS = {1: "rgba(31,119,180,0.45)", -1: "rgba(214,39,40,0.45)"}  # blue +, red -
 
@@ -85,11 +89,10 @@ def _short(text: str, limit: int) -> str:
 
 
 with st.form("attr_form"):
-    prompt = st.text_area("Prompt", st.session_state.get(
-        "attr_prompt", "When Mary and John went to the store, John gave a cold drink to"),
+    prompt = st.text_area("Prompt", st.session_state.get("attr_prompt", DEFAULT_PROMPT),
                           height=70, key="attr_prompt_in")
     c = st.columns([2, 2, 2, 2])
-    target = c[0].text_input("Target token", st.session_state.get("attr_target", " Mary"),
+    target = c[0].text_input("Target token", st.session_state.get("attr_target", DEFAULT_TARGET),
                              help="One token; mind the leading space (' Paris').",
                              key="attr_target_in")
     contrast = c[1].text_input("Contrast token (optional)",
@@ -105,9 +108,9 @@ with st.form("attr_form"):
                            "attention, norms and other features frozen (the graph's edges "
                            "into the logit; gradient only).")
     choices = _extra_choices()
-    demo = [c for c in choices if c.startswith("demo SAE")]  # the bundled model's other layers
-    extra = st.multiselect("Extra SAEs", list(choices), default=demo,
-                           help="Attribute over several SAEs at once (and draw a graph).")
+    extra = st.multiselect("Extra SAEs", list(choices), default=[],
+                           help="Attribute over several SAEs at once (and draw a graph); each "
+                                "adds about 16 forward+backward passes with 'ig'.")
     go_button = st.form_submit_button("Attribute", type="primary")
 
 if go_button:
