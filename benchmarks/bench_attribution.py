@@ -38,6 +38,8 @@ def rss_mb() -> float:
 
 def compare_methods(model, saes, steps: int) -> None:
     """Time and agreement of ig vs grad on the default prompts."""
+    scope.attribute(model, saes, DEFAULT_PROMPTS[1][0], DEFAULT_PROMPTS[1][1], method="grad",
+                    ablation_k=0)  # warm-up: first-call costs are not the method's
     for prompt, target in DEFAULT_PROMPTS:
         row = {}
         for method in ("grad", "ig"):
