@@ -207,20 +207,25 @@ def attribution_graph(model: Any, saes: Any, prompt: str | torch.Tensor, *,
     sources = Sources(graph, sites, clean, features, activations, bos)
     passes = run_rows(graph, gp, sites, sources, [("logit", k) for k in range(len(logit_ids))],
                        v_logit, B, chunk)
-    # feature rows by influence on the logits, recomputed after every batch
+    # feature rows by influence on the logits, recomputed after every round; a round takes the
+    # top B per SAE and runs them SAE by SAE (a batch of one SAE's rows runs backward only to
+    # the splice before it, a mixed batch through every layer)
     n_rows_f = n_f if max_feature_nodes is None else min(max_feature_nodes, n_f)
     done = torch.zeros(n_f, dtype=torch.bool)
     while int(done.sum()) < n_rows_f:
         infl = graph.node_influence()[:n_f].clone()
         infl[done] = -1.0
-        take = min(B, n_rows_f - int(done.sum()))
+        take = min(B * len(sites), n_rows_f - int(done.sum()))
         order = torch.argsort(infl, descending=True)[:take]
         order = order[infl[order] > 0]
         if len(order) == 0:
             break
         done[order] = True
-        passes += run_rows(graph, gp, sites, sources, [("feature", int(i)) for i in order],
-                           v_logit, B, chunk)
+        for si in reversed(range(len(sites))):
+            group = order[features[order, 0] == si]
+            if len(group):
+                passes += run_rows(graph, gp, sites, sources,
+                                   [("feature", int(i)) for i in group], v_logit, B, chunk)
     graph.stats = {"backward_passes": passes, "batch_size": B, "seconds": time.time() - t0,
                    "feature_rows": int(graph.rows_done[:n_f].sum()), "active_features": n_f,
                    "max_feature_nodes": max_feature_nodes, "bos": bos, "feature_chunk": chunk,
