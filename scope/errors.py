@@ -108,3 +108,57 @@ def suggest(name: str, choices: Iterable[str], n: int = 3) -> str:
     """Return ' Did you mean: a, b?' for the closest of `choices`, or '' when none is close."""
     close = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)
     return f" Did you mean: {', '.join(close)}?" if close else ""
+
+
+class StoreChangedError(StoreError):
+    """A store that a run rewrote while a reader held it open: its data is intact, reopen it."""
+
+    exit_code = 1
+
+
+class ExplainError(ScopeError, RuntimeError):
+    """The explainer or judge model cannot be reached or keeps answering nonsense."""
+
+    exit_code = 1
+
+
+class EndpointAnswerError(ExplainError):
+    """A chat endpoint answered, but not with a chat completion (HTML, non-UTF-8, not JSON, too
+    large, too slow, a redirect elsewhere); reported per feature."""
+
+
+class EndpointConfigError(ConfigError):
+    """An `--endpoint` that is not a plain http(s) URL (control characters, no host, credentials
+    in the URL, another scheme)."""
+
+
+class ExplanationImportError(StoreError):
+    """An explanation file to import that is unreadable, truncated, not Neuronpedia's format, has
+    a bad row (named by file and row) or belongs to another model; nothing was imported."""
+
+
+class ExportError(StoreError):
+    """An export that cannot be written as asked (`--out` inside the store, a folder that holds
+    something else, non-finite values in the store, a payload over the upload limit)."""
+
+
+class PickleWeightsError(UnknownModelError):
+    """A model checkpoint whose only weights are pickles (`pytorch_model.bin`, `*.pt`): scope
+    loads safetensors only, since unpickling can run code; the message says how to convert."""
+
+
+class SAEBenchPathError(ConfigError):
+    """A `--saebench-json` path that is a folder (or otherwise not a file that can be written)."""
+
+
+class DeviceError(ScopeError, ValueError):
+    """A device this machine does not have (`cuda` without a GPU, `cuda:3` on a 2-GPU host)."""
+
+
+class WontFitError(ScopeError, MemoryError):
+    """A planned run that will not fit the device's memory, `max_memory` or the disk; the message
+    gives the figure and the way out (fewer features per pass, a smaller batch, another device)."""
+
+
+class MissingLayerError(SAEFormatError):
+    """A per-layer dictionary set (e.g. bundled/transcoders) that lacks some of its layers."""

@@ -36,3 +36,16 @@ class CharTokenizer:
 
     def decode(self, ids) -> str:
         return "".join(self.convert_ids_to_tokens(list(ids)))
+
+
+def word_corpus(folder, n_docs: int = 30, words: int = 120, seed: int = 0):
+    """Write `n_docs` text files of random words from a 14-word vocabulary into `folder`."""
+    import torch
+
+    vocab = "the quick brown fox jumps over a lazy dog while sparse features fire".split()
+    folder.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    for i in range(n_docs):
+        idx = torch.randint(len(vocab), (words,), generator=gen).tolist()
+        (folder / f"doc{i}.txt").write_text(" ".join(vocab[j] for j in idx))
+    return folder

@@ -12,10 +12,18 @@ HOOK = "blocks.2.hook_resid_post"
 D_SAE = 96
 
 
+def corpus_texts() -> list[str]:
+    """The documents `build_store` extracts over (the logging module's paragraphs + TINY_TEXT)."""
+    from builders import TINY_TEXT
+
+    texts = [t for t in Path(logging.__file__).read_text().split("\n\n") if t.strip()][:80]
+    return texts + list(TINY_TEXT)
+
+
 def build_store(root: Path, *, tokens: int = 3072, ctx: int = 32, seed: int = 3) -> Path:
     """Tiny Gemma 3 checkpoint + random JumpReLU SAE (with a Neuronpedia id) -> scope.pipeline.extract."""
     import torch
-    from builders import TINY_TEXT, tiny_gemma3_dir
+    from builders import tiny_gemma3_dir
     from sae_builders import jumprelu_weights
 
     from scope.pipeline.corpus import Corpus
@@ -29,8 +37,7 @@ def build_store(root: Path, *, tokens: int = 3072, ctx: int = 32, seed: int = 3)
                     neuronpedia_id=NEURONPEDIA_ID)
     JumpReLUSAE(cfg, **{k: torch.tensor(v) for k, v in w.items()}).save(root / "sae")
     sae = scope.load_sae(str(root / "sae"), model=model)
-    texts = [t for t in Path(logging.__file__).read_text().split("\n\n") if t.strip()][:80]
-    scope.extract(model, [sae], Corpus(texts=texts + list(TINY_TEXT)), str(root / "store"),
+    scope.extract(model, [sae], Corpus(texts=corpus_texts()), str(root / "store"),
                   tokens=tokens, ctx=ctx, batch_size=8, progress=False,
                   sae_specs=[str(root / "sae")])
     return root / "store"

@@ -22,11 +22,20 @@ def synthetic_sae(d_in: int, d_sae: int, hook: str, seed: int = 0, threshold: fl
                        threshold=torch.full((d_sae,), threshold))
 
 
-def brute_force(model, saes, corpus, ctx, batch_size, tokens=None):
+def block_encode(sae, x, block: int):
+    """JumpReLU features computed `block` columns at a time (as a wide SAE is extracted)."""
+    parts = []
+    for a in range(0, sae.cfg.d_sae, block):
+        pre = x @ sae.W_enc[:, a:a + block] + sae.b_enc[a:a + block]
+        parts.append(pre * (pre > sae.threshold[a:a + block]))
+    return torch.cat(parts, dim=-1)
+
+
+def brute_force(model, saes, corpus, ctx, batch_size, tokens=None, encode=None):
     """All windows' feature activations in memory: `(window tokens [W, P], [f [W, P, F]])`.
 
     Runs the same batches as the extractor (batch composition changes float rounding) and
-    zeroes BOS/EOS/pad positions.
+    zeroes BOS/EOS/pad positions. `encode(sae, x)` defaults to `sae.encode(x)`.
     """
     windows = list(iter_windows(corpus, model.tokenizer, ctx, tokens))
     toks = torch.stack([w.tokens for w in windows])
@@ -36,7 +45,8 @@ def brute_force(model, saes, corpus, ctx, batch_size, tokens=None):
         for start in range(0, len(toks), batch_size):
             acts = capture(model, toks[start : start + batch_size], hooks)
             for j, sae in enumerate(saes):
-                feats[j].append(sae.encode(acts[sae.cfg.hook_name]))
+                x = acts[sae.cfg.hook_name]
+                feats[j].append(sae.encode(x) if encode is None else encode(sae, x))
     tok = model.tokenizer
     special = torch.tensor([tok.bos_token_id, tok.eos_token_id, tok.pad_token_id])
     mask = ~torch.isin(toks, special)
@@ -67,3 +77,66 @@ def manifest_core(path) -> dict:
 
 def np_hist(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return np.histogram(np.clip(values, edges[0], edges[-1] * 0.999), edges)[0]
+
+
+# -- command lines of the hostile suites (tests/test_hostile_*.py) ---------------------------------
+HOOK = "blocks.1.hook_resid_post"
+
+
+def cli_model() -> str:
+    """The tiny Gemma 3 checkpoint folder (written once per test process)."""
+    from builders import _cached_dir
+
+    return str(_cached_dir("gemma3"))
+
+
+def cli_files(root) -> None:
+    """A small corpus, two SAEs with the same hook and width (so the same name), a file."""
+    from builders import TINY_TEXT
+
+    (root / "doc.txt").write_text(" ".join(TINY_TEXT) * 4)
+    (root / "a_file").write_text("not a folder")
+    synthetic_sae(64, 32, HOOK, seed=3).save(root / "sae")
+    synthetic_sae(64, 32, HOOK, seed=4).save(root / "other_sae")
+    synthetic_sae(64, 16, HOOK, seed=5).save(root / "narrow_sae")
+
+
+def cli_override(args: list[str], extra: list[str]) -> list[str]:
+    """`args` with flags in `extra` replacing the same flags (a flag followed by its value)."""
+    out = list(args)
+    i = 0
+    while i < len(extra):
+        flag = extra[i]
+        value = extra[i + 1] if i + 1 < len(extra) and not extra[i + 1].startswith("--") else None
+        if flag in out and value is not None:
+            out[out.index(flag) + 1] = value
+        else:
+            out += [flag] + ([value] if value is not None else [])
+        i += 2 if value is not None else 1
+    return out
+
+
+def cli_extract(*extra: str):
+    """`scope extract` of cli_files' corpus and SAE into ROOT/out; `{root}` in `extra` expands."""
+    def argv(root) -> list[str]:
+        args = ["extract", "--model", cli_model(), "--sae", str(root / "sae"), "--corpus",
+                str(root / "doc.txt"), "--out", str(root / "out"), "--tokens", "64", "--ctx",
+                "16", "--batch-size", "2", "--no-progress"]
+        return cli_override(args, [e.format(root=root) for e in extra])
+    return argv
+
+
+def cli_eval(*extra: str):
+    def argv(root) -> list[str]:
+        args = ["eval", "--model", cli_model(), "--sae", str(root / "sae"), "--corpus",
+                str(root / "doc.txt"), "--ctx", "16", "--tokens", "64", "--batch-size", "2"]
+        return cli_override(args, [e.format(root=root) for e in extra])
+    return argv
+
+
+def cli_steer(*extra: str):
+    def argv(root) -> list[str]:
+        args = ["steer", "--model", cli_model(), "--sae", str(root / "sae"), "--feature",
+                "3:2.0", "--prompt", "The cat", "--max-new-tokens", "3"]
+        return cli_override(args, [e.format(root=root) for e in extra])
+    return argv

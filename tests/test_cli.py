@@ -25,15 +25,15 @@ from scope.errors import ConfigError, UsageError
 FLAGS = {
     "models": ["--cache"],
     "saes": ["--layer", "--width", "release"],
-    "extract": ["--batch-size", "--checkpoint-every", "--corpus", "--ctx", "--device", "--model",
+    "extract": ["--batch-size", "--checkpoint-every", "--corpus", "--ctx", "--device", "--dry-run", "--model",
                 "--no-progress", "--out", "--overwrite", "--sae", "--shard", "--split",
                 "--text-field", "--tokens", "--top-k"],
     "merge": ["--out", "--overwrite", "stores"],
-    "eval": ["--batch-size", "--corpus", "--ctx", "--json", "--model", "--sae", "--split",
-             "--tokens"],
+    "eval": ["--batch-size", "--corpus", "--ctx", "--json", "--model", "--sae", "--saebench-json",
+             "--split", "--tokens"],
     "steer": ["--feature", "--max-new-tokens", "--mode", "--model", "--prompt", "--relative",
               "--sae", "--seed", "--temperature"],
-    "attribute": ["--ablation-k", "--edge-threshold", "--graph", "--max-feature-nodes", "--mode",
+    "attribute": ["--ablation-k", "--dry-run", "--edge-threshold", "--graph", "--max-feature-nodes", "--mode",
                   "--model", "--node-threshold", "--prompt", "--sae", "--store", "--target",
                   "--top", "--vs"],
     "dashboard": ["--host", "--open-browser", "--port", "store"],
@@ -51,6 +51,8 @@ FLAGS = {
     "explain": ["--endpoint", "--features", "--force", "--judge-model", "--limit", "--model",
                 "--sae", "store"],
     "export": ["--batch-size", "--out", "--sae", "store"],
+    "plan": ["--batch-size", "--ctx", "--device", "--dtype", "--json", "--max-feature-nodes",
+             "--max-memory", "--model", "--out", "--sae", "--task", "--tokens", "--top-k"],
 }
 
 

@@ -132,8 +132,10 @@ def test_feature_navigation_widgets(store_path, monkeypatch):
     store = scope.open_store(store_path)
     sae = store.sae_names[0]
     at = ok(app_for(store_path, monkeypatch))
-    first_live = int(np.flatnonzero(store.densities(sae) > 0)[0])
-    assert at.session_state["feature"] == first_live  # no deep link: the first live feature
+    from scope.explore.feature_list import FeatureTable
+
+    home = FeatureTable.build(store, sae).most_specific()  # test_feature_list checks the rule
+    assert at.session_state["feature"] == home  # no deep link: the most specific live feature
     at.number_input(key="feature_box").set_value(7).run()
     assert ok(at).session_state["feature"] == 7 and at.subheader[0].value == "Feature 7"
     at.button(key="next").click().run()
@@ -172,19 +174,50 @@ def test_sae_selector_switches_every_page(store_path, monkeypatch):
 def test_feature_search_by_token(store_path, monkeypatch):
     store = scope.open_store(store_path)
     sae = store.sae_names[0]
+    from scope.explore.feature_list import token_search
+
     token, hits = next((t, h) for t in ["t", "a", "e", "<", "s", "c"]
-                       if (h := store.search_token(sae, t, k=20)))
+                       if (h := token_search(store, sae, t, k=20)))
     at = ok(app_for(store_path, monkeypatch))
     at.text_input(key="search_token").input(token).run()
     box = ok(at).selectbox(key="search_pick")
-    labels = [store.feature(sae, f).label for f, _ in hits]
-    assert box.options == [f"#{f}  (max {v:.3g})  {lab[:60]}"
-                           for (f, v), lab in zip(hits, labels, strict=True)]
-    target = hits[min(1, len(hits) - 1)][0]
+    labels = [store.feature(sae, h.index).label for h in hits]
+    assert box.options == [f"#{h.index}  ({h.share_of_feature:.0%} of its firings, "
+                           f"{h.share_of_token:.0%} of the token's)  {lab[:60]}"
+                           for h, lab in zip(hits, labels, strict=True)]
+    target = hits[min(1, len(hits) - 1)].index
     box.set_value(target).run()
     at.button(key="search_open").click().run()
     assert ok(at).session_state["feature"] == target
     assert at.subheader[0].value == f"Feature {target}"
+
+
+def test_feature_list_sorts_a_query_by_relevance_until_the_user_picks(store_path, monkeypatch):
+    from scope.explore.feature_list import FeatureTable
+
+    store = scope.open_store(store_path)
+    table = FeatureTable.build(store, store.sae_names[0])
+    word = next(w for lab in table.auto_labels for w in lab.replace("'", " ").split()
+                if w.isalpha() and len(w) > 2)
+    at = app_for(store_path, monkeypatch)
+    at.switch_page("views/features.py").run()
+    assert ok(at).selectbox(key="fl_sort").value == "density"
+    for box in ("fl_dense", "fl_rare"):  # a random SAE: most features are dense
+        at.checkbox(key=box).uncheck().run()
+    at.text_input(key="fl_text").input(word).run()
+    assert ok(at).selectbox(key="fl_sort").value.startswith("relevance")
+    shown = [r["feature"] for r in at.dataframe[0].value.to_dict("records")]
+    expect = table.query(word, hide_dense=False, hide_rare=False, page_size=50).rows
+    assert shown == [r.index for r in expect]  # ranked by BM25, best first
+    at.selectbox(key="fl_sort").set_value("firing count").run()  # the user's pick stays
+    at.text_input(key="fl_text").input(word + " x").run()
+    assert ok(at).selectbox(key="fl_sort").value == "firing count"
+    assert "fl_trust" not in [t.key for t in at.toggle]  # the few-firings rule: max/mean only
+    at.selectbox(key="fl_sort").set_value("max activation").run()
+    assert ok(at).toggle(key="fl_trust").value  # hides features with too few firings
+    at.text_input(key="fl_text").input("").run()  # cleared: the user's pick is forgotten
+    at.text_input(key="fl_text").input(word).run()
+    assert ok(at).selectbox(key="fl_sort").value.startswith("relevance")
 
 
 def test_store_tokens_with_html_render_escaped(store_path, monkeypatch):
@@ -240,14 +273,14 @@ def test_inspector_selects_and_opens_feature(store_path, monkeypatch):
     at.toggle(key="inspect_hide_dense").set_value(False).run()  # a random SAE: most are dense
     at.toggle(key="inspect_hide_rare").set_value(False).run()
     at.text_area(key="inspect_text").input("the cat sat <b>on</b> the mat").run()
-    table = ok(at).html[0].value
+    table = next(h.value for h in ok(at).html if "<table" in h.value)
     assert "BOS: not read by SAEs" in table
     assert "&lt;" in table and "<b>" not in table
     box = at.selectbox(key="inspect_feature")
     assert box.options, "no feature fired on the prompt"
     target = int(box.options[min(2, len(box.options) - 1)].split()[0].lstrip("#"))
     box.set_value(target).run()
-    prompt_html = ok(at).html[-1].value
+    prompt_html = [h.value for h in ok(at).html if "scope-tokens" in h.value][-1]
     assert 'class="scope-tok"' in prompt_html and "<b>" not in prompt_html
     # every feature id in the table links to its feature page
     ids = re.findall(r'href="\./\?sae=[^"&]*&amp;feature=(\d+)"[^>]*>#(\d+)<', table)
@@ -290,6 +323,11 @@ def test_steering_defaults_are_multiples_of_max_and_sweep(store_path, monkeypatc
     f = int(np.argmax(store.max_activations(sae)))
     at = app_for(store_path, monkeypatch, feature=f)
     at.switch_page("views/steering.py").run()
+    assert ok(at).text_input(key="steer_spec").value == ""  # never pre-filled
+    assert at.button(key="steer_go").disabled
+    at.button(key="steer_add_current").click().run()  # the feature page's feature, on request
+    assert ok(at).text_input(key="steer_spec").value == f"{f}:{sd.STRENGTH_X_MAX:g}"
+    at.button(key="steer_add_current").click().run()  # listed once
     assert ok(at).text_input(key="steer_spec").value == f"{f}:{sd.STRENGTH_X_MAX:g}"
     at.number_input(key="steer_max_tokens").set_value(8).run()
     at.button(key="steer_go").click().run()
@@ -321,7 +359,9 @@ def test_steering_finds_features_by_label(store_path, monkeypatch):
     pick = box.value
     assert box.options and word in table.labels[pick]
     at.button(key="steer_add").click().run()
-    assert ok(at).text_input(key="steer_spec").value.endswith(f"{pick}:4")
+    from scope.steer import defaults as sd
+
+    assert ok(at).text_input(key="steer_spec").value == f"{pick}:{sd.STRENGTH_X_MAX:g}"
 
 
 def test_steering_rejects_bad_spec(store_path, monkeypatch):
@@ -389,6 +429,27 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None
         except OSError:
             time.sleep(0.5)
     raise AssertionError(f"dashboard did not answer at {url} within {timeout}s")
+
+
+def test_ctrl_c_stops_the_dashboard_cleanly_and_the_url_is_printed_once(store_path):
+    port = _free_port()
+    cmd = [sys.executable, "-m", "scope.cli.main", "dashboard", store_path, "--port", str(port)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                            start_new_session=True)
+    try:
+        _wait_healthy(f"http://127.0.0.1:{port}", proc)
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends to `scope dashboard`
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert proc.returncode == 0, out
+    assert out.count(f"http://127.0.0.1:{port}") == 1, out  # scope's line; no Streamlit banner
+    assert "dashboard stopped" in out and "Traceback" not in out, out
+    assert not _server_alive(port)
 
 
 @pytest.mark.browser

@@ -2,7 +2,10 @@
 
 `test_browser_every_page` serves a store built by the real extractor with `scope dashboard` and
 opens the feature list, a feature, the prompt inspector, steering (with a generate click) and
-the overview, saving a screenshot of each ($SCOPE_SCREENSHOT_DIR, else the test's tmp folder).
+the overview at 900 px and 1400 px wide, saving a screenshot of each ($SCOPE_SCREENSHOT_DIR,
+else the test's tmp folder) and failing on any number, label or button cut by an ellipsis.
+$SCOPE_BROWSER_STORE points it at another store instead (e.g. `scope demo`'s runs/demo, to see
+the pages at demo scale).
 `test_browser_hostile_manifest` writes Markdown image and link payloads pointing at a local
 listener into every manifest field, the SAE name, the model spec and a label; a page that
 rendered any of them as Markdown would make the browser fetch the image: the listener must
@@ -44,6 +47,8 @@ PAGES = ["features", "feature", "inspector", "steering", "overview"]
 
 @pytest.fixture(scope="module")
 def store_path(tmp_path_factory) -> str:
+    if os.environ.get("SCOPE_BROWSER_STORE"):
+        return os.environ["SCOPE_BROWSER_STORE"]
     return str(build_store(tmp_path_factory.mktemp("dash-browser")))
 
 
@@ -56,7 +61,7 @@ def _shots(tmp_path: Path) -> Path:
 class _Dashboard:
     """`scope dashboard STORE` on a free port and a headless Chromium looking at it."""
 
-    def __init__(self, store: str, tmp_path: Path) -> None:
+    def __init__(self, store: str, tmp_path: Path, width: int = 1500) -> None:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
 
@@ -77,7 +82,7 @@ class _Dashboard:
                          "--no-first-run", "--disable-background-networking",
                          "--disable-component-update", "--disable-sync",
                          f"--user-data-dir={tmp_path / 'chrome-profile'}",
-                         "--window-size=1500,1700"]:
+                         f"--window-size={width},1700"]:
                 opts.add_argument(flag)
             self.browser = webdriver.Chrome(service=Service(driver), options=opts)
         except BaseException:
@@ -135,26 +140,58 @@ def _no_error(browser) -> None:
     assert "Traceback" not in src and "stException" not in src, "a page shows an exception"
 
 
+# Elements whose text a narrow column could cut with an ellipsis: metric values and labels,
+# widget labels, buttons. Any with hidden overflow is reported with its text.
+_CUT = """
+const out = [];
+const sel = '[data-testid="stMetricValue"], [data-testid="stMetricLabel"], ' +
+            '[data-testid="stWidgetLabel"], [data-testid="stMain"] button';
+for (const root of document.querySelectorAll(sel)) {
+  if (!root.offsetParent) continue;
+  for (const e of [root, ...root.querySelectorAll('*')]) {
+    const s = getComputedStyle(e);
+    if (e.scrollWidth > e.clientWidth + 1 && s.overflow !== 'visible' && e.innerText.trim())
+      out.push(e.innerText.trim().slice(0, 60));
+  }
+}
+return out;
+"""
+
+
+def _nothing_cut(browser, page: str) -> None:
+    cut = browser.execute_script(_CUT)
+    assert not cut, f"{page}: text cut by an ellipsis: {cut}"
+
+
 @pytest.mark.browser
-def test_browser_every_page(store_path, tmp_path):
+@pytest.mark.parametrize("width", [900, 1400])
+def test_browser_every_page(store_path, tmp_path, width):
     out = _shots(tmp_path)
     store = scope.open_store(store_path)
     sae = store.sae_names[0]
     f = int(np.argmax(store.densities(sae)))
-    dash = _Dashboard(store_path, tmp_path)
+    dash = _Dashboard(store_path, tmp_path, width)
     b = dash.browser
     try:
         dash.open("features", until=lambda b: "features match" in b.page_source)
         assert "Feature list" in b.page_source
         _no_error(b)
-        dash.shot(out / "feature_list.png")
+        _nothing_cut(b, "features")
+        dash.shot(out / f"feature_list_{width}.png")
+
+        dash.open("feature", until=lambda b: len(b.find_elements("css selector",
+                                                                  "span.scope-tok")) > 5)
+        _no_error(b)
+        _nothing_cut(b, "home")
+        dash.shot(out / f"home_{width}.png")
 
         dash.open("feature", f"?feature={f}",
                   until=lambda b: len(b.find_elements("css selector", "span.scope-tok")) > 20)
         assert f"Feature {f}" in b.page_source and store.feature(sae, f).label.split("'")[1] in \
             b.page_source
         _no_error(b)
-        dash.shot(out / "feature_page.png")
+        _nothing_cut(b, "feature")
+        dash.shot(out / f"feature_page_{width}.png")
 
         dash.open("feature", "?feature=99999", until=lambda b: "does not exist" in b.page_source)
         _no_error(b)
@@ -168,26 +205,33 @@ def test_browser_every_page(store_path, tmp_path):
         links = b.find_elements("css selector", "a[href*='feature=']")
         assert links, "inspector feature ids are not links"
         _no_error(b)
-        dash.shot(out / "inspector.png")
+        _nothing_cut(b, "inspector")
+        dash.shot(out / f"inspector_{width}.png")
         target = links[0].text.lstrip("#")
         links[0].click()  # an id opens its feature page
         dash.settle()
         assert f"Feature {target}" in b.page_source
 
         dash.open("steering", until=lambda b: "Strength sweep" in b.page_source)
+        box = b.find_element("css selector", "input[aria-label^='Features and strengths']")
+        assert box.get_attribute("value") == ""  # nothing steered that the user did not pick
+        dash.click(next(x.text.strip() for x in b.find_elements("css selector", "button")
+                        if x.text.strip().startswith("Add feature")))
         dash.click("Generate", until=lambda b: "drift" in b.page_source)
         _no_error(b)
-        dash.shot(out / "steering.png")
+        _nothing_cut(b, "steering")
+        dash.shot(out / f"steering_{width}.png")
         try:
             dash.click("Strength sweep", until=lambda b: "× max" in b.page_source)
         except Exception:
-            dash.shot(out / "steering_sweep_failed.png")
+            dash.shot(out / f"steering_sweep_failed_{width}.png")
             raise
-        dash.shot(out / "steering_sweep.png")
+        dash.shot(out / f"steering_sweep_{width}.png")
 
         dash.open("overview", until=lambda b: "Dead features" in b.page_source)
         _no_error(b)
-        dash.shot(out / "overview.png")
+        _nothing_cut(b, "overview")
+        dash.shot(out / f"overview_{width}.png")
     finally:
         dash.close()
 

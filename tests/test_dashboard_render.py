@@ -197,3 +197,100 @@ def test_contexts_html_one_block():
     assert "Samples across activation bands" in out and "activation 0.5 – 1 (1 samples)" in out
     assert out.count('<div class="scope-tokens">') == 3 and "<b>" not in out
     assert "did not fire" in render.contexts_html([], [], 0.0)
+
+
+# -- the escaping rule, read from the pages' source -------------------------------------------
+
+# Streamlit calls whose text arguments are rendered as Markdown (labels and help included), and
+# st.html, whose argument is HTML: every value put into them must come from `render`.
+MARKDOWN_CALLS = {
+    "markdown", "caption", "subheader", "header", "title", "write", "error", "warning", "info",
+    "success", "toast", "metric", "button", "link_button", "page_link", "selectbox",
+    "multiselect", "text_input", "text_area", "number_input", "checkbox", "toggle", "radio",
+    "slider", "select_slider", "expander", "tabs", "download_button", "html", "spinner",
+}
+TEXT_KWARGS = {"label", "help", "value", "placeholder", "body", "delta", "caption"}
+SAFE_CALLS = {"int", "len", "float"}  # their values are numbers
+
+
+def _safe(node) -> bool:
+    """A value that may go into Markdown: a literal, a number (a call to int/len, or any value
+    with a format spec such as `:,` or `.2f`), or the result of a `render` helper."""
+    import ast
+
+    if isinstance(node, ast.Constant):
+        return True
+    if isinstance(node, ast.JoinedStr):
+        return all(isinstance(v, ast.Constant) or _safe_formatted(v) for v in node.values)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        return _safe(node.left) and _safe(node.right)
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+            and node.value.id == "render":  # a constant of render (e.g. its CSS)
+        return True
+    if isinstance(node, (ast.Tuple, ast.List)):
+        return all(_safe(e) for e in node.elts)
+    if isinstance(node, ast.IfExp):
+        return _safe(node.body) and _safe(node.orelse)
+    if isinstance(node, ast.Call):
+        f = node.func
+        if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) \
+                and f.value.id == "render":
+            return True
+        return isinstance(f, ast.Name) and f.id in SAFE_CALLS
+    return False
+
+
+def _safe_formatted(v) -> bool:
+    import ast
+
+    if v.format_spec is not None:  # `{n:,}`, `{x:.2f}`, `{i:d}`: a number, or it would raise
+        spec = "".join(p.value for p in v.format_spec.values if isinstance(p, ast.Constant))
+        return not spec.endswith("s") and v.conversion == -1
+    return _safe(v.value)
+
+
+def markdown_offences(path) -> list[str]:
+    """`file:line call` for every Markdown/HTML-rendering Streamlit call fed an unescaped value."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    out = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr in MARKDOWN_CALLS):
+            continue
+        recv = node.func.value
+        if isinstance(recv, ast.Name) and recv.id in ("render", "data", "np", "math", "re"):
+            continue
+        args = list(node.args[:1]) if node.func.attr not in ("metric",) else list(node.args[:3])
+        args += [k.value for k in node.keywords if k.arg in TEXT_KWARGS]
+        for a in args:
+            if not _safe(a):
+                out.append(f"{path.name}:{node.lineno} {node.func.attr}({ast.unparse(a)[:60]})")
+    return out
+
+
+DASHBOARD = Path(render.__file__).resolve().parent.parent
+PAGES = sorted([DASHBOARD / "app.py", *(DASHBOARD / "views").glob("*.py")])
+
+
+# the Attribution page belongs to another change (issue 19 item 4 names its target echo and
+# heatmap labels); strict: the mark must go when that page is fixed
+PENDING = {"attribution.py"}
+
+
+@pytest.mark.parametrize("page", [pytest.param(p, marks=pytest.mark.xfail(
+    strict=True, reason="attribution page escapes with html.escape, not render.md_text"))
+    if p.name in PENDING else p for p in PAGES], ids=[p.name for p in PAGES])
+def test_pages_render_markdown_only_from_escaped_values(page):
+    assert markdown_offences(page) == []
+
+
+def test_the_markdown_grep_catches_unescaped_values(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("import streamlit as st\nst.warning(f'no target {target}')\n"
+                   "c[0].metric('Model', name)\nst.caption(', '.join(names))\n"
+                   "st.button('go', help=f'{spec!r}')\nst.markdown(f'{x:>10s}')\n"
+                   "st.error(f'{n:,} ok {render.md_text(t)}')\n")
+    assert [o.split()[0] for o in markdown_offences(bad)] == [
+        "bad.py:2", "bad.py:3", "bad.py:4", "bad.py:5", "bad.py:6"]

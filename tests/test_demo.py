@@ -61,3 +61,42 @@ def test_demo_builds_a_complete_store_serves_it_and_reuses_it(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in Path(out).rglob("*") if p.is_file()} == before
     assert "status complete" in done.stdout
     assert time.time() - t < 120
+
+
+def test_demo_corpus_mixes_prose_and_code_from_this_machine():
+    """Fast: the demo corpus alternates prose (stdlib docstrings, packages' prose) and stdlib
+    code, each piece read from the file its key names, within the budget, the same every time."""
+    import inspect
+    import sysconfig
+
+    from scope.pipeline import demo_corpus as D
+
+    docs = D.demo_documents(4096)
+    assert docs == D.demo_documents(4096)  # deterministic
+    kinds = ["prose" if d.key.startswith(("doc:", "site:")) else "code" for d in docs]
+    assert kinds[:6] == ["prose", "code"] * 3
+    total = sum(len(d.text) for d in docs)
+    assert 4096 * D.CHARS_PER_TOKEN <= total < 4096 * D.CHARS_PER_TOKEN + D.MAX_DOC_CHARS
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    for d in docs:
+        assert 0 < len(d.text) <= D.MAX_DOC_CHARS
+        if d.key.startswith("doc:"):  # every paragraph block is a docstring of that module
+            source = (stdlib / d.key[4:]).read_text(encoding="utf-8")
+            first = d.text.split("\n\n")[0]
+            assert any(inspect.cleandoc(s).startswith(first) for s in source.split('"""')), d.key
+        elif not d.key.startswith("site:"):
+            assert (stdlib / d.key).read_text(encoding="utf-8").strip().startswith(d.text[:200])
+    corpus = D.demo_corpus(4096)
+    assert corpus.source == "demo" and corpus.describe()["n_texts"] == len(docs)
+
+
+def test_docstrings_keep_sentences_and_drop_code_like_text():
+    from scope.pipeline.demo_corpus import docstrings
+
+    src = ('"""A module that reads files and writes them back, one line at a time."""\n'
+           'def f():\n    """x = f(1, 2) -> [3]"""\n'
+           'class C:\n    """The class keeps a count of every call it has seen so far."""\n')
+    assert docstrings(src) == [
+        "A module that reads files and writes them back, one line at a time.",
+        "The class keeps a count of every call it has seen so far."]
+    assert docstrings("def (") == []

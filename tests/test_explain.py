@@ -1,21 +1,25 @@
 """`scope explain` end to end against a local OpenAI-compatible server started by the test.
 
-The server answers with computed (not canned) replies: its explainer names the tokens marked
-<< >> in the prompt; its "perfect" judge looks each excerpt up in the store's own activating
-contexts of the explained feature (ground truth independent of the scorer), its "random" judge
-flips a seeded coin. Balanced accuracy must then be 1.0 and ~0.5.
+The server (a real HTTP server on 127.0.0.1) answers with computed replies: its explainer names
+the tokens marked << >> in the prompt; its "perfect" judge looks each excerpt up among the
+store's own kept contexts of the explained feature (ground truth independent of the scorer), its
+"random" judge flips a seeded coin and logs what it said, so the test recomputes each balanced
+accuracy itself. Negatives are re-encoded here with TransformerLens's own `run_with_cache` and
+the JumpReLU formula written out, to check that they do not fire.
 """
 
 from __future__ import annotations
 
 import json
-import random
+import os
 import re
 import shutil
+import signal
+import subprocess
 import sys
 import threading
-from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
@@ -23,16 +27,20 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from explain_helpers import Oracle, build_sparse_store, serve  # noqa: E402
+
 import scope  # noqa: E402
 from scope.explore import explain as X  # noqa: E402
+from scope.explore import sampling as Smp  # noqa: E402
+from scope.explore import scoring as Sc  # noqa: E402
 from scope.store import labels as L  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def base_store(tmp_path_factory) -> Path:
-    from explorer_helpers import build_store
-
-    return build_store(tmp_path_factory.mktemp("explain"))
+    return build_sparse_store(tmp_path_factory.mktemp("explain"))
 
 
 @pytest.fixture
@@ -40,52 +48,6 @@ def store_path(base_store, tmp_path) -> Path:
     dst = tmp_path / "store"
     shutil.copytree(base_store, dst)
     return dst
-
-
-class Oracle:
-    """The fake model's brain: explains from marks, judges from the store's ground truth."""
-
-    def __init__(self, store_path: Path, judge: str = "perfect") -> None:
-        store = scope.open_store(store_path)
-        sae = store.sae_names[0]
-        self.judge, self.rng = judge, random.Random(0)
-        self.marked: dict[str, int] = {}  # marked context text -> feature
-        self.active: dict[int, set[str]] = {}  # feature -> its activating contexts (unmarked)
-        for i in np.flatnonzero(store.firing_counts(sae) > 0):
-            f = store.feature(sae, int(i))
-            ex = list(f.top_examples) + [e for b in f.band_examples for e in b.examples]
-            self.active[int(i)] = {X.context_text(e, marked=False) for e in ex}
-            for e in ex:
-                self.marked.setdefault(X.context_text(e, marked=True), int(i))
-        self.explained: dict[str, int] = {}  # explanation -> feature
-        self.requests: list[dict] = []
-        self.garbage = 0  # answer this many requests with nonsense first
-        self.fail_after: int | None = None  # HTTP 500 once this many requests were answered
-
-    def answer(self, body: dict) -> tuple[int, str]:
-        self.requests.append(body)
-        if self.fail_after is not None and len(self.requests) > self.fail_after:
-            return 500, ""
-        if self.garbage > 0:
-            self.garbage -= 1
-            return 200, "  \n "  # no explanation, no list
-        system, user = body["messages"][0]["content"], body["messages"][1]["content"]
-        lines = re.findall(r"^\d+\. (.*)$", user, flags=re.M)
-        if system == X.EXPLAIN_SYSTEM:
-            feats = Counter(self.marked[t] for t in lines if t in self.marked)
-            marks = Counter(m for t in lines for m in re.findall(r"<<(.*?)>>", t))
-            text = f"the tokens {', '.join(repr(m) for m, _ in marks.most_common(3))}"
-            if feats:
-                text += f" (#{len(self.explained)})"  # unique per explained feature
-                self.explained[text] = feats.most_common(1)[0][0]
-            return 200, f"Explanation: {text}"
-        explanation = re.search(r"^Explanation: (.*)$", user, flags=re.M).group(1)
-        if self.judge == "perfect":
-            truth = self.active[self.explained[explanation]]
-            guess = [int(t in truth) for t in lines]
-        else:
-            guess = [self.rng.randint(0, 1) for _ in lines]
-        return 200, f"Sure. {json.dumps(guess)}"
 
 
 @pytest.fixture
@@ -110,129 +72,284 @@ def server():
         def log_message(self, *args):
             pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    state["url"] = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    httpd, url = serve(Handler)
+    state["url"] = url + "/v1"
     try:
         yield state
     finally:
+        state.get("oracle") and state["oracle"].release.set()
         httpd.shutdown()
         httpd.server_close()
 
 
-def _live(store_path: Path, n: int) -> list[int]:
-    store = scope.open_store(store_path)
-    counts = store.firing_counts(store.sae_names[0])
-    return [int(i) for i in np.flatnonzero(counts >= 4)][:n]
-
-
-def test_perfect_judge_scores_one_and_results_are_stored(store_path, server, monkeypatch):
-    from scope.cli.main import main
-
-    server["oracle"] = Oracle(store_path, "perfect")
-    feats = _live(store_path, 8)
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-    rc = main(["explain", str(store_path), "--endpoint", server["url"], "--model", "fake-7b",
-               "--features", ",".join(map(str, feats))])
-    assert rc == 0
-    assert server["auth"] == "Bearer sk-test"
+def _live(store_path: Path, n: int, cfg: X.ExplainConfig | None = None) -> list[int]:
+    """Features with enough kept contexts for the protocol."""
+    cfg = cfg or X.ExplainConfig()
     store = scope.open_store(store_path)
     sae = store.sae_names[0]
-    for i in feats:
-        e = store.feature(sae, i).explanation
-        assert e is not None and e.explainer == "fake-7b"
-        assert e.score == 1.0, (i, e)
-        assert L.labels_for(store_path).get(sae, i).prompt_version == X.PROMPT_VERSION
-        assert store.feature(sae, i).label == e.text
+    out = [int(i) for i in np.flatnonzero(store.firing_counts(sae) > 0)
+           if len(Smp.positives_pool(store.feature(sae, int(i)))) >= cfg.scoring.min_examples]
+    return out[:n]
 
 
-def test_random_judge_scores_about_half(store_path, server):
-    server["oracle"] = Oracle(store_path, "random")
+def _independent_max_acts(store_path: Path, windows: list[int], feature: int) -> np.ndarray:
+    """The feature's max activation in each window (positions 1:), computed with
+    TransformerLens's run_with_cache and the JumpReLU formula, not scope's encoder."""
+    import torch
+
     store = scope.open_store(store_path)
-    sae = store.sae_names[0]
-    feats = _live(store_path, 40)
-    judge = X.ChatEndpoint(server["url"], "fake-judge")
-    stats = X.explain_store(store, sae, X.ChatEndpoint(server["url"], "fake-7b"), judge,
-                            features=feats, progress=False)
-    assert stats["explained"] == len(feats)
-    assert 0.38 < stats["mean_score"] < 0.62, stats
+    sae_spec = store.sae_info(store.sae_names[0])["spec"]
+    model = scope.load_model(store.manifest["model"]["spec"], device="cpu", dtype=torch.float32)
+    sae = scope.load_sae(sae_spec, model=model)
+    toks = torch.as_tensor(np.stack([store._window_tokens(w) for w in windows]), dtype=torch.long)
+    hook = sae.cfg.hook_name
+    with torch.no_grad():
+        _, cache = model.run_with_cache(toks, names_filter=hook)
+        x = cache[hook].double()
+        pre = x @ sae.W_enc[:, feature].double() + sae.b_enc[feature].double()
+        f = pre * (pre > sae.threshold[feature].double())
+    return f[:, 1:].amax(dim=1).numpy()
 
 
-def test_prompts_mark_firing_tokens_and_scoring_hides_them(store_path, server):
+def test_perfect_judge_scores_one_on_verified_negatives(store_path, server):
     oracle = server["oracle"] = Oracle(store_path, "perfect")
     store = scope.open_store(store_path)
     sae = store.sae_names[0]
-    i = _live(store_path, 1)[0]
-    cfg = X.ExplainConfig(n_explain=6, n_score=3)
-    X.explain_store(store, sae, X.ChatEndpoint(server["url"], "m"), features=[i], cfg=cfg,
+    feats = _live(store_path, 5)
+    assert len(feats) == 5
+    stats = X.explain_store(store, sae, X.ChatEndpoint(server["url"], "fake-7b", api_key="sk-t"),
+                            features=feats, progress=False)
+    assert stats["explained"] == 5 and stats["errors"] == {}
+    assert server["auth"] == "Bearer sk-t"
+    for i in feats:
+        e = scope.open_store(store_path).feature(sae, i).explanation
+        assert (e.explainer, e.prompt_version, e.source) == ("fake-7b", X.PROMPT_VERSION, "explain")
+        c = e.counts
+        assert e.score == 1.0 and e.fuzz_score == 1.0, (i, c)
+        assert c["positives"] == len(c["positive_windows"]) >= 5
+        assert c["negatives"] == len(c["negative_windows"]) >= 1
+        assert not set(c["positive_windows"]) & set(c["explain_windows"])  # held out
+        assert e.protocol["name"] == "delphi-detection" and e.protocol["negatives"] == "verified"
+        assert e.protocol["per_prompt"] == 5 and e.protocol["n_quantiles"] == 10
+        lo, hi = e.score_ci
+        assert 0 < lo < 1 == hi
+        acts = _independent_max_acts(store_path, c["negative_windows"], i)
+        assert (acts <= 0).all(), (i, acts)  # verified: the feature never fires on them
+        pos = _independent_max_acts(store_path, c["positive_windows"], i)
+        assert (pos > 0).all()
+    # every judge prompt: system, three demonstrations, then at most 5 examples
+    judge_reqs = [r for r in oracle.requests if r["messages"][0]["content"] != X.EXPLAIN_SYSTEM]
+    for r in judge_reqs:
+        assert len(r["messages"]) == 8
+        assert [m["role"] for m in r["messages"][1:7]] == ["user", "assistant"] * 3
+        n = len(re.findall(r"^Example \d+: ", r["messages"][-1]["content"], flags=re.M))
+        assert 1 <= n <= 5
+
+
+def test_random_judge_scores_equal_an_independent_pooled_balanced_accuracy(store_path, server):
+    oracle = server["oracle"] = Oracle(store_path, "random")
+    store = scope.open_store(store_path)
+    sae = store.sae_names[0]
+    feats = _live(store_path, 12)
+    stats = X.explain_store(store, sae, X.ChatEndpoint(server["url"], "m"), features=feats,
+                            progress=False)
+    assert stats["explained"] == len(feats)
+    means = []
+    for i in feats:
+        e = scope.open_store(store_path).feature(sae, i).explanation
+        for kind, got in (("detection", e.score), ("fuzz", e.fuzz_score)):
+            pairs = oracle.log[(i, kind)]
+            pos = [g for t, g in pairs if t == 1]
+            neg = [g for t, g in pairs if t == 0]
+            assert len(pos) == e.counts["positives"] and len(neg) == e.counts["negatives"]
+            want = (sum(pos) / len(pos) + sum(1 - g for g in neg) / len(neg)) / 2
+            assert got == round(want, 4), (i, kind)
+            if kind == "detection":
+                means.append(want)
+                tp, tn = sum(pos), sum(1 - g for g in neg)
+                a, b = (tp + 1) / (len(pos) + 2), (tn + 1) / (len(neg) + 2)
+                half = 1.959964 * np.sqrt(a * (1 - a) / (len(pos) + 2)
+                                          + b * (1 - b) / (len(neg) + 2)) / 2
+                want_ci = (max(0, (a + b) / 2 - half), min(1, (a + b) / 2 + half))
+                assert e.score_ci == pytest.approx(want_ci, abs=1e-4)
+    assert stats["mean_score"] == pytest.approx(np.mean(means), abs=1e-3)
+    assert 0.3 < stats["mean_score"] < 0.7
+
+
+def test_min_examples_skips_with_a_reason_and_stores_nothing(store_path, server):
+    server["oracle"] = Oracle(store_path)
+    store = scope.open_store(store_path)
+    sae = store.sae_names[0]
+    feats = _live(store_path, 3)
+    cfg = X.ExplainConfig(scoring=Smp.ScoringConfig(min_examples=1000))
+    stats = X.explain_store(store, sae, X.ChatEndpoint(server["url"], "m"), features=feats,
+                            cfg=cfg, progress=False)
+    assert stats["explained"] == 0 and sorted(stats["skipped_reasons"]) == feats
+    assert all("fewer than min_examples=1000" in r for r in stats["skipped_reasons"].values())
+    assert not (store_path / L.LABELS_FILE).exists()
+
+
+def test_hard_negatives_are_verified_too(store_path, server):
+    server["oracle"] = Oracle(store_path)
+    store = scope.open_store(store_path)
+    sae = store.sae_names[0]
+    feats = _live(store_path, 4)
+    cfg = X.ExplainConfig(scoring=Smp.ScoringConfig(n_negatives=2, n_hard=4, fuzz=False))
+    X.explain_store(store, sae, X.ChatEndpoint(server["url"], "m"), features=feats, cfg=cfg,
                     progress=False)
-    explain_req, score_req = oracle.requests
-    assert explain_req["model"] == "m" and explain_req["temperature"] == 0.0
-    user = explain_req["messages"][1]["content"]
-    feat = store.feature(sae, i)
-    first = feat.top_examples[0]
-    # the first excerpt is the top context, cropped around its peak, firing tokens marked
-    p = first.max_position
-    lo, hi = max(0, p - 24), min(len(first.tokens), p + 9)
-    want = "".join(f"<<{t}>>" if a > 0 else t for t, a in
-                   zip(first.tokens[lo:hi], first.activations[lo:hi], strict=True))
-    assert f"1. {want.replace(chr(10), '↵').strip()}" in user
-    assert user.count("<<") == sum(
-        sum(a > 0 for a in e.activations[max(0, e.max_position - 24):e.max_position + 9])
-        for e in X._split_examples(feat, cfg)[0])
-    scoring = score_req["messages"][1]["content"]
-    assert "<<" not in scoring.split("Excerpts:")[1]
-    items = re.findall(r"^\d+\. ", scoring, flags=re.M)
-    held = X._split_examples(feat, cfg)[1]
-    assert len(items) == 2 * len(held)  # as many non-activating excerpts as activating ones
+    hard = 0
+    for i in feats:
+        e = scope.open_store(store_path).feature(sae, i).explanation
+        hard += e.counts["hard_negatives"]
+        assert e.fuzz_score is None and e.protocol["n_hard"] == 4
+        acts = _independent_max_acts(store_path, e.counts["negative_windows"], i)
+        assert (acts <= 0).all()
+    assert hard > 0
 
 
-def test_malformed_answers(store_path, server):
+def test_malformed_answers_and_resume(store_path, server):
     assert X.parse_explanation("Explanation: **cats and dogs**\nmore") == "cats and dogs"
     assert X.parse_explanation("  \n ") is None
-    assert X.parse_explanation("names of cities") == "names of cities"
-    assert X.parse_judgement("[1, 0, 1]", 3) == [1, 0, 1]
-    assert X.parse_judgement("answer: [1,0]", 3) is None
-    assert X.parse_judgement("[1, 2, 0]", 3) is None
-    assert X.parse_judgement("no list", 1) is None
-    assert X.balanced_accuracy([1, 1, 0, 0], [1, 0, 0, 0]) == 0.75
-    oracle = server["oracle"] = Oracle(store_path, "perfect")
-    store = scope.open_store(store_path)
-    sae = store.sae_names[0]
-    feats = _live(store_path, 2)
-    oracle.garbage = 1  # one nonsense answer: the retry recovers
-    stats = X.explain_store(store, sae, X.ChatEndpoint(server["url"], "m"), features=feats[:1],
-                            progress=False)
-    assert stats["explained"] == 1 and store.feature(sae, feats[0]).explanation.score == 1.0
-    oracle.garbage = 100  # nonsense throughout: counted as failed, nothing stored
-    stats = X.explain_store(store, sae, X.ChatEndpoint(server["url"], "m"), features=feats[1:],
-                            progress=False)
-    assert stats == {"explained": 0, "skipped": 0, "failed": 1, "mean_score": None}
-    assert store.feature(sae, feats[1]).explanation is None
-
-
-def test_resume_after_interruption(store_path, server):
+    assert Sc.parse_judgement("[1, 0, 1]", 3) == [1, 0, 1]
+    assert Sc.parse_judgement("answer: [1,0]", 3) is None
+    assert Sc.parse_judgement("[1, 2, 0]", 3) is None
+    assert Sc.parse_judgement("[true, false]", 2) == [1, 0]
+    assert Sc.balanced_accuracy([1, 1, 0, 0], [1, 0, 0, 0]) == 0.75
     oracle = server["oracle"] = Oracle(store_path, "perfect")
     store = scope.open_store(store_path)
     sae = store.sae_names[0]
     feats = _live(store_path, 6)
     model = X.ChatEndpoint(server["url"], "m")
-    oracle.fail_after = 2 * 3  # explain+score for 3 features, then the server breaks
+    oracle.garbage = 1  # one nonsense answer: the retry recovers
+    stats = X.explain_store(store, sae, model, features=feats[:1], progress=False)
+    assert stats["explained"] == 1 and store.feature(sae, feats[0]).explanation.score == 1.0
+    oracle.garbage = 2  # nonsense twice for the explainer: failed, nothing stored
+    stats = X.explain_store(store, sae, model, features=feats[1:2], progress=False)
+    assert (stats["explained"], stats["failed"]) == (0, 1)
+    assert store.feature(sae, feats[1]).explanation is None
+    n0 = len(oracle.requests)
+    oracle.fail_after = n0 + 12  # the server breaks mid-run
     with pytest.raises(X.ExplainError, match="HTTP 500"):
-        X.explain_store(store, sae, model, features=feats, progress=False, save_every=100)
+        X.explain_store(store, sae, model, features=feats[2:], progress=False)
     done = L.Labels(store_path).for_sae(sae)
-    assert sorted(done) == feats[:3]  # what was finished before the failure was saved
-    oracle.fail_after, n_before = None, len(oracle.requests)
+    oracle.fail_after = None
     stats = X.explain_store(store, sae, model, features=feats, progress=False)
-    assert stats["skipped"] == 3 and stats["explained"] == 3
-    assert len(oracle.requests) - n_before == 2 * 3  # only the remaining features were asked
+    assert stats["skipped"] == len(done) and stats["explained"] == len(feats) - len(done)
     assert all(e.score == 1.0 for e in L.Labels(store_path).for_sae(sae).values())
 
 
+def test_sigkill_after_n_answers_keeps_n(store_path, server):
+    oracle = server["oracle"] = Oracle(store_path)
+    feats = _live(store_path, 6)
+    oracle.hang_on_explain = 4  # features 1-3 are fully answered, the 4th hangs
+    script = (
+        "import sys, scope\n"
+        "from scope.explore import explain as X\n"
+        f"s = scope.open_store({str(store_path)!r})\n"
+        f"X.explain_store(s, s.sae_names[0], X.ChatEndpoint({server['url']!r}, 'm'), "
+        f"features={feats!r}, progress=False)\n")
+    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    try:
+        assert oracle.hanging.wait(300), "the run never reached the 4th feature"
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        oracle.release.set()
+        if proc.poll() is None:
+            proc.kill()
+    done = L.Labels(store_path).for_sae(scope.open_store(store_path).sae_names[0])
+    assert sorted(done) == feats[:3]
+    assert all(e.score == 1.0 for e in done.values())
+    assert not list(store_path.glob(".labels.json.*.tmp"))
+
+
+def test_concurrent_runs_and_an_import_lose_nothing(store_path, server, tmp_path):
+    from scope.explore.neuronpedia import import_explanations
+
+    oracle = server["oracle"] = Oracle(store_path)
+    store = scope.open_store(store_path)
+    sae = store.sae_names[0]
+    feats = _live(store_path, 8)
+    imported_at = []
+    rows = [{"modelId": "tiny-gemma3", "layer": "2-test-res-96", "index": str(i),
+             "description": f"imported {i}"} for i in (90, 91)]
+    (tmp_path / "np.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def during(n):  # an import lands while both explain runs are under way
+        if n == 6 and not imported_at:
+            imported_at.append(n)
+            import_explanations(tmp_path / "np.jsonl", scope.open_store(store_path))
+
+    oracle.on_request = during
+    results = {}
+
+    def run(name, part):
+        results[name] = X.explain_store(scope.open_store(store_path), sae,
+                                        X.ChatEndpoint(server["url"], "m"), features=part,
+                                        progress=False)
+
+    threads = [threading.Thread(target=run, args=(k, feats[k::2])) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert imported_at and results[0]["explained"] + results[1]["explained"] == len(feats)
+    done = L.Labels(store_path).for_sae(sae)
+    assert set(done) == set(feats) | {90, 91}
+    assert done[90].text == "imported 90" and all(done[i].score == 1.0 for i in feats)
+
+
 def test_unreachable_endpoint_is_a_named_error(store_path):
+    store = scope.open_store(store_path)
+    with pytest.raises(X.ExplainError, match="cannot reach a chat endpoint"):
+        X.explain_store(store, store.sae_names[0], X.ChatEndpoint("http://127.0.0.1:9/v1", "m"),
+                        features=_live(store_path, 1), progress=False)
+
+
+def test_a_busy_lock_delays_saves_but_loses_no_answer(store_path, server):
+    """Another live process holds the store's lock (an extraction, say) during most of the run:
+    the answers are kept in memory and saved once the lock is free."""
+    import socket
+
+    oracle = server["oracle"] = Oracle(store_path)
+    store = scope.open_store(store_path)
+    sae = store.sae_names[0]
+    feats = _live(store_path, 3)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    lock = store_path / ".scope.lock"
+    lock.write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
+                                "started": "now"}))
+    n_requests = len(feats) * 5  # explain + detection + fuzz batches: well past two features
+
+    def free(n):
+        if n == n_requests:
+            lock.unlink()
+
+    oracle.on_request = free
+    try:
+        stats = X.explain_store(store, sae, X.ChatEndpoint(server["url"], "m"), features=feats,
+                                progress=False, lock_wait=0.2)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert stats["explained"] == 3
+    assert sorted(L.Labels(store_path).for_sae(sae)) == feats
+
+
+def test_explain_cli(store_path, server, capsys, monkeypatch):
     from scope.cli.main import main
 
-    rc = main(["explain", str(store_path), "--endpoint", "http://127.0.0.1:9/v1", "--model", "m",
-               "--limit", "1"])
-    assert rc == 2
+    server["oracle"] = Oracle(store_path, "perfect")
+    feats = _live(store_path, 2)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    rc = main(["explain", str(store_path), "--endpoint", server["url"], "--model", "fake-7b",
+               "--features", ",".join(map(str, feats)), "--hard-negatives", "2"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "explained 2" in out and "mean detection 1.000, fuzzing 1.000" in out
+    assert server["auth"] == "Bearer sk-test"
+    e = scope.open_store(store_path).feature(scope.open_store(store_path).sae_names[0],
+                                             feats[0]).explanation
+    assert e.protocol["n_hard"] == 2 and e.score == 1.0

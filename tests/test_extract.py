@@ -153,6 +153,28 @@ def test_shards_merge_to_the_single_run(model, saes, reference, tmp_path):
         merge_stores(parts[:2], tmp_path / "m2")
 
 
+def test_a_wide_sae_is_extracted_block_by_block(model, saes, tmp_path, monkeypatch):
+    """With blocks of 16 features (3 and 2 blocks for these SAEs), every statistic still equals
+    a brute-force recomputation of the same block-wise encoding."""
+    from extract_helpers import block_encode
+
+    import scope.pipeline.feature_blocks as FB
+
+    monkeypatch.setattr(FB, "FEATURE_BLOCK", 16)
+    store = _extract(model, saes, tmp_path / "wide")
+    _, feats = brute_force(model, saes, TEXTS, CTX, BS,
+                           encode=lambda sae, x: block_encode(sae, x, 16))
+    for name, f in zip(store.sae_names, feats, strict=True):
+        flat = f.reshape(-1, f.shape[-1])
+        assert np.array_equal(store.firing_counts(name), (flat != 0).sum(0))
+        assert np.array_equal(store.max_activations(name), flat.max(0))
+        for i in range(f.shape[-1]):
+            ctx_max = f[:, :, i].max(1)
+            order = sorted((w for w in range(len(f)) if ctx_max[w] > 0),
+                           key=lambda w: (-ctx_max[w], w))[:K]
+            assert [e.window for e in store.feature(name, i).top_examples] == order
+
+
 def test_complete_store_is_reused_and_different_config_refused(model, saes, reference):
     before = store_arrays(reference.path)
     assert _extract(model, saes, reference.path).manifest["status"] == "complete"
@@ -207,8 +229,21 @@ def test_store_module_imports_only_numpy_and_safetensors():
     assert roots - set(sys.stdlib_module_names) <= {"numpy", "safetensors", "scope", "__future__"}
 
 
-def test_torch_tensor_state_is_on_model_device(reference):
-    assert torch.device("cpu").type == "cpu"  # GPU runs are checked on a device machine
+def test_accumulator_state_lives_on_the_device_it_is_given(reference):
+    """Every state tensor of a new and of a resumed accumulator lives on the device given (the
+    SAE's): "meta" stands in for a GPU here, so a tensor left on the CPU by mistake fails."""
+    from scope.pipeline.accumulators import FeatureAccumulator
+    from scope.pipeline.checkpoint import load_state
+
+    m = read_manifest(reference.path)
+    resumed, _ = load_state(reference.path, m, devices=["meta"] * len(m.saes))
+    for acc in [*(b for r in resumed for b in r.blocks), FeatureAccumulator(8, CTX, K,
+                                                                          device="meta")]:
+        tensors = [acc.count, acc.act_sum, acc.max, acc.hist, acc.sketch, acc._hist_inner,
+                   acc._band_inner, acc._feat]
+        for slots in [acc.top, *acc.bands]:
+            tensors += [slots.key, slots.window, slots.value, slots.pos, slots.acts]
+        assert {t.device.type for t in tensors} == {"meta"}
 
 
 @pytest.mark.parametrize("field", ["dir", "data"])

@@ -9,8 +9,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from builders import TINY_TEXT, _cached_dir
-from extract_helpers import synthetic_sae
+from extract_helpers import cli_eval as _eval
+from extract_helpers import cli_extract as _extract
+from extract_helpers import cli_files as _files
+from extract_helpers import cli_model as _model
+from extract_helpers import cli_override as _override
+from extract_helpers import cli_steer as _steer
 from hostile import Case, params, run_case
 
 from scope.errors import (
@@ -23,60 +27,6 @@ from scope.errors import (
     UnknownSAEError,
     UsageError,
 )
-
-HOOK = "blocks.1.hook_resid_post"
-
-
-def _model() -> str:
-    return str(_cached_dir("gemma3"))
-
-
-def _files(root: Path) -> None:
-    """A small corpus, two SAEs with the same hook and width (so the same name), a file."""
-    (root / "doc.txt").write_text(" ".join(TINY_TEXT) * 4)
-    (root / "a_file").write_text("not a folder")
-    synthetic_sae(64, 32, HOOK, seed=3).save(root / "sae")
-    synthetic_sae(64, 32, HOOK, seed=4).save(root / "other_sae")
-    synthetic_sae(64, 16, HOOK, seed=5).save(root / "narrow_sae")
-
-
-def _extract(*extra: str):
-    def argv(root: Path) -> list[str]:
-        return ["extract", "--model", _model(), "--sae", str(root / "sae"), "--corpus",
-                str(root / "doc.txt"), "--out", str(root / "out"), "--tokens", "64", "--ctx",
-                "16", "--batch-size", "2", "--no-progress", *[e.format(root=root) for e in extra]]
-    return argv
-
-
-def _eval(*extra: str):
-    def argv(root: Path) -> list[str]:
-        args = ["eval", "--model", _model(), "--sae", str(root / "sae"), "--corpus",
-                str(root / "doc.txt"), "--ctx", "16", "--tokens", "64", "--batch-size", "2"]
-        return _override(args, [e.format(root=root) for e in extra])
-    return argv
-
-
-def _override(args: list[str], extra: list[str]) -> list[str]:
-    """`args` with flags in `extra` replacing the same flags (a flag followed by its value)."""
-    out = list(args)
-    i = 0
-    while i < len(extra):
-        flag = extra[i]
-        value = extra[i + 1] if i + 1 < len(extra) and not extra[i + 1].startswith("--") else None
-        if flag in out and value is not None:
-            out[out.index(flag) + 1] = value
-        else:
-            out += [flag] + ([value] if value is not None else [])
-        i += 2 if value is not None else 1
-    return out
-
-
-def _steer(*extra: str):
-    def argv(root: Path) -> list[str]:
-        args = ["steer", "--model", _model(), "--sae", str(root / "sae"), "--feature", "3:2.0",
-                "--prompt", "The cat", "--max-new-tokens", "3"]
-        return _override(args, [e.format(root=root) for e in extra])
-    return argv
 
 
 def _argv(*args: str):

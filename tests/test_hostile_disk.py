@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from extract_helpers import cli_eval as _eval
+from extract_helpers import cli_extract as _extract
+from extract_helpers import cli_files as _files
 from hostile import Case, params, run_case
-from test_hostile_cli import _eval, _extract, _files
 
 from scope.errors import StoreFullError
 
@@ -72,6 +74,18 @@ def _train_on_disk(root: Path) -> list[str]:
     return ["train", "--config", str(root / "train.yaml")]
 
 
+def _source_store(root: Path) -> None:
+    """A complete store beside the small disk, to merge onto it."""
+    from scope.cli.main import main
+
+    _files(root)
+    assert main(_extract("--out", "{root}/src")(root)) == 0
+
+
+def _merge_onto_disk(root: Path) -> list[str]:
+    return ["merge", str(root / "src"), "--out", str(root / "disk" / "merged")]
+
+
 ROWS = [
     Case("eval-json-on-a-full-disk", _eval("--json", "{root}/disk/report.json"), OSError,
          "No space left on device", code=1, setup=_setup_full, writes=("disk",),
@@ -82,6 +96,8 @@ ROWS = [
     Case("train-onto-a-small-disk", _train_on_disk, OSError,
          "No space left on device", code=1, setup=_files, writes=("disk",),
          check=_no_temp_files),
+    Case("merge-onto-a-small-disk", _merge_onto_disk, StoreFullError, "not enough space in",
+         code=1, setup=_source_store, writes=("disk",), check=_no_temp_files),
 ]
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,13 @@ from hostile import Case, params, run_case
 from sae_builders import gs2_config, jumprelu_weights, write_gs2, write_npz, write_saelens_folder
 from safetensors.torch import save_file
 
-from scope.errors import SAEFormatError, ShapeMismatchError, UnknownSAEError
+from scope.errors import (
+    PickleWeightsError,
+    SAEBenchPathError,
+    SAEFormatError,
+    ShapeMismatchError,
+    UnknownSAEError,
+)
 
 D_IN, D_SAE, HOOK = 64, 32, "blocks.1.hook_resid_post"  # the tiny Gemma 3's residual width
 
@@ -125,6 +132,40 @@ def _no_pwn(root: Path) -> None:
     assert not (root / "pwned").exists(), "the pickle payload ran"
 
 
+def _eval_model(model: str):
+    def argv(root: Path) -> list[str]:
+        return ["eval", "--model", str(root / model), "--sae", "bundled", "--corpus",
+                str(root / "doc.txt"), "--ctx", "16", "--tokens", "64"]
+    return argv
+
+
+def _pickle_model(root: Path) -> None:
+    """A Hugging Face checkpoint folder whose only weights are a pickle `pytorch_model.bin`."""
+    (root / "doc.txt").write_text(" ".join(TINY_TEXT) * 4)
+    folder = shutil.copytree(_cached_dir("gemma3"), root / "model")
+    (folder / "model.safetensors").unlink()
+    os.environ["HOSTILE_MARKER"] = str(root / "pwned")
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps({"w": _Payload()}))
+
+
+def _with_saebench(path: str):
+    def argv(root: Path) -> list[str]:
+        return [*_eval()(root), "--saebench-json", str(root / path)]
+    return argv
+
+
+def _native_and_folder(root: Path) -> None:
+    _native()(root)
+    (root / "out").mkdir()
+
+
+def _saebench_written(root: Path) -> None:
+    got = json.loads((root / "core.json").read_text())
+    assert got["eval_type_id"] == "core"
+    assert got["eval_result_metrics"]["sparsity"]["l0"] > 0
+    assert got["sae_cfg_dict"]["metadata"]["hook_name"] == HOOK
+
+
 def _empty(root: Path) -> None:
     (root / "doc.txt").write_text(" ".join(TINY_TEXT) * 4)
     (root / "sae").mkdir()
@@ -207,7 +248,16 @@ ROWS = [
          "needs an SAE id", setup=_empty),
     Case("sae-for-another-model", _eval(), ShapeMismatchError, "has d_in=48 but blocks.1."
          "hook_resid_post in", setup=_native(weights=jumprelu_weights(48, D_SAE, seed=1))),
+    Case("model-only-pickle-weights", _eval_model("model"), PickleWeightsError,
+         "pytorch_model.bin, a pickle format (loading one can run code); scope loads "
+         "safetensors only", setup=_pickle_model, check=_no_pwn),
+    Case("saebench-json-is-a-folder", _with_saebench("out"), SAEBenchPathError,
+         "--saebench-json", setup=_native_and_folder),
     # correct behaviour: odd but finite weights load, with a warning, and evaluate
+    Case("saebench-json-written", _with_saebench("core.json"), fragment="SAEBench core eval JSON",
+         setup=_native(), writes=("core.json",), check=_saebench_written),
+    Case("sae-names-another-model-warns", _eval(), fragment="delta_lm_loss",
+         setup=_native({"metadata": {"hook_name": HOOK, "model_name": "gemma-2-9b"}})),
     Case("non-positive-thresholds-warn", _eval(), fragment="delta_lm_loss",
          setup=_native(weights=_weights(threshold=lambda a: -a))),
 ]
@@ -219,3 +269,6 @@ def test_hostile_sae(case: Case, tmp_path, capsys, monkeypatch, caplog):
     run_case(case, tmp_path, capsys, monkeypatch)
     if case.id == "non-positive-thresholds-warn":
         assert "32 of 32 thresholds are <= 0" in caplog.text
+    if case.id == "sae-names-another-model-warns":
+        assert "was made for gemma-2-9b but is used with tiny-gemma3" in caplog.text
+

@@ -114,46 +114,91 @@ def test_store_feature_label_is_always_a_string(store_path):
 
 
 def _np_entry(index, text, layer="2-test-res-96", model="tiny-gemma3", **extra):
-    return {"modelId": model, "layer": layer, "index": str(index), "description": text,
-            "explanationModelName": "gpt-4o-mini", "typeName": "oai_token-act-pair", **extra}
+    """A row as Neuronpedia's export-data.py writes explanations (index is a string there)."""
+    return {"id": f"c{index}", "modelId": model, "layer": layer, "index": str(index),
+            "authorId": "x", "description": text, "embedding": None,
+            "typeName": "oai_token-act-pair", "explanationModelName": "gpt-4o-mini", **extra}
 
 
-def test_neuronpedia_import_matches_by_source_id(store_path, tmp_path):
+def _jsonl(path: Path, rows, gz: bool = False) -> Path:
+    import gzip
+
+    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    path.write_bytes(gzip.compress(data) if gz else data)
+    return path
+
+
+def test_neuronpedia_import_reads_todays_batches_and_the_old_list(store_path, tmp_path):
     from scope.explore.neuronpedia import import_explanations
 
     path = _fresh(store_path, tmp_path)
     before = {p: p.read_bytes() for p in path.rglob("*") if p.is_file()}
-    export = [_np_entry(3, "the word fox"), _np_entry(5, "closing brackets", scores=[0.71]),
-              _np_entry(5, "ignored: other layer", layer="3-test-res-96"),
-              _np_entry(9, "ignored: other model", model="gemma-2-2b"),
-              _np_entry(10_000, "out of range"), {"modelId": "x"}, "junk"]
-    file = tmp_path / "np.json"
-    file.write_text(json.dumps(export))
+    folder = tmp_path / "explanations"
+    folder.mkdir()
+    _jsonl(folder / "batch-0.jsonl.gz", [_np_entry(3, "the word fox"), _np_entry(4, "four")],
+           gz=True)
+    _jsonl(folder / "batch-1.jsonl", [_np_entry(5, "closing brackets", scores=[0.71]),
+                                      _np_entry(5, "ignored: other layer", layer="3-test-res-96"),
+                                      _np_entry(9, "ignored: other model", model="gemma-2-2b"),
+                                      _np_entry(10_000, "out of range")])
+    (folder / "batch-10.json").write_text(json.dumps([_np_entry(6, "six")]))
     store = scope.open_store(path)
     sae = store.sae_names[0]
-    report = import_explanations(file, store)
-    assert report.imported == {sae: 2}
-    assert report.unmatched_sources == {"tiny-gemma3/3-test-res-96": 1, "gemma-2-2b/2-test-res-96": 1}
-    assert report.skipped == 3
+    report = import_explanations(folder, store)
+    assert [Path(f).name for f in report.files] == ["batch-0.jsonl.gz", "batch-1.jsonl",
+                                                    "batch-10.json"]
+    assert report.imported == {sae: 4}
+    assert report.unmatched_sources == {"tiny-gemma3/3-test-res-96": 1,
+                                        "gemma-2-2b/2-test-res-96": 1}
+    assert report.out_of_range == 1 and report.rows == 7
     assert store.feature(sae, 3).label == "the word fox"
+    assert store.feature(sae, 6).label == "six"
     e = store.feature(sae, 5).explanation
     assert (e.text, e.score, e.explainer) == ("closing brackets", 0.71, "neuronpedia:gpt-4o-mini")
-    # the store's own files are untouched; only labels.json was added
     after = {p: p.read_bytes() for p in path.rglob("*") if p.is_file()}
-    assert set(after) - set(before) == {path / L.LABELS_FILE}
+    assert set(after) - set(before) == {path / L.LABELS_FILE}  # only labels.json is new
     assert all(after[p] == b for p, b in before.items())
+    # a glob names the same files
+    path2 = _fresh(store_path, tmp_path / "b")
+    report = import_explanations(str(folder / "batch-*.json*"), scope.open_store(path2))
+    assert report.imported == {sae: 4} and len(report.files) == 3
 
 
-def test_neuronpedia_import_names_both_sides_when_nothing_matches(store_path, tmp_path):
+def test_duplicates_keep_the_best_scored_and_scored_ones_are_kept(store_path, tmp_path):
     from scope.explore.neuronpedia import import_explanations
 
-    file = tmp_path / "np.json"
-    file.write_text(json.dumps([_np_entry(1, "x", model="gemma-2-2b", layer="20-gemmascope-res-16k")]))
-    with pytest.raises(StoreError, match="gemma-2-2b/20-gemmascope-res-16k.*tiny-gemma3/2-test"):
-        import_explanations(file, scope.open_store(store_path))
-    file.write_text("{oops")
-    with pytest.raises(StoreError, match="not readable JSON"):
-        import_explanations(file, scope.open_store(store_path))
+    path = _fresh(store_path, tmp_path)
+    store = scope.open_store(path)
+    sae = store.sae_names[0]
+    labels = L.Labels(path)
+    labels.update(sae, {2: L.Explanation("explained by scope", 0.9, "qwen", "v2"),
+                        8: L.Explanation("unscored by scope", None, "qwen", "v2")})
+    labels.save()
+    file = _jsonl(tmp_path / "b.jsonl", [
+        _np_entry(1, "first, unscored"), _np_entry(1, "scored 0.4", score=0.4),
+        _np_entry(1, "scored 0.8", score=0.8), _np_entry(1, "scored 0.6", score=0.6),
+        _np_entry(7, "tie one"), _np_entry(7, "tie two"),
+        _np_entry(2, "neuronpedia's"), _np_entry(8, "replaces the unscored one")])
+    report = import_explanations(file, store)
+    assert report.duplicates_dropped == 4 and report.kept_scored == 1
+    assert store.feature(sae, 1).explanation.text == "scored 0.8"
+    assert store.feature(sae, 7).explanation.text == "tie one"  # first in file order
+    assert store.feature(sae, 2).explanation.text == "explained by scope"
+    assert store.feature(sae, 8).explanation.text == "replaces the unscored one"
+    report = import_explanations(file, store, replace_scored=True)
+    assert report.kept_scored == 0
+    assert store.feature(sae, 2).explanation.text == "neuronpedia's"
+
+
+def test_old_scores_read_as_the_old_protocol(tmp_path):
+    (tmp_path / L.LABELS_FILE).write_text(json.dumps({"format_version": 1, "saes": {"s": {
+        "3": {"text": "t", "score": 0.7, "explainer": "m", "prompt_version": "scope-explain-v1",
+              "source": "explain"}}}}))
+    e = L.Labels(tmp_path).get("s", 3)
+    assert e.protocol == L.OLD_PROTOCOL and e.score == 0.7 and e.counts is None
+    (tmp_path / L.LABELS_FILE).write_text(json.dumps({"format_version": 99, "saes": {}}))
+    with pytest.raises(StoreError, match="labels format 99"):
+        L.Labels(tmp_path)
 
 
 def test_labels_import_cli(store_path, tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -225,3 +226,94 @@ def test_bundled_sae_computes_in_float32_even_at_bos_scale():
     x = torch.randn(2, sae.d_in, generator=torch.Generator().manual_seed(0)) * 1e5
     assert torch.isfinite(sae.encode(x)).all()
     assert load_sae("bundled", dtype="float16").dtype == torch.float16
+
+
+# ------------------------------------------------------------------------------------------------
+# dictionary sets: bundled/transcoders and folders of layer_L/ (scope.saes.bundled)
+# ------------------------------------------------------------------------------------------------
+
+
+def _write_set(root, layers, *, report=True):
+    from scope.saes.sae import JumpReLUSAE, SAEConfig
+
+    saes = []
+    for L in layers:
+        w = {k: torch.from_numpy(v) for k, v in jumprelu_weights(8, 16, seed=L).items()}
+        cfg = SAEConfig(d_in=8, d_sae=16, hook_name=f"blocks.{L}.ln2.hook_normalized_with_gain",
+                        hook_name_out=f"blocks.{L}.hook_mlp_out", d_out=8, kind="transcoder")
+        sae = JumpReLUSAE.from_tensors(cfg, {**w, "affine_skip": torch.eye(8)})
+        sae.save(root / f"layer_{L}")
+        saes.append(sae)
+    if report:
+        (root / "report.json").write_text(json.dumps({"layers": {str(L): {} for L in layers}}))
+    return saes
+
+
+def test_a_set_folder_loads_one_dictionary_per_layer_shallowest_first(tmp_path):
+    from scope.saes.bundled import expand_sae_specs
+
+    written = _write_set(tmp_path / "tc", [2, 0, 1, 10, 3, 4, 5, 6, 7, 8, 9])
+    got = loading.load_sae(tmp_path / "tc")
+    assert [s.cfg.hook_name_out for s in got] == [f"blocks.{L}.hook_mlp_out" for L in range(11)]
+    by_layer = {int(s.cfg.hook_name.split(".")[1]): s for s in written}
+    for L, s in enumerate(got):
+        for name, t in by_layer[L].state_tensors().items():
+            assert torch.equal(getattr(s, name).data, t), (L, name)
+    assert [s.cfg.hook_name for s in loading.load_saes([str(tmp_path / "tc")])] == [
+        s.cfg.hook_name for s in got]
+    specs = expand_sae_specs(["bundled", str(tmp_path / "tc")])
+    assert specs[0] == "bundled" and specs[1:] == [str(tmp_path / "tc" / f"layer_{L}")
+                                                  for L in range(11)]
+    one = loading.load_sae(tmp_path / "tc" / "layer_3")  # a member alone is one dictionary
+    assert one.cfg.hook_name == "blocks.3.ln2.hook_normalized_with_gain"
+
+
+def test_a_set_missing_a_layer_is_a_named_error(tmp_path):
+    from scope.errors import MissingLayerError
+
+    _write_set(tmp_path / "a", [0, 1, 3], report=False)  # no report: 0..3 expected
+    with pytest.raises(MissingLayerError, match=r"layer\(s\) \[2\]") as err:
+        loading.load_sae(tmp_path / "a")
+    assert isinstance(err.value, SAEFormatError) and "has: layer_0, layer_1, layer_3" in str(err.value)
+    _write_set(tmp_path / "b", [0, 1, 2])
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    report["layers"]["3"] = {}  # the report names a layer the folder lacks
+    (tmp_path / "b" / "report.json").write_text(json.dumps(report))
+    with pytest.raises(MissingLayerError, match=r"\[3\]"):
+        loading.load_saes(str(tmp_path / "b"))
+
+
+def test_unknown_bundled_transcoder_is_named():
+    with pytest.raises(UnknownSAEError, match="bundled/transcoders/layer_99"):
+        loading.load_sae("bundled/transcoders/layer_99")
+
+
+SHIPPED_TC = loading.BUNDLED_ROOT / "transcoders"
+
+
+@pytest.mark.skipif(not (SHIPPED_TC / "report.json").is_file(), reason="transcoders not shipped")
+def test_bundled_transcoders_every_layer_with_its_report():
+    """`bundled/transcoders`: the 18 layers of Gemma 3 270M, float32, skip transcoders at the
+    Gemma Scope 2 sites, each with held-out FVU and CE loss score in report.json."""
+    from scope.attribution.attribute import expand_sae_specs as attribution_expand
+    from scope.saes.bundled import expand_sae_specs
+
+    tcs = scope.load_sae("bundled/transcoders")
+    assert len(tcs) == 18
+    for L, tc in enumerate(tcs):
+        assert tc.cfg.hook_name == f"blocks.{L}.ln2.hook_normalized_with_gain"
+        assert tc.cfg.hook_name_out == f"blocks.{L}.hook_mlp_out"
+        assert tc.cfg.kind == "transcoder" and tc.affine_skip is not None
+        assert tc.dtype == torch.float32 and tc.d_in == tc.d_out == 640
+    assert expand_sae_specs(["bundled/transcoders"]) == [
+        f"bundled/transcoders/layer_{L}" for L in range(18)]
+    assert attribution_expand(["bundled/all"]) == expand_sae_specs(["bundled/all"])
+    report = json.loads((SHIPPED_TC / "report.json").read_text())
+    assert set(report["layers"]) == {str(L) for L in range(18)}
+    for rec in report["layers"].values():  # the score is the documented ratio of its CEs
+        assert 0 <= rec["fvu"] < 1 and rec["ce_clean"] < rec["ce_zero_ablation"]
+        assert rec["ce_loss_score"] == pytest.approx(
+            (rec["ce_zero_ablation"] - rec["ce_spliced"]) / (rec["ce_zero_ablation"] - rec["ce_clean"]))
+    assert "usable_for_attribution" in report["quality"]  # a reader must see the verdict
+    size = sum(p.stat().st_size for p in SHIPPED_TC.rglob("*") if p.is_file())
+    assert size < 70 * 2**20

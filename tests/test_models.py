@@ -14,7 +14,13 @@ import time
 
 import pytest
 import torch
-from builders import TINY_TEXT, tiny_gemma2_dir, tiny_gemma3_dir, tiny_gemma3_multimodal_dir
+from builders import (
+    D_MODEL,
+    TINY_TEXT,
+    tiny_gemma2_dir,
+    tiny_gemma3_dir,
+    tiny_gemma3_multimodal_dir,
+)
 
 import scope
 from scope.errors import HubUnavailableError, UnknownModelError
@@ -142,7 +148,7 @@ def _full_rerun(model, prompt: str, n: int) -> str:
 
 @pytest.mark.parametrize("kind", ["gemma2", "gemma3"])
 def test_cached_generation_equals_full_rerun_and_transformers(kind, request):
-    """Fails without models._fix_kv_cache_kwarg: transformers >= 5.2x hands attention the cache
+    """Fails without scope.model.bridge.fix_kv_cache_kwarg: transformers >= 5.2x hands attention the cache
     as `cache=`, which TransformerLens 3.9's attention bridge ignores (each cached step then
     attends to itself alone)."""
     from transformers import AutoModelForCausalLM
@@ -164,7 +170,7 @@ def test_cached_generation_equals_full_rerun_and_transformers(kind, request):
 @pytest.mark.parametrize("kind", ["gemma2", "gemma3"])
 def test_kv_cache_step_equals_full_forward(kind, request):
     """One cached decoding step gives the logits of a full forward pass (to float rounding).
-    Fails without models._fix_kv_cache_kwarg (the step then sees only its own token)."""
+    Fails without scope.model.bridge.fix_kv_cache_kwarg (the step then sees only its own token)."""
     from scope.steer.intervene import _cache_keyword, _new_cache
 
     model = load_model(request.getfixturevalue(f"{kind}_dir"), device="cpu", dtype=torch.float32)
@@ -363,7 +369,7 @@ def test_bundled_cached_generation_equals_transformers(bundled_pair):
 
 @pytest.mark.slow
 def test_bundled_second_load_is_cached(bundled_pair, monkeypatch):
-    import scope.model.load as models
+    import scope.model.gguf as gguf
     from scope.model.load import cache_dir
 
     model, _, first = bundled_pair
@@ -371,7 +377,7 @@ def test_bundled_second_load_is_cached(bundled_pair, monkeypatch):
     def no_dequantize(*args):
         raise AssertionError("the second load dequantized the GGUF again")
 
-    monkeypatch.setattr(models, "_gguf_to_cache", no_dequantize)
+    monkeypatch.setattr(gguf, "_gguf_to_cache", no_dequantize)
     t0 = time.perf_counter()
     again = load_model("bundled", device="cpu", dtype=torch.float32)
     second = time.perf_counter() - t0
@@ -407,3 +413,86 @@ def test_cli_models_lists_table(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "bundled" in out and "google/gemma-2-2b" in out and "gemma-3-270m" in out
+
+
+# --------------------------------------------------------------------------------------------
+# a model spread over devices (accelerate's dispatch, through the bridge): here "cpu" + "disk"
+# --------------------------------------------------------------------------------------------
+
+SPREAD = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu",
+          "model.layers.1": "cpu", "model.layers.2": "disk", "model.layers.3": "disk",
+          "model.norm": "disk", "lm_head": "cpu"}  # lm_head is tied to the embedding
+
+
+def test_model_spread_over_devices_runs_every_public_call(gemma3_dir, tmp_path):
+    """capture, logits, generation, steering, evaluate and attribution on a model whose last
+    layers are offloaded to disk equal the same calls on the model on one device."""
+    from test_steer import random_sae
+
+    plain = load_model(gemma3_dir, device="cpu", dtype=torch.float32)
+    spread = load_model(gemma3_dir, dtype=torch.float32, device_map=SPREAD,
+                        offload_folder=tmp_path / "offload")
+    assert spread.original_model.hf_device_map == SPREAD
+    assert spread.cfg.device == "cpu" and spread.cfg.n_devices > 1
+    assert any(p.device.type == "meta" for p in spread.original_model.parameters())  # offloaded
+    toks = to_tokens(plain, TINY_TEXT)
+    sites = ["blocks.1.hook_resid_post", "blocks.3.hook_resid_post", "blocks.2.attn.hook_z"]
+    a, b = capture(plain, toks, sites), capture(spread, toks, sites)
+    assert all(torch.equal(a[s], b[s]) for s in sites)
+    with torch.no_grad():
+        assert torch.equal(plain(toks), spread(toks))
+    prompt = "The quick brown fox jumps"  # past the sliding window: the KV cache is exercised
+    kw = dict(max_new_tokens=10, temperature=0, stop_at_eos=False)
+    assert scope.generate(spread, prompt, **kw) == scope.generate(plain, prompt, **kw)
+    sae = random_sae(D_MODEL, 32, "blocks.1.hook_resid_post")
+    steered = []
+    for model in (plain, spread):
+        with scope.steering(model, sae, {3: 40.0}), torch.no_grad():
+            steered.append((scope.generate(model, prompt, **kw), model(toks)))
+    assert steered[0][0] == steered[1][0] and torch.equal(steered[0][1], steered[1][1])
+    with torch.no_grad():
+        assert not torch.equal(steered[0][1], plain(toks))  # the steering did something
+    assert scope.evaluate(spread, sae, toks, progress=False) == \
+        scope.evaluate(plain, sae, toks, progress=False)
+    got = scope.attribute(spread, sae, "The quick brown fox", target=40, ablation_k=0)
+    want = scope.attribute(plain, sae, "The quick brown fox", target=40, ablation_k=0)
+    assert [n.attribution for n in got.nodes] == pytest.approx(
+        [n.attribution for n in want.nodes], rel=1e-5, abs=1e-7)
+    assert count_hooks(spread) == 0
+
+
+def test_placement_errors(gemma3_dir):
+    from scope.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="not both"):
+        load_model(gemma3_dir, device="cpu", device_map="auto")
+    with pytest.raises(ConfigError, match="max_memory must be a dict"):
+        load_model(gemma3_dir, max_memory="1GiB")
+
+
+def test_pickle_only_checkpoint_is_refused_up_front(gemma3_dir, tmp_path):
+    import pickle
+    import shutil
+
+    from scope.errors import PickleWeightsError
+
+    folder = shutil.copytree(gemma3_dir, tmp_path / "pickled")
+    (folder / "model.safetensors").unlink()
+    marker = tmp_path / "pwned"
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps({"w": _TouchOnLoad(marker)}))
+    with pytest.raises(PickleWeightsError, match="scope loads safetensors only") as err:
+        load_model(folder, device="cpu")
+    assert "pytorch_model.bin" in str(err.value) and "save_pretrained" in str(err.value)
+    assert isinstance(err.value, UnknownModelError) and not marker.exists()
+
+
+class _TouchOnLoad:
+    """Unpickling this touches a file: proof that a pickle was (not) loaded."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path.touch, (self.path,))

@@ -1,8 +1,20 @@
-"""`scope export neuronpedia`: SAEDashboard batch JSON, read back and compared with the store."""
+"""`scope export neuronpedia`: checked the way Neuronpedia's own tools read it.
+
+`converter_check` reimplements, from its published source (hijohnnylin/neuronpedia,
+utils/neuronpedia-utils/neuronpedia_utils/convert-saedashboard-to-neuronpedia-export.py), every
+access the converter makes on a SAEDashboard output folder: it lists the files starting with
+`batch-`, reads `sae_id_suffix`, `layer` and `features`, builds a `Feature` row from 25 named
+fields of each feature, and an `Activation` row from each activation (`max(values)`,
+`values.index(max)`, `min(values)`, `bin_*`, `qualifying_token_index`). The field sets of
+SAEDashboard 0.8.0's writer (`NeuronpediaDashboardFeature.to_dict`, `...Activation.to_dict`,
+`...Batch.to_dict`, `record_skipped_features`, `NeuronpediaRunnerConfig`) are listed from its
+source too. Values are compared with the store read through its own API.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -12,7 +24,74 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import scope  # noqa: E402
-from scope.explore.neuronpedia import read_export  # noqa: E402
+from scope.errors import ExportError  # noqa: E402
+from scope.explore import np_format as F  # noqa: E402
+from scope.explore.neuronpedia import export_neuronpedia, read_export  # noqa: E402
+
+# SAEDashboard 0.8.0, sae_dashboard/neuronpedia/neuronpedia_dashboard.py, the to_dict methods
+FEATURE_KEYS = {
+    "feature_index", "neuron_alignment_indices", "neuron_alignment_values",
+    "neuron_alignment_l1", "correlated_neurons_indices", "correlated_neurons_l1",
+    "correlated_neurons_pearson", "correlated_features_indices", "correlated_features_l1",
+    "correlated_features_pearson", "neg_str", "neg_values", "pos_str", "pos_values",
+    "frac_nonzero", "freq_hist_data_bar_values", "freq_hist_data_bar_heights",
+    "logits_hist_data_bar_heights", "logits_hist_data_bar_values", "n_prompts_total",
+    "n_tokens_in_prompt", "dataset", "decoder_weights_dist", "activations", "vector"}
+ACTIVATION_KEYS = {"bin_min", "bin_max", "bin_contains", "tokens", "values",
+                   "qualifying_token_index"}
+BATCH_KEYS = {"model_id", "layer", "sae_set", "sae_id_suffix", "features"}
+SKIPPED_KEYS = {"model_id", "layer", "sae_set", "log_sparsity", "skipped_indexes"}
+# neuronpedia_runner_config.py, NeuronpediaRunnerConfig's fields (run_settings.json = its __dict__)
+RUNNER_FIELDS = {
+    "sae_set", "sae_path", "outputs_dir", "np_sae_id_suffix", "np_set_name", "from_local_sae",
+    "sparsity_threshold", "huggingface_dataset_path", "n_prompts_total", "n_tokens_in_prompt",
+    "n_prompts_in_forward_pass", "n_features_at_a_time", "quantile_feature_batch_size",
+    "start_batch", "end_batch", "n_quantiles", "top_acts_group_size", "quantile_group_size",
+    "use_dfa", "model_dtype", "sae_dtype", "model_id", "layer", "sae_device",
+    "activation_store_device", "model_device", "model_n_devices", "use_wandb", "shuffle_tokens",
+    "prefix_str", "suffix_str", "ignore_positions", "prepend_bos",
+    "ignore_high_activation_norm_multiple", "hf_model_path", "use_transcoder",
+    "use_skip_transcoder", "use_clt", "clt_layer_idx", "clt_dtype", "clt_weights_filename",
+    "sae_converter_name"}
+# the converter's Feature(...) call reads these keys of each feature
+CONVERTER_FEATURE_READS = (
+    "feature_index", "neuron_alignment_indices", "neuron_alignment_values",
+    "neuron_alignment_l1", "correlated_neurons_indices", "correlated_neurons_pearson",
+    "correlated_neurons_l1", "correlated_features_indices", "correlated_features_pearson",
+    "correlated_features_l1", "neg_str", "neg_values", "pos_str", "pos_values", "frac_nonzero",
+    "freq_hist_data_bar_heights", "freq_hist_data_bar_values", "logits_hist_data_bar_heights",
+    "logits_hist_data_bar_values", "decoder_weights_dist", "activations")
+CONVERTER_ACTIVATION_READS = ("tokens", "values", "bin_contains", "bin_max", "bin_min",
+                              "qualifying_token_index")
+
+
+def converter_check(folder: Path, source_set: str, model_name: str) -> tuple[list, list]:
+    """What convert-saedashboard-to-neuronpedia-export.py does with `folder`, minus the writes:
+    the (features, activations) rows it would emit. Raises KeyError/ValueError where it would."""
+    features, activations = [], []
+    for file in sorted(f for f in (p.name for p in folder.iterdir()) if f.startswith("batch-")):
+        batch = json.loads((folder / file).read_bytes())
+        suffix = batch["sae_id_suffix"]
+        source_id = str(batch["layer"]) + "-" + source_set + ("__" + suffix if suffix else "")
+        for fd in batch["features"]:
+            row = {k: fd[k] for k in CONVERTER_FEATURE_READS if k != "activations"}
+            row.update(modelId=model_name, layer=source_id, index=fd["feature_index"],
+                       hasVector="vector" in fd and len(fd["vector"]) > 0)
+            max_act = 0
+            for a in fd["activations"]:
+                assert all(k in a for k in CONVERTER_ACTIVATION_READS)
+                mv = max(a["values"])  # ValueError on an empty list, as the converter
+                act = {"tokens": a["tokens"], "maxValue": mv,
+                       "maxValueTokenIndex": a["values"].index(mv), "minValue": min(a["values"]),
+                       "values": a["values"], "binContains": a["bin_contains"],
+                       "binMax": a["bin_max"], "binMin": a["bin_min"],
+                       "qualifyingTokenIndex": a["qualifying_token_index"],
+                       "index": fd["feature_index"], "layer": source_id}
+                max_act = max(max_act, mv)
+                activations.append(act)
+            row["maxActApprox"] = max_act
+            features.append(row)
+    return features, activations
 
 
 @pytest.fixture(scope="module")
@@ -22,39 +101,195 @@ def store_path(tmp_path_factory) -> Path:
     return build_store(tmp_path_factory.mktemp("npexport"))
 
 
-def test_export_round_trip(store_path, tmp_path):
-    from scope.cli.main import main
+@pytest.fixture(scope="module")
+def exported(store_path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("npout") / "np"
+    export_neuronpedia(scope.open_store(store_path), out, batch_size=16, progress=False)
+    return out
 
-    out = tmp_path / "np"
-    assert main(["export", "neuronpedia", str(store_path), "--out", str(out),
-                 "--batch-size", "16"]) == 0
+
+def _folder(out: Path) -> Path:
+    (folder,) = list(out.iterdir())
+    return folder
+
+
+def test_layout_is_saedashboard_080s_and_the_converter_takes_it(store_path, exported):
     store = scope.open_store(store_path)
     sae = store.sae_names[0]
-    folders = list(out.iterdir())
-    assert [f.name for f in folders] == ["tiny-gemma3_2-test-res-96"]
-    batches = sorted(folders[0].glob("batch-*.json"))
-    live = np.flatnonzero(store.firing_counts(sae) > 0)
-    assert len(batches) == -(-len(live) // 16)
-    head = json.loads(batches[0].read_text())
-    assert (head["model_id"], head["layer"], head["sae_set"]) == ("tiny-gemma3", 2, "test-res-96")
-    got = read_export(folders[0])
-    assert sorted(got) == live.tolist()  # dead features are not exported
-    for i in live:
-        f, e = store.feature(sae, int(i)), got[int(i)]
-        assert e["frac_nonzero"] == pytest.approx(f.density)
+    folder = _folder(exported)
+    assert folder.name == "tiny-gemma3_test-res-96_blocks.2.hook_resid_post_96"
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == sorted([f"batch-{b}.json" for b in range(6)]
+                           + [F.SKIPPED_FILE, F.RUN_SETTINGS_FILE])
+    for b in range(6):
+        batch = json.loads((folder / f"batch-{b}.json").read_text())
+        assert set(batch) == BATCH_KEYS
+        assert (batch["model_id"], batch["layer"], batch["sae_set"], batch["sae_id_suffix"]) == (
+            "tiny-gemma3", 2, "test-res-96", None)
+        for f in batch["features"]:
+            assert set(f) == FEATURE_KEYS
+            assert all(set(a) == ACTIVATION_KEYS for a in f["activations"])
+    skipped = json.loads((folder / F.SKIPPED_FILE).read_text())
+    assert set(skipped) == SKIPPED_KEYS and skipped["skipped_indexes"] == []
+    settings = json.loads((folder / F.RUN_SETTINGS_FILE).read_text())
+    assert RUNNER_FIELDS <= set(settings)
+    feats, acts = converter_check(folder, "test-res-96", "tiny-gemma3")
+    d_sae = store.n_features(sae)
+    assert sorted(f["index"] for f in feats) == list(range(d_sae))  # dead features too
+    dead = np.flatnonzero(store.firing_counts(sae) == 0)
+    assert len(dead) == 4
+    for f in feats:
+        feat = store.feature(sae, f["index"])
+        assert f["layer"] == "2-test-res-96"
+        if f["index"] in dead:
+            assert f["maxActApprox"] == 0 and f["frac_nonzero"] == 0
+        else:
+            assert f["maxActApprox"] == pytest.approx(feat.max_activation, abs=6e-3)
+    for a in acts:
+        # the qualifying token lies in its bin (top group: any token); values are the store's
+        q = a["values"][a["qualifyingTokenIndex"]]
+        if a["binMin"] != -1:
+            assert a["binMin"] - 1e-3 <= q <= a["binMax"] + 1e-3
+
+
+def test_values_match_the_store(store_path, exported):
+    store = scope.open_store(store_path)
+    sae = store.sae_names[0]
+    got = read_export(_folder(exported))
+    total = int(store.manifest["tokens"])
+    for i, e in got.items():
+        f = store.feature(sae, i)
+        assert e["frac_nonzero"] == pytest.approx(f.density, abs=5e-6)
         assert e["pos_str"] == [t for t, _ in f.top_logits]
         assert e["neg_str"] == [t for t, _ in f.bottom_logits]
         assert e["pos_values"] == pytest.approx([v for _, v in f.top_logits], abs=6e-4)
-        counts, _ = f.histogram
-        assert sum(e["freq_hist_data_bar_heights"]) == int(np.asarray(counts).sum())
-        assert all(v > 0 for v in e["freq_hist_data_bar_values"])
+        assert e["n_tokens_in_prompt"] == 32 and e["n_prompts_total"] == total // 32
+        if f.firing_count == 0:
+            assert e["activations"] == [] and e["freq_hist_data_bar_heights"] == []
+            continue
         top = [a for a in e["activations"] if a["bin_min"] == -1]
-        assert [a["tokens"] for a in top] == [x.tokens for x in f.top_examples]
+        assert [a["tokens"] for a in top] == [x.tokens[1:] for x in f.top_examples]
         for a, x in zip(top, f.top_examples, strict=True):
-            assert a["values"] == pytest.approx(x.activations, abs=6e-4)
-            assert max(a["values"]) == pytest.approx(x.max_activation, rel=2e-3)  # fp16 acts
-        bands = [a for a in e["activations"] if a["bin_min"] != -1]
-        want = [(b.low, b.high, x.tokens) for b in f.band_examples for x in b.examples]
-        assert [(a["bin_min"], a["bin_max"], a["tokens"]) for a in bands] == [
-            (pytest.approx(lo, abs=6e-4), pytest.approx(hi, abs=6e-4), t) for lo, hi, t in want]
-        assert all(0 <= a["bin_contains"] <= 1 for a in bands)
+            assert a["values"] == pytest.approx(x.activations[1:], abs=6e-4)
+            assert a["qualifying_token_index"] == x.max_position - 1
+            assert a["bin_max"] == round(f.max_activation, 3)
+        # five equal-width intervals of [0, max], highest first
+        bins = [(a["bin_min"], a["bin_max"]) for a in e["activations"] if a["bin_min"] != -1]
+        edges = np.linspace(0, f.max_activation, 6)
+        want = [(round(edges[k], 3), round(edges[k + 1], 3)) for k in range(4, -1, -1)]
+        assert list(dict.fromkeys(bins)) == [w for w in want if w in bins]
+        shares = {(a["bin_min"], a["bin_max"]): a["bin_contains"] for a in e["activations"]
+                  if a["bin_min"] != -1}
+        assert all(0 <= s <= 1 for s in shares.values())
+        lowest = [s for (lo, _), s in shares.items() if lo == 0]
+        if lowest:  # the lowest interval holds every token where the feature is zero
+            assert lowest[0] >= 1 - f.density - 1e-5
+        # 50 equal-width bars whose heights add up to the firings, ending at the max
+        vals, heights = e["freq_hist_data_bar_values"], e["freq_hist_data_bar_heights"]
+        assert len(vals) == len(heights) == 50 and sum(heights) == f.firing_count
+        step = np.diff(vals)
+        assert np.allclose(step, step.mean(), atol=2e-3)
+        assert vals[-1] + step.mean() / 2 == pytest.approx(f.max_activation, abs=3e-3)
+        # mass below a log edge inside the range agrees with the store's histogram
+        counts, hedges = f.histogram
+        lo = vals[0] - step.mean() / 2
+        for k in np.flatnonzero(counts > 0)[1:]:
+            x = hedges[k]
+            below_store = int(counts[:k].sum())
+            below_export = sum(h for v, h in zip(vals, heights, strict=True) if v < x)
+            assert abs(below_store - below_export) <= max(counts) + 1, (i, x)
+            assert x > lo
+
+
+def test_logit_histogram_spans_the_stores_logit_tables(store_path, exported):
+    store = scope.open_store(store_path)
+    sae = store.sae_names[0]
+    n_vocab = len(store.vocab)
+    for i, e in read_export(_folder(exported)).items():
+        f = store.feature(sae, i)
+        vals, heights = e["logits_hist_data_bar_values"], e["logits_hist_data_bar_heights"]
+        assert len(vals) == 50 and sum(heights) <= n_vocab and sum(heights) >= n_vocab - 8
+        w = vals[1] - vals[0]
+        assert vals[-1] + w / 2 == pytest.approx(f.top_logits[0][1], abs=2e-3)
+        assert vals[0] - w / 2 == pytest.approx(f.bottom_logits[0][1], abs=2e-3)
+        assert heights[-1] >= 1 and heights[0] >= 1
+
+
+def test_upload_payload_is_the_clients(store_path, tmp_path):
+    """`neuronpedia` 1.2.1, requests/feature_request.py `upload_batch`: the body it posts."""
+    store = scope.open_store(store_path)
+    sae = store.sae_names[0]
+    out = tmp_path / "up"
+    files = export_neuronpedia(store, out, format="upload", batch_size=40,
+                               logit_histograms=False, progress=False)
+    assert [p.name for p in files] == ["upload-0.json", "upload-1.json", "upload-2.json"]
+    seen = []
+    for p in files:
+        body = json.loads(p.read_text())
+        assert set(body) == {"modelId", "source", "features"}
+        assert (body["modelId"], body["source"]) == ("tiny-gemma3", "2-test-res-96")
+        assert 0 < len(body["features"]) <= 128
+        for f in body["features"]:
+            assert set(f) == {"index", "density", "activations", "explanations", "topLogits",
+                              "bottomLogits"}
+            feat = store.feature(sae, f["index"])
+            assert f["topLogits"] == [{"token": t, "value": pytest.approx(v, abs=6e-4)}
+                                      for t, v in feat.top_logits]
+            for a in f["activations"]:
+                assert set(a) == {"tokens", "values", "quantileMax", "quantileMin",
+                                  "quantileFraction"}
+                assert len(a["tokens"]) == len(a["values"])
+                q = a["quantileFraction"]  # the client's Activation.__post_init__ rule
+                assert q is None or 0 <= q <= 1
+            seen.append(f["index"])
+    assert seen == list(range(store.n_features(sae)))
+    with pytest.raises(ExportError, match="1-128"):
+        export_neuronpedia(store, tmp_path / "x", format="upload", batch_size=129)
+
+
+def test_model_ids_are_neuronpedias():
+    assert F.neuronpedia_model_id("google/gemma-3-4b-pt") == "gemma-3-4b"
+    assert F.neuronpedia_model_id("google/gemma-3-4b-it") == "gemma-3-4b-it"
+    assert F.neuronpedia_model_id("gemma-2-2b") == "gemma-2-2b"
+    info = {"model_name": "google/gemma-3-4b-pt", "hook_name": "blocks.9.hook_resid_post"}
+    assert F.source_parts(info, "my sae") == ("gemma-3-4b", 9, "scope-my-sae", None)
+    info = {"neuronpedia_id": "gemma-2-2b/20-gemmascope-res-16k__l0-71"}
+    assert F.source_parts(info, "x") == ("gemma-2-2b", 20, "gemmascope-res-16k", "l0-71")
+
+
+def test_reexport_leaves_no_stale_batch_and_refuses_foreign_folders(store_path, tmp_path):
+    store = scope.open_store(store_path)
+    out = tmp_path / "np"
+    export_neuronpedia(store, out, batch_size=8, logit_histograms=False, progress=False)
+    export_neuronpedia(store, out, batch_size=64, logit_histograms=False, progress=False)
+    assert sorted(p.name for p in _folder(out).glob("batch-*")) == ["batch-0.json",
+                                                                    "batch-1.json"]
+    foreign = tmp_path / "foreign"
+    (foreign / _folder(out).name).mkdir(parents=True)
+    (foreign / _folder(out).name / "notes.txt").write_text("mine")
+    with pytest.raises(ExportError, match="not written by `scope export`"):
+        export_neuronpedia(store, foreign, logit_histograms=False, progress=False)
+    assert (foreign / _folder(out).name / "notes.txt").read_text() == "mine"
+    for bad in (store_path, store_path / "sub"):
+        with pytest.raises(ExportError, match="inside the store"):
+            export_neuronpedia(store, bad, logit_histograms=False, progress=False)
+
+
+def test_partial_and_non_finite_stores_are_refused(store_path, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    path = tmp_path / "store"
+    shutil.copytree(store_path, path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    data = path / manifest["data"] / "saes" / manifest["saes"][0]["dir"] / "summary.safetensors"
+    arrays = load_file(data)
+    arrays["max_activation"][7] = np.nan
+    save_file(arrays, data)
+    store = scope.open_store(path)
+    with pytest.raises(ExportError, match="feature 7 .*nan"):
+        export_neuronpedia(store, tmp_path / "o", logit_histograms=False, progress=False)
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").rglob("batch-*"))
+    manifest["status"] = "partial"
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ExportError, match="partial"):
+        export_neuronpedia(scope.open_store(path), tmp_path / "o", progress=False)

@@ -41,3 +41,25 @@ def test_notebooks_exist_and_use_only_the_public_api():
         assert not defined, f"{path.name} defines logic; notebooks only call the public API"
         assert "gemma-2-2b" in "\n".join(
             c.source for c in nbformat.read(path, as_version=4).cells), path.name
+
+
+def test_committed_outputs_carry_no_machine_paths_or_warnings():
+    """The notebooks are committed with their outputs (`make notebooks`): those outputs must
+    read well anywhere, so no absolute path of the machine that ran them, no warning, no
+    progress-bar residue and no stderr stream."""
+    import re
+
+    import nbformat
+
+    machine = re.compile(r"(/work/|/root/|/home/\w|/tmp/|/Users/|[A-Z]:\\\\)")
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+        assert outputs, f"{path.name} is committed without outputs: run `make notebooks`"
+        for o in outputs:
+            text = o.get("text") or "\n".join(str(v) for k, v in o.get("data", {}).items()
+                                              if k.startswith("text/"))
+            where = f"{path.name}: {text[:120]!r}"
+            assert o.get("name") != "stderr", where
+            assert not machine.search(text), where
+            assert "Warning" not in text and "WARNING" not in text and "it/s]" not in text, where

@@ -144,3 +144,77 @@ def test_nan_rejected_and_truncated_file(tmp_path):
     f.write_bytes(f.read_bytes()[:100])
     with pytest.raises(SAEFormatError, match="truncated"):
         JumpReLUSAE.load(tmp_path / "t")
+
+
+# --------------------------------------------------------------------------------------------
+# SAELens 6 reads what scope writes (file-based: the checks SAELens's `SAE.load_from_disk`,
+# `handle_config_defaulting`, `SAEConfig.from_dict` and `run_evals` / `ActivationsStore.from_sae`
+# make, re-implemented from SAELens 6.54's source; sae_lens itself is not imported)
+# --------------------------------------------------------------------------------------------
+
+SAELENS_ARCHS = {"jumprelu": (), "jumprelu_transcoder": ("d_out",),
+                 "jumprelu_skip_transcoder": ("d_out",)}
+SAELENS_NORMS = {"none", "expected_average_only_in", "constant_norm_rescale", "layer_norm",
+                 "covariance_whitening"}
+
+
+def assert_saelens6_reads(folder, *, model_name: str, hook_name: str):
+    """What SAELens 6 needs from a folder for `load_from_disk` and for its evals to run."""
+    from safetensors import safe_open
+
+    cfg = json.loads((folder / "cfg.json").read_text())
+    meta = cfg["metadata"]
+    # handle_config_defaulting: no (or < 6.0) sae_lens_version -> read as a pre-6 flat config,
+    # which loses metadata.hook_name / model_name (the bug this guards against)
+    version = tuple(int(p) for p in str(meta["sae_lens_version"]).split(".")[:3])
+    assert version >= (6, 0, 0)
+    assert cfg["architecture"] in SAELENS_ARCHS
+    for key in ("d_in", "d_sae", *SAELENS_ARCHS[cfg["architecture"]]):
+        assert isinstance(cfg[key], int) and not isinstance(cfg[key], bool) and cfg[key] > 0
+    assert cfg["dtype"] in {"float32", "float16", "bfloat16", "float64"}
+    assert cfg["apply_b_dec_to_input"] is False and cfg["normalize_activations"] in SAELENS_NORMS
+    assert cfg["reshape_activations"] in {"none", "hook_z"}
+    # run_evals / ActivationsStore.from_sae / the model loader read these from metadata
+    assert meta["hook_name"] == hook_name and meta["model_name"] == model_name
+    assert meta["hook_head_index"] is None and meta["prepend_bos"] is True
+    assert isinstance(meta["context_size"], int) and meta["context_size"] > 1
+    assert meta["model_from_pretrained_kwargs"] == {}  # unpacked with ** by SAELens's evals
+    assert meta["seqpos_slice"] == [None]
+    d_in, d_sae, d_out = cfg["d_in"], cfg["d_sae"], cfg.get("d_out", cfg["d_in"])
+    want = {"W_enc": [d_in, d_sae], "W_dec": [d_sae, d_out], "b_enc": [d_sae],
+            "b_dec": [d_out], "threshold": [d_sae]}
+    if cfg["architecture"] == "jumprelu_skip_transcoder":
+        want["W_skip"] = [d_out, d_in]
+    with safe_open(str(folder / "sae_weights.safetensors"), "pt") as fh:
+        assert {k: list(fh.get_slice(k).get_shape()) for k in fh.keys()} == want
+
+
+@pytest.mark.parametrize("affine", [False, True])
+def test_saved_folder_carries_what_saelens6_needs(tmp_path, affine):
+    w = jumprelu_weights(8, 24, d_out=8, seed=5, affine=affine)
+    sae = _sae(w, model_name="gemma-2-2b", extra={"training": {"ctx": 256}})
+    sae.save(tmp_path / "sae")
+    assert_saelens6_reads(tmp_path / "sae", model_name="google/gemma-2-2b",
+                          hook_name=sae.cfg.hook_name)
+    meta = json.loads((tmp_path / "sae" / "cfg.json").read_text())["metadata"]
+    assert meta["context_size"] == 256 and meta["hook_name_out"] == sae.cfg.hook_name_out
+    # a model scope does not know keeps its name; Gemma Scope SAEs say their 1,024-token context
+    gs = _sae(jumprelu_weights(8, 16), model_name="my-org/my-gemma",
+              extra={"source_format": "gemma-scope-2"})
+    gs.save(tmp_path / "gs")
+    assert_saelens6_reads(tmp_path / "gs", model_name="my-org/my-gemma",
+                          hook_name=gs.cfg.hook_name)
+    assert json.loads((tmp_path / "gs" / "cfg.json").read_text())["metadata"]["context_size"] \
+        == 1024
+
+
+@pytest.mark.parametrize("name", ["demo_sae", "layer_3", "layer_6", "layer_12"])
+def test_bundled_folders_carry_what_saelens6_needs(name):
+    from scope.saes.loading import BUNDLED_ROOT
+
+    folder = BUNDLED_ROOT / name
+    cfg = json.loads((folder / "cfg.json").read_text())
+    assert_saelens6_reads(folder, model_name="google/gemma-3-270m",
+                          hook_name=cfg["scope"]["hook_name"])
+    assert cfg["metadata"]["context_size"] == cfg["scope"]["extra"]["training"]["ctx"] == 128
+    assert cfg["dtype"] == "float16"  # the shipped weights' dtype (load_sae casts to float32)

@@ -224,3 +224,140 @@ def test_relative_strengths_scale_by_the_store_max_and_refuse_another_sae(model,
         with scope.steering(model, wider, {1: 1.0}, relative_to=store):
             pass
     assert count_hooks(model) == 0
+
+
+# -- defaults and drift: the rule behind the default strength --------------------------------
+
+
+def test_greedy_rows_equal_generate_under_steering(model):
+    """The sweep's batched generation is the twin of `generate` under one-feature steering."""
+    from scope.steer.drift import greedy_rows
+
+    sae = random_sae(model.cfg.d_model)
+    prompt = "Sparse autoencoders"
+    pairs = [(2, 0.0), (2, 30.0), (5, -20.0), (9, 60.0)]
+    deltas = torch.stack([s * sae.W_dec[f].detach() for f, s in pairs])
+    rows = greedy_rows(model, prompt, SITE, deltas, 8)
+    for (f, s), text in zip(pairs, rows, strict=True):
+        with scope.steering(model, sae, {f: s}):
+            assert text == scope.generate(model, prompt, max_new_tokens=8, temperature=0.0)
+    assert count_hooks(model) == 0
+
+
+def test_continuation_losses_are_the_mean_nll_of_each_continuation(model):
+    from scope.steer.drift import continuation_losses
+
+    prompt, texts = "Sparse autoencoders", [" find features", " are", ""]
+    losses = continuation_losses(model, prompt, texts)
+    n = model.to_tokens(prompt).shape[1]
+    for text, loss in zip(texts, losses, strict=True):
+        toks = model.to_tokens(prompt + text)
+        if toks.shape[1] == n:
+            assert loss == 0.0
+            continue
+        with torch.no_grad():
+            logp = torch.log_softmax(model(toks, return_type="logits")[0].float(), -1)
+        nll = [-float(logp[p - 1, toks[0, p]]) for p in range(n, toks.shape[1])]
+        assert loss == pytest.approx(sum(nll) / len(nll), abs=1e-4)
+
+
+def test_sweep_rows_shares_and_the_chosen_multiple(model):
+    from scope.steer.drift import continuation_losses, sweep
+
+    sae = random_sae(model.cfg.d_model)
+    peak = torch.linspace(1.0, 4.0, sae.cfg.d_sae)
+    res = sweep(model, sae, peak, [1, 4], [0.0, 5.0, 40.0], "Sparse autoencoders",
+                max_new_tokens=6)
+    assert [(r.feature, r.multiple) for r in res.rows] == [(1, 0.0), (1, 5.0), (1, 40.0),
+                                                             (4, 0.0), (4, 5.0), (4, 40.0)]
+    for r in res.rows:
+        with scope.steering(model, sae, {r.feature: r.multiple * float(peak[r.feature])}):
+            assert r.text == scope.generate(model, "Sparse autoencoders", max_new_tokens=6,
+                                            temperature=0.0)
+    assert [r.text for r in res.rows if r.multiple == 0.0] == [res.default] * 2
+    drift = continuation_losses(model, "Sparse autoencoders", [r.text for r in res.rows])
+    assert [r.drift for r in res.rows] == pytest.approx(drift, abs=1e-4)
+    within = res.within(0.5)
+    for m in (0.0, 5.0, 40.0):
+        ok = [r.drift <= res.base + 0.5 for r in res.rows if r.multiple == m]
+        assert within[m] == sum(ok) / len(ok)
+    assert within[0.0] == 1.0 and res.changed()[0.0] == 0.0
+    from scope.steer.drift import distinct_share
+
+    fluent = res.fluent(0.5, 0.5)
+    for m in (0.0, 5.0, 40.0):
+        ok = [r.drift <= res.base + 0.5 and distinct_share(r.text) >= 0.5
+              for r in res.rows if r.multiple == m]
+        assert fluent[m] == sum(ok) / len(ok)
+    assert distinct_share("I was not. I was not. I was not.") == pytest.approx(3 / 9)
+
+
+def test_choose_multiple_takes_the_largest_before_the_first_failure():
+    from scope.steer.defaults import choose_multiple
+
+    assert choose_multiple({0.5: 1.0, 1.0: 0.8, 2.0: 0.5, 4.0: 0.9}, most=0.75) == 1.0
+    assert choose_multiple({0.5: 0.7, 1.0: 1.0}, most=0.75) is None
+    assert choose_multiple({0.25: 1.0, 0.5: 0.75}, most=0.75) == 0.25  # "more than", not equal
+    assert choose_multiple({0.5: 0.6, 1.0: 0.56, 1.5: 0.5}) == 1.0  # default: a majority
+
+
+def test_scale_by_max_and_tiny_strengths():
+    from scope.steer.defaults import scale_by_max, tiny_strengths
+
+    peak = [0.0, 2.0, 500.0, 80.0]
+    assert scale_by_max({1: 1.5, 2: -0.5}, peak) == {1: 3.0, 2: -250.0}
+    # 8 against a max of 500 is tiny; 8 against 80 is exactly 10%, not below it; 0 is deliberate
+    assert tiny_strengths({2: 8.0, 3: 8.0, 1: 0.0, 0: 5.0}, peak) == [(2, 8.0, 500.0)]
+    assert tiny_strengths({3: 7.9}, peak) == [(3, 7.9, 80.0)]
+
+
+def test_prompt_scale_is_the_peak_over_the_prompt_or_the_threshold(model):
+    from scope.steer.defaults import prompt_scale
+
+    sae = random_sae(model.cfg.d_model)
+    prompt = TINY_TEXT[0]
+    f = sae.encode(resid(model, model.to_tokens(prompt)))[0, 1:]
+    silent = int((f.amax(0) == 0).nonzero()[0]) if (f.amax(0) == 0).any() else None
+    live = int(f.amax(0).argmax())
+    scale = prompt_scale(model, sae, prompt, [live] + ([silent] if silent is not None else []))
+    assert scale[live] == pytest.approx(float(f[:, live].max()))
+    if silent is not None:
+        assert scale[silent] == pytest.approx(float(sae.threshold[silent]))
+    assert count_hooks(model) == 0
+
+
+def test_tiny_warnings_name_the_scale_and_a_strength_that_matters():
+    from scope.steer.defaults import STRENGTH_X_MAX, tiny_warnings
+
+    (line,) = tiny_warnings({749: 8.0, 3: 900.0}, {749: 2031.0, 3: 1000.0}, "its peak on the prompt")
+    assert line.startswith("feature 749: strength 8 is 0.4% of its scale (2,031, its peak on "
+                           "the prompt)")
+    assert f"749:{STRENGTH_X_MAX * 2031:.4g}" in line
+
+
+def test_scope_steer_warns_when_a_raw_strength_is_tiny(tmp_path, caplog, capsys):
+    """`scope steer` without a store: a strength far below the feature's scale is named, with
+    one that would matter; a strong one is not."""
+    import logging
+
+    from builders import _cached_dir
+
+    from scope.cli.main import main
+    from scope.steer.defaults import prompt_scale
+
+    model = tiny_hooked_model("gemma3")
+    sae = random_sae(model.cfg.d_model)
+    sae.save(tmp_path / "sae")
+    prompt = TINY_TEXT[0]
+    f = int(sae.encode(resid(model, model.to_tokens(prompt)))[0, 1:].amax(0).argmax())
+    peak = prompt_scale(model, sae, prompt, [f])[f]
+    argv = ["steer", "--model", str(_cached_dir("gemma3")), "--sae", str(tmp_path / "sae"),
+            "--prompt", prompt, "--max-new-tokens", "2"]
+    with caplog.at_level(logging.WARNING, logger="scope"):
+        assert main([*argv, "--feature", f"{f}:{0.01 * peak}"]) == 0
+    (line,) = [r.getMessage() for r in caplog.records if "barely change" in r.getMessage()]
+    assert line.startswith(f"feature {f}: strength") and f"{peak:,.4g}" in line
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="scope"):
+        assert main([*argv, "--feature", f"{f}:{peak}"]) == 0
+    assert not [r for r in caplog.records if "barely change" in r.getMessage()]

@@ -327,3 +327,50 @@ def test_disk_full_keeps_the_last_generation(model, sae, tmp_path):
         assert not list((mnt / "store").glob(".gen-*"))
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.slow
+def test_feature_page_reads_in_budget_with_validation(tmp_path):
+    """A synthetic 16,384-feature store (ctx 128, top_k 20): opening it and reading one whole
+    feature page, every file checked as it is opened, stays far below the 300 ms budget."""
+    import time
+
+    from scope.pipeline.accumulators import BAND_EDGES, HIST_EDGES, FeatureStats
+    from scope.store.writer import write_generation, write_manifest, write_tables, write_vocab
+
+    F, k, P, W, rng = 16384, 20, 128, 2000, np.random.default_rng(0)
+    entry = S.SAEEntry(name="sae", dir="00-sae", hook_name="blocks.1.hook_resid_post", d_in=64,
+                       d_sae=F)
+    m = S.Manifest(saes=[entry], config={}, model={"name": "m", "spec": "m"}, corpus={}, ctx=P,
+                   top_k=k, band_samples=2, histogram_edges=HIST_EDGES.tolist(),
+                   band_edges=BAND_EDGES.tolist(), feature_shard_size=4096,
+                   token_sketch={"depth": 4, "width": 256})
+    root = tmp_path / "wide"
+    write_manifest(root, m)
+    write_vocab(root, [f"t{i}" for i in range(1000)])
+    ids = lambda: rng.integers(0, 1000, (F, 10)).astype(np.int32)  # noqa: E731
+    vals = lambda *shape: rng.random(shape, np.float32)  # noqa: E731
+    write_tables(root, m, {"00-sae": {
+        S.LOGIT_POS_IDS: ids(), S.LOGIT_POS_VALS: vals(F, 10), S.LOGIT_NEG_IDS: ids(),
+        S.LOGIT_NEG_VALS: vals(F, 10), S.NEIGHBOUR_INDEX: rng.integers(0, F, (F, 10)).astype(
+            np.int32), S.NEIGHBOUR_COSINE: vals(F, 10)}})
+    st = FeatureStats(
+        tokens=10**6, firing_count=rng.integers(1, 1000, F), act_sum_fixed=rng.integers(1, 2**30, F),
+        max_activation=vals(F) + 1, histogram=rng.integers(0, 5, (F, 90)),
+        top_window=np.sort(rng.integers(0, W, (F, k)), 1), top_value=vals(F, k),
+        top_pos=rng.integers(1, P, (F, k)).astype(np.int32),
+        top_acts=vals(F, k, P).astype(np.float16), band_window=rng.integers(-1, W, (F, 16, 2)),
+        band_value=vals(F, 16, 2), band_pos=rng.integers(1, P, (F, 16, 2)).astype(np.int32),
+        band_acts=vals(F, 16, 2, P).astype(np.float16),
+        token_sketch=rng.integers(0, 3, (F, 4, 256)))
+    write_generation(root, m, {"00-sae": st}, np.arange(W),
+                     rng.integers(0, 1000, (W, P)).astype(np.int32))
+    del st
+    times = []
+    for i in rng.integers(0, F, 7).tolist():
+        t = time.perf_counter()
+        f = open_store(root).feature("sae", i)
+        f.histogram, f.top_examples, f.band_examples, f.top_logits, f.neighbours  # noqa: B018
+        f.fires_on, f.label, f.density  # noqa: B018
+        times.append(time.perf_counter() - t)
+    assert sorted(times)[3] < 0.3, times

@@ -374,17 +374,12 @@ def test_cli_train_end_to_end_on_a_tiny_model(tmp_path):
     """`scope train --config` captures, fits, checkpoints, evaluates and saves a native SAE."""
     import yaml
     from builders import _cached_dir
+    from corpus_helpers import word_corpus
 
     from scope.cli.main import main
     from scope.saes.sae import JumpReLUSAE
 
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    words = "the quick brown fox jumps over a lazy dog while sparse features fire".split()
-    gen = torch.Generator().manual_seed(0)
-    for i in range(30):
-        idx = torch.randint(len(words), (120,), generator=gen).tolist()
-        (corpus / f"doc{i}.txt").write_text(" ".join(words[j] for j in idx))
+    corpus = word_corpus(tmp_path / "corpus")
     config = {"model": str(_cached_dir("gemma3")), "hook_name": "blocks.1.hook_resid_post",
               "corpus": str(corpus), "ctx": 32, "train_tokens": 1500, "eval_tokens": 100,
               "d_sae": 32, "batch_size": 128, "epochs": 2, "lr": 1.0e-3, "l0_warmup_steps": 5,

@@ -9,7 +9,6 @@ warning (its width fits, so it may be intended; its features will mean little).
 from __future__ import annotations
 
 import logging
-import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,25 +20,6 @@ from jaxtyping import Int
 from scope.errors import AttributionError, ShapeMismatchError
 
 log = logging.getLogger(__name__)
-
-# Gemma Scope 2's instruction-tuned dictionaries were not trained on the first 4 positions
-# (the chat template's fixed prefix; circuit-tracer issue #76). Everything else skips BOS only.
-_IT_RELEASE = re.compile(r"gemma-scope-2-.*-it\b|gemma-3-[0-9.]+[mb]-it\b")
-IT_OUTLIER_POSITIONS = 4
-
-
-def outlier_positions(sae: Any) -> int:
-    """How many leading positions hold outlier activations the dictionary never saw.
-
-    The one rule attribution and graphs use (until the shared rule of `scope.saes` lands):
-    position 0 (BOS) for every dictionary, the first `IT_OUTLIER_POSITIONS` for Gemma Scope 2's
-    instruction-tuned releases. Features there are not nodes: their whole reconstruction goes
-    into that position's error node (and `bos="zero"` graphs zero those errors too).
-    """
-    cfg = getattr(sae, "cfg", None)
-    text = " ".join(str(getattr(cfg, k, "") or "") for k in ("release", "model_name", "sae_id"))
-    return IT_OUTLIER_POSITIONS if _IT_RELEASE.search(text) else 1
-
 
 def expand_sae_specs(specs: Sequence[str]) -> list[str]:
     """SAE specs with "bundled/all" expanded to every shipped demo SAE, shallowest first."""

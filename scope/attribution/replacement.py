@@ -4,9 +4,10 @@ Every SAE reads its site (`cfg.hook_name`) and writes its reconstruction back at
 (`cfg.hook_name_out`, the same site for a plain SAE; `blocks.L.hook_mlp_out` for a transcoder,
 whose MLP is then replaced). The reconstruction error `target - x_hat` is added back as a
 detached constant, so the spliced model computes exactly the original output while every
-feature is an explicit node with its own gradient. Features at outlier positions (BOS, and the first 4 for
-Gemma Scope 2 IT dictionaries: `inputs.outlier_positions`) are not nodes: their contribution is
-folded into that position's error node.
+feature is an explicit node with its own gradient. Features at outlier positions (BOS, the
+first 4 for Gemma Scope 2 IT dictionaries, or what a dictionary records: the package's one rule,
+`scope.saes.outliers.outlier_prefix`) are not nodes: their contribution is folded into that
+position's error node.
 
 Freezing (for direct effects and attribution graphs) replaces each attention pattern
 (`attn.hook_pattern`) and each normalisation scale (`*.hook_scale`, i.e. RMSNorm's
@@ -29,7 +30,7 @@ from typing import Any
 
 import torch
 
-from scope.attribution.inputs import check_saes, outlier_positions
+from scope.attribution.inputs import check_saes
 from scope.errors import AttributionError
 from scope.model.activations import (
     _raise_stop,  # the model layer's "stop after the last block" (no public name yet)
@@ -40,6 +41,7 @@ from scope.model.activations import (
     validate_hook_names,
 )
 from scope.model.hooks import attached
+from scope.saes.outliers import outlier_prefix
 
 # order of sites within one block, to sort splices into forward order
 _SITE_RANK = [("hook_resid_pre", 0.0), ("ln1.", 0.1), ("attn.", 0.2), ("hook_attn_out", 0.3),
@@ -259,7 +261,7 @@ def _clean_reader(site: Site) -> Callable:
         x0 = x.detach()[0].float()
         site.x_in = x0
         acts = site.sae.encode(x0).float()
-        acts[:outlier_positions(site.sae)] = 0.0  # BOS etc.: no feature nodes, in the error
+        acts[:outlier_prefix(site.sae.cfg)] = 0.0  # BOS etc.: no feature nodes, in the error
         site.acts = acts
         return None  # the writer splices
     return read

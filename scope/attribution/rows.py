@@ -16,7 +16,6 @@ from typing import Any
 import torch
 
 from scope.attribution.graph import AttributionGraph
-from scope.attribution.inputs import outlier_positions
 from scope.attribution.replacement import (
     Freezer,
     Site,
@@ -27,6 +26,7 @@ from scope.attribution.replacement import (
     site_hooks,
 )
 from scope.errors import AttributionError
+from scope.saes.outliers import outlier_prefix
 
 
 class GraphPass:
@@ -81,7 +81,7 @@ class Sources:
             self.per_site.append((idx, features[idx, 1], dec * activations[idx, None]))
         self.errors = [s.error for s in sites]
         if bos == "zero":  # circuit-tracer: no error node at the outlier positions
-            self.errors = [_zero_rows(e, outlier_positions(s.sae)) for e, s in zip(
+            self.errors = [_zero_rows(e, outlier_prefix(s.sae.cfg)) for e, s in zip(
                 self.errors, sites, strict=True)]
         self.embed = clean["embed"]
 

@@ -66,6 +66,8 @@ class Attribute:
     max_memory: str | None = None
     """graph: memory budget such as 8GB for the edge rows, the batched pass and its
     temporaries (sets the batch; default: no budget)"""
+    dry_run: bool = False
+    """print the plan of the attribution graph (memory, time) and exit: nothing is loaded"""
 
 
 def _label(store: Any, sae: str | None, feature: int | None) -> str:
@@ -89,8 +91,12 @@ def run_attribute(args: Attribute) -> int:
     from scope.store import open_store
 
     parse_memory(args.max_memory)  # a bad size fails now, not after the attribution
-    model = load_model(args.model)
     specs = expand_sae_specs(args.sae or ["bundled"])
+    if args.dry_run:
+        from scope.cli.plan import dry_run_attribute
+
+        return dry_run_attribute(args, specs)
+    model = load_model(args.model)
     saes = [load_sae(s, model=model) for s in specs]
     store = open_store(args.store) if args.store else None
     method = "grad" if args.mode == "direct" else args.method

@@ -1,9 +1,11 @@
-"""`scope eval`: how well an SAE reconstructs a model's activations (L0, FVU, delta LM loss)."""
+"""`scope eval`: how well an SAE reconstructs a model's activations (L0, FVU, delta LM loss, CE loss
+score, KL), optionally written as SAEBench's core eval JSON."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from scope.cli.common import command, say
@@ -33,6 +35,9 @@ class Eval:
     """sequences per forward pass"""
     json: FILE | None = None
     """also write the report to this JSON file"""
+    saebench_json: Path | None = None
+    """also write SAEBench's core eval JSON (eval_result_metrics, ...) to this file; its losses
+    follow SAEBench's position convention (docs/saes.md)"""
 
 
 @command("eval", Eval, example="scope eval --model bundled --sae bundled --tokens 32768 "
@@ -41,10 +46,12 @@ def run_eval(cfg: Eval) -> int:
     from scope.model.load import load_model
     from scope.pipeline.corpus import Corpus
     from scope.pipeline.evals import evaluate
+    from scope.pipeline.saebench import check_path, write_saebench_json
     from scope.saes.loading import load_sae
 
     split = cfg.split or ("heldout" if cfg.corpus == "default" else "all")
     check_corpus(cfg.corpus)
+    saebench = check_path(cfg.saebench_json) if cfg.saebench_json is not None else None
     model = load_model(cfg.model)
     sae = load_sae(cfg.sae, model=model)
     corpus = Corpus(source=cfg.corpus, split=split)
@@ -56,4 +63,9 @@ def run_eval(cfg: Eval) -> int:
         from scope.base.atomic import atomic_write_text
 
         atomic_write_text(cfg.json, json.dumps(report.as_dict(), indent=2) + "\n")
+    if saebench is not None:
+        write_saebench_json(report, sae, saebench, dataset=cfg.corpus,
+                            llm_dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+                            model_name=model.cfg.model_name)
+        say(f"SAEBench core eval JSON: {saebench}")
     return 0

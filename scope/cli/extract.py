@@ -50,6 +50,8 @@ class Extract:
     """replace a store made with a different configuration in --out"""
     no_progress: bool = False
     """hide the progress bar"""
+    dry_run: bool = False
+    """print the plan (peak memory, disk, time; needs --tokens) and exit: nothing is loaded"""
 
 
 def check_corpus(source: str) -> None:
@@ -86,6 +88,10 @@ def run_extract(cfg: Extract) -> int:
     if cfg.out is None:
         raise StoreError("scope extract needs --out DIR (or `out:` in the --config file)")
     check_corpus(cfg.corpus)
+    if cfg.dry_run:
+        from scope.cli.plan import dry_run_extract
+
+        return dry_run_extract(cfg)
     model = load_model(cfg.model, device=_device(cfg.device))
     specs = cfg.sae or ["bundled"]
     saes = [load_sae(spec, model=model) for spec in specs]

@@ -23,6 +23,7 @@ from scope.cli import eval as _eval  # noqa: F401
 from scope.cli import explore as _explore  # noqa: F401
 from scope.cli import extract as _extract  # noqa: F401
 from scope.cli import models as _models  # noqa: F401
+from scope.cli import plan as _plan  # noqa: F401
 from scope.cli import steer as _steer  # noqa: F401
 from scope.cli import train as _train  # noqa: F401
 from scope.cli.common import COMMANDS, Command, report, sigterm_interrupts
@@ -31,7 +32,7 @@ from scope.cli.parser import Formatter, flags, instances, subparser, usage_error
 from scope.errors import ScopeError
 
 #: the order `scope --help` lists the commands in: the data flow, then the extras
-ORDER = ["models", "saes", "extract", "merge", "eval", "steer", "attribute", "labels", "explain",
+ORDER = ["models", "saes", "plan", "extract", "merge", "eval", "steer", "attribute", "labels", "explain",
          "export", "dashboard", "train", "demo"]
 
 

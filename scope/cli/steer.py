@@ -1,7 +1,14 @@
-"""`scope steer`: generate with and without steering by SAE features, side by side."""
+"""`scope steer`: generate with and without steering by SAE features, side by side.
+
+With `--relative STORE` a strength is a multiple of the feature's max activation in the store
+(1 = its max, the measured default: docs/dashboard.md). Without a store a strength is raw, and
+one too small to matter against the feature's scale (its peak on the prompt, from one quick
+encode, never below its threshold) is warned about, with a strength that would matter.
+"""
 
 from __future__ import annotations
 
+import logging
 import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -13,6 +20,7 @@ from scope.cli.flags import NON_NEGATIVE, SEED, TEMPERATURE, Check, feature
 from scope.errors import SteeringError
 from scope.steer import defaults as sd  # shared with the dashboard's steering page
 
+log = logging.getLogger("scope")
 FEATURE = Annotated[tuple[int, float], Check(feature)]
 
 
@@ -31,7 +39,8 @@ class Steer:
     mode: Literal["add", "clamp"] = "add"
     """add STRENGTH x the decoder direction, or clamp the feature to STRENGTH"""
     relative: Path | None = field(default=None, metadata={"metavar": "STORE"})
-    """add strengths as multiples of each feature's max activation in STORE"""
+    """a store of this SAE: strengths are multiples of each feature's max activation there
+    (1 = its max; without a store a strength is raw and a tiny one is warned about)"""
     max_new_tokens: NON_NEGATIVE = sd.MAX_NEW_TOKENS
     """tokens generated after the prompt"""
     temperature: TEMPERATURE = sd.TEMPERATURE
@@ -55,8 +64,8 @@ def side_by_side(left: str, right: str, width: int = WIDTH) -> list[str]:
 
 
 @command("steer", Steer, epilog=sd.describe(),
-         example='scope steer --model bundled --sae bundled --feature 123:8.0 --prompt '
-         '"The weather is"')
+         example='scope steer --relative runs/demo --feature 2322:1 --prompt '
+         '"My favourite thing to do on a sunny day is"')
 def run_steer(cfg: Steer) -> int:
     from scope.model.load import load_model
     from scope.saes.loading import load_sae
@@ -69,6 +78,11 @@ def run_steer(cfg: Steer) -> int:
     if store is not None:
         check_relative_store(store, sae, cfg.sae)
     features = dict(cfg.feature)
+    valid = {f: s for f, s in features.items() if 0 <= f < sae.cfg.d_sae}  # steering names the rest
+    if store is None and cfg.mode == "add" and valid:  # raw strengths: say when one cannot matter
+        scale = sd.prompt_scale(model, sae, cfg.prompt, valid)
+        for line in sd.tiny_warnings(valid, scale, "its peak on the prompt"):
+            log.warning("%s (--relative STORE)", line)
     gen = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed)
     default = generate(model, cfg.prompt, **gen)
     with steering(model, sae, features, mode=cfg.mode, relative_to=store):

@@ -18,6 +18,7 @@ import streamlit as st
 from scope.dashboard import data, render
 
 st.set_page_config(page_title="scope dashboard", layout="wide")
+st.html(render.LAYOUT_CSS)  # rows wrap at 900 px instead of cutting numbers and labels
 log = logging.getLogger("scope.dashboard")
 VIEWS = Path(__file__).resolve().parent / "views"
 
@@ -34,7 +35,7 @@ path = data.store_path()
 if not path:
     st.error(
         "No feature store given. Start the dashboard with `scope dashboard STORE` "
-        f"(or set ${data.STORE_ENV})."
+        f"(or set ${render.md_text(data.STORE_ENV)})."
     )
     st.stop()
 try:
@@ -56,13 +57,13 @@ if "feature" not in st.session_state:
         st.session_state["sae"] = qp.get("sae")
     try:
         st.session_state["feature"] = int(qp["feature"])  # out of range: the page says so
-    except (KeyError, ValueError):  # no deep link: start on the first feature that fired
+    except (KeyError, ValueError):  # no deep link: the most specific live feature
         sae0 = st.session_state.get("sae", names[0])
         try:
-            live = data.live_features(path, sae0 if sae0 in names else names[0])
+            st.session_state["feature"] = data.home_feature(path, sae0 if sae0 in names
+                                                            else names[0])
         except Exception:  # a corrupt summary: the page shows the error
-            live = []
-        st.session_state["feature"] = int(live[0]) if len(live) else 0
+            st.session_state["feature"] = 0
 st.session_state["store_path"] = path
 
 # "sae" is plain session state (it outlives page switches); "sae_box" is its widget.
@@ -80,6 +81,7 @@ with st.sidebar:
         "SAE", names, key="sae_box", on_change=_pick_sae,
         help="The SAE (hook site) every page reads.",
     )
+    st.caption(render.md_text(st.session_state["sae"]))  # the full name, wrapped
     st.caption(render.store_caption(Path(path).name, store.manifest))
 
 page = st.navigation(list(PAGES.values()))

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
+from scope.store.reader import Band, Example
+
 log = logging.getLogger("scope.dashboard")
 
 STORE_ENV = "SCOPE_DASHBOARD_STORE"
@@ -47,21 +49,6 @@ def get_store(path: str):
 
 
 @dataclass
-class Example:
-    tokens: list[str]
-    activations: list[float]
-    max_activation: float
-    max_position: int
-
-
-@dataclass
-class Band:
-    low: float
-    high: float
-    examples: list[Example]
-
-
-@dataclass
 class FeatureView:
     """Everything the feature page shows about one feature, as plain Python (cacheable)."""
 
@@ -73,7 +60,7 @@ class FeatureView:
     mean_activation: float
     hist_counts: list[float]
     hist_edges: list[float]
-    top_examples: list[Example]
+    top_examples: list[Example]  # the store's own (frozen, plain lists): cached as they are
     band_examples: list[Band]
     top_logits: list[tuple[str, float]]
     bottom_logits: list[tuple[str, float]]
@@ -85,40 +72,28 @@ class FeatureView:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _example(e) -> Example:
-    acts = [float(a) for a in e.activations]
-    pos = getattr(e, "max_position", None)
-    if pos is None:
-        pos = int(np.argmax(acts)) if acts else 0
-    return Example(list(e.tokens), acts, float(e.max_activation), int(pos))
-
-
 def to_view(feat, sae: str) -> FeatureView:
     """Convert a store `Feature` (which may hold memory maps) to a plain `FeatureView`."""
     counts, edges = feat.histogram
-    exp = getattr(feat, "explanation", None)
-    bands = [
-        Band(float(b.low), float(b.high), [_example(e) for e in b.examples])
-        for b in (getattr(feat, "band_examples", None) or [])
-    ]
+    exp = feat.explanation
     return FeatureView(
         sae=sae,
         index=int(feat.index),
         density=float(feat.density),
-        firing_count=int(getattr(feat, "firing_count", 0)),
+        firing_count=int(feat.firing_count),
         max_activation=float(feat.max_activation),
         mean_activation=float(feat.mean_activation),
         hist_counts=np.asarray(counts, dtype=float).tolist(),
         hist_edges=np.asarray(edges, dtype=float).tolist(),
-        top_examples=[_example(e) for e in feat.top_examples],
-        band_examples=bands,
+        top_examples=list(feat.top_examples),
+        band_examples=list(feat.band_examples),
         top_logits=[(str(t), float(v)) for t, v in feat.top_logits],
         bottom_logits=[(str(t), float(v)) for t, v in feat.bottom_logits],
         neuronpedia_url=feat.neuronpedia_url,
-        label=str(getattr(feat, "label", "") or ""),
+        label=str(feat.label or ""),
         explanation=None if exp is None else (str(exp.text), exp.score, str(exp.explainer)),
-        neighbours=[(int(i), float(c)) for i, c in (getattr(feat, "neighbours", None) or [])],
-        fires_on=[(str(t), float(v)) for t, v in (getattr(feat, "fires_on", None) or [])],
+        neighbours=[(int(i), float(c)) for i, c in feat.neighbours],
+        fires_on=[(str(t), float(v)) for t, v in feat.fires_on],
     )
 
 
@@ -137,7 +112,7 @@ def firing_counts(path: str, sae: str) -> np.ndarray:
 
 def histograms_may_be_clipped(path: str) -> bool:
     """True for a store whose histograms may clip large activations into the last bin."""
-    return bool(getattr(get_store(path), "histograms_may_be_clipped", False))
+    return bool(get_store(path).histograms_may_be_clipped)
 
 
 @st.cache_data(show_spinner=False)
@@ -189,9 +164,16 @@ def live_features(path: str, sae: str) -> np.ndarray:
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def search_token(path: str, sae: str, token: str, k: int = 20) -> list[tuple[int, float]]:
-    """Features that fire most on a token string, best first."""
-    return [(int(f), float(v)) for f, v in get_store(path).search_token(sae, token, k=k)]
+def search_token(path: str, sae: str, token: str, k: int = 20) -> list:
+    """Features most specific to a token string, best first (`feature_list.TokenHit`s)."""
+    from scope.explore.feature_list import token_search
+
+    return token_search(get_store(path), sae, token, k=k)
+
+
+def home_feature(path: str, sae: str) -> int:
+    """The feature the dashboard opens on: the most specific live one (not feature 0)."""
+    return table(path, sae).most_specific()
 
 
 @st.cache_data(show_spinner=False)
@@ -281,32 +263,11 @@ def encode_prompt(model, sae, text: str) -> tuple[list[str], np.ndarray, bool]:
     return strs, feats[0].float().cpu().numpy(), bos_id is not None and int(tokens[0, 0]) == bos_id
 
 
-def continuation_losses(model, prompt: str, continuations: list[str]) -> list[float]:
-    """Mean cross-entropy (nats/token) of each continuation after `prompt` under `model` as it
-    is, in one batched forward pass (call it with no steering active: this is how far a
-    steered text drifts from what the model itself would say)."""
-    import torch
-
-    n_prompt = model.to_tokens(prompt).shape[1]
-    rows = [model.to_tokens(prompt + c)[0] for c in continuations]  # BOS prepended
-    width = max(len(r) for r in rows)
-    batch = torch.stack([torch.nn.functional.pad(r, (0, width - len(r)), value=int(r[-1]))
-                         for r in rows])  # right padding: causal, earlier positions unchanged
-    with torch.no_grad():
-        logp = torch.log_softmax(model(batch, return_type="logits").float(), dim=-1)
-    out = []
-    for b, r in enumerate(rows):
-        if len(r) <= n_prompt:
-            out.append(0.0)
-            continue
-        nll = -logp[b, : len(r) - 1].gather(1, r[1:, None].to(logp.device))[:, 0]
-        out.append(float(nll[n_prompt - 1:].mean()))
-    return out
-
-
 @st.cache_data(show_spinner=False, max_entries=64)
 def drift(path: str, prompt: str, texts: tuple[str, ...]) -> list[float]:
     """Losses of continuations under the store's unsteered model (cached per text)."""
+    from scope.steer.drift import continuation_losses
+
     model = live_model(path).model
     with model_lock(path):
         return continuation_losses(model, prompt, list(texts))
@@ -333,20 +294,6 @@ def steered_continuation(path: str, model, sae, spec: dict[int, float], mode: st
     with model_lock(path), steering(model, sae, spec, mode=mode):
         return generate(model, prompt, max_new_tokens=int(max_new_tokens),
                         temperature=float(temperature), seed=int(seed))
-
-
-def generate_pair(
-    model, sae, spec: dict[int, float], mode: str, prompt: str, *, max_new_tokens: int,
-    temperature: float, seed: int
-) -> tuple[str, str]:
-    """The default and the steered continuation of `prompt` with the same seed."""
-    from scope.steer.intervene import generate, steering
-
-    kw = dict(max_new_tokens=int(max_new_tokens), temperature=float(temperature), seed=int(seed))
-    default = generate(model, prompt, **kw)
-    with steering(model, sae, spec, mode=mode):
-        steered = generate(model, prompt, **kw)
-    return default, steered
 
 
 @dataclass

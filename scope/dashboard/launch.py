@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from scope.errors import ScopeError, StoreError
@@ -61,6 +62,7 @@ def dashboard_argv(
         "--server.headless", "false" if open_browser else "true",
         "--browser.gatherUsageStats", "false",
         "--client.toolbarMode", "minimal",  # no "Deploy" button on a local research tool
+        "--logger.hideWelcomeMessage", "true",  # scope prints the URL itself, once
         "--", str(Path(store).resolve()),
     ]
 
@@ -84,7 +86,7 @@ def start_dashboard(
     """Start the dashboard server in the background and return its process (caller stops it)."""
     _check(store)
     argv = dashboard_argv(store, host, port, open_browser=open_browser)
-    log.info("dashboard for %s on http://%s:%d (Ctrl-C stops it)", store, host, int(port))
+    log.debug("starting %s", " ".join(argv))
     return subprocess.Popen(argv, **popen_kwargs)
 
 
@@ -110,13 +112,20 @@ def stop_dashboard(proc: subprocess.Popen, timeout: float = 10.0) -> None:
 
 def dashboard_command(
     store: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
-    open_browser: bool = False,
+    open_browser: bool = False, say: Callable[[str], None] | None = None,
 ) -> int:
     """Serve the dashboard for `store` until interrupted; returns Streamlit's exit status.
 
+    The URL is announced once (`say`, the CLI's output line; else logged), Streamlit's own
+    banner is off.
+
     Ctrl-C or SIGTERM to this process stops the Streamlit server too (no orphaned server).
+    Ctrl-C is how a user ends a server, so it is a clean end: one short line and status 0
+    (as `python -m http.server` does); SIGTERM returns 143.
     """
+    tell = say or log.info
     proc = start_dashboard(store, host, port, open_browser=open_browser)
+    tell(f"dashboard: http://{host}:{int(port)}  (Ctrl-C stops it)")
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
     try:
@@ -126,7 +135,8 @@ def dashboard_command(
         return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         stop_dashboard(proc)
-        raise
+        tell("dashboard stopped")
+        return 0
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous)

@@ -1,2 +1,4 @@
 """Reading a store as a researcher: the feature list and its search, LLM explanations and their
-scores, and Neuronpedia import/export. Above `scope.store`; knows no model."""
+scores (`explain`, `sampling`, `scoring`, `chat`, `writing`), and Neuronpedia import/export
+(`np_import`, `np_export`, `np_format`). Above `scope.pipeline`; `replay` loads the store's
+model and SAE again where the store lacks something (negatives to verify, full logit vectors)."""

@@ -1,41 +1,52 @@
 """Automated interpretability: an explainer model names each feature, a judge scores the name.
 
-For each feature, the explainer reads its top contexts and contexts sampled from each activation
-band, with the tokens where the feature fires marked `<<like this>>`, and writes a one-line
-explanation. The scorer then runs detection: the judge sees the explanation and a shuffled mix
-of held-out activating contexts and contexts from elsewhere in the corpus (unmarked) and says
-which ones activate; the score is the balanced accuracy of its answers (0.5 is chance, 1.0
-perfect). Explanations, scores, the explainer's name and the prompt version go into the store's
-`labels.json`; a rerun skips the features already explained with the same model and prompt.
+For each feature, the explainer reads some of its kept contexts (the top ones and samples from
+every activation quantile, the tokens where it fires marked `<<like this>>`) and writes a
+one-line explanation. The judge then scores it with delphi's protocol (`scope.explore.sampling`,
+`scope.explore.scoring`): detection on held-out activating contexts and corpus contexts verified
+not to fire, and fuzzing; each score is a pooled balanced accuracy with a 95% interval, stored
+with the protocol's parameters and what it rests on (held-out positives, verified negatives).
 
-Models: any OpenAI-compatible chat endpoint (`ChatEndpoint`: vLLM, llama.cpp server, Ollama,
-OpenAI) or a local transformers model directory (`LocalChatModel`). Small explainers write
-weak explanations; the score says how weak.
+Every explanation is saved the moment it is scored (`scope.explore.writing`: under the store's
+lock, merged with what is on disk), so a killed run keeps every answer it received, and other
+writers (a second explain run, an import) lose nothing. A rerun skips features already explained
+by the same model, prompt and protocol. Models: `scope.explore.chat` (an OpenAI-compatible
+endpoint through a careful HTTP client, or a local transformers model).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import random
 import re
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from scope.errors import ScopeError
+from scope.errors import (
+    ConfigError,
+    EndpointAnswerError,
+    ExplainError,
+    StoreError,
+    StoreLockedError,
+)
+from scope.explore import sampling as Smp
+from scope.explore import scoring as Sc
+from scope.explore.chat import ChatEndpoint, ChatModel, LocalChatModel, check_endpoint
+from scope.explore.writing import save_explanations
 from scope.store import labels as L
+
+__all__ = ["ChatEndpoint", "ChatModel", "ExplainConfig", "ExplainError", "LocalChatModel",
+           "check_endpoint", "explain_feature", "explain_store"]
 
 log = logging.getLogger(__name__)
 
-PROMPT_VERSION = "scope-explain-v1"
-MARK_OPEN, MARK_CLOSE = "<<", ">>"
+PROMPT_VERSION = "scope-explain-v2"
 MAX_EXPLANATION_CHARS = 200
+#: consecutive features whose answers were unreadable before a run gives up
+MAX_CONSECUTIVE_BAD = 3
+NO_EXPLANATION = "the explainer gave no usable explanation"
 
 EXPLAIN_SYSTEM = (
     "You are studying a feature of a neural language model. You see text excerpts in which the "
@@ -43,97 +54,15 @@ EXPLAIN_SYSTEM = (
     "phrase what the feature detects (a token, a concept, a syntactic role...). Answer with "
     "one line that starts with 'Explanation:'."
 )
-SCORE_SYSTEM = (
-    "You check an explanation of a neural language model feature. You get the explanation and "
-    "numbered text excerpts. For each excerpt decide whether the feature would activate on it. "
-    "Answer with a JSON list of 0/1 values, one per excerpt in order, and nothing else, e.g. "
-    "[1, 0, 0, 1]."
-)
 
 
-class ExplainError(ScopeError, RuntimeError):
-    """The explainer or judge model cannot be reached or keeps answering nonsense."""
-
-
-class ChatModel(Protocol):
-    name: str
-
-    def complete(self, messages: list[dict[str, str]]) -> str: ...
-
-
-@dataclass
-class ChatEndpoint:
-    """An OpenAI-compatible `/chat/completions` endpoint (API key from $OPENAI_API_KEY)."""
-
-    endpoint: str
-    model: str
-    api_key: str | None = None
-    timeout: float = 120.0
-    max_tokens: int = 120
-
-    @property
-    def name(self) -> str:
-        return self.model
-
-    def complete(self, messages: list[dict[str, str]]) -> str:
-        url = self.endpoint.rstrip("/") + "/chat/completions"
-        body = json.dumps({"model": self.model, "messages": messages, "temperature": 0.0,
-                           "max_tokens": self.max_tokens}).encode()
-        headers = {"Content-Type": "application/json"}
-        key = self.api_key or os.environ.get("OPENAI_API_KEY")
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        req = urllib.request.Request(url, data=body, headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as r:
-                reply = json.loads(r.read().decode("utf-8"))
-        except urllib.error.HTTPError as exc:
-            raise ExplainError(f"{url} answered HTTP {exc.code}: {exc.reason}; check --endpoint, "
-                               "--model and $OPENAI_API_KEY") from exc
-        except (urllib.error.URLError, OSError, json.JSONDecodeError) as exc:
-            raise ExplainError(f"cannot reach a chat endpoint at {url} ({exc}); start the "
-                               "server (vLLM, llama.cpp, Ollama) or fix --endpoint") from exc
-        try:
-            return str(reply["choices"][0]["message"]["content"] or "")
-        except (KeyError, IndexError, TypeError) as exc:
-            raise ExplainError(f"{url} did not answer in the chat-completions format") from exc
-
-
-class LocalChatModel:
-    """A local transformers chat model directory (greedy decoding)."""
-
-    def __init__(self, path: str, max_new_tokens: int = 120) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        self.name = os.path.basename(os.path.normpath(path))
-        self.tok = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForCausalLM.from_pretrained(path)
-        self.max_new_tokens = max_new_tokens
-
-    def complete(self, messages: list[dict[str, str]]) -> str:
-        import torch
-
-        ids = self.tok.apply_chat_template(messages, add_generation_prompt=True,
-                                           return_tensors="pt", return_dict=True)
-        with torch.no_grad():
-            out = self.model.generate(**ids, max_new_tokens=self.max_new_tokens, do_sample=False)
-        return self.tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# prompts and parsing
-# ---------------------------------------------------------------------------------------------
-
-
-def context_text(example, *, marked: bool, left: int = 24, right: int = 8) -> str:
+def context_text(example, *, marked: bool) -> str:
     """A context cropped around its peak; with `marked`, firing tokens are wrapped in << >>."""
-    p = int(example.max_position)
-    lo, hi = max(0, p - left), min(len(example.tokens), p + right + 1)
-    parts = []
-    for tok, act in zip(example.tokens[lo:hi], example.activations[lo:hi], strict=True):
-        tok = tok.replace("\n", "↵")
-        parts.append(f"{MARK_OPEN}{tok}{MARK_CLOSE}" if marked and act > 0 else tok)
-    return "".join(parts).strip()
+    toks, acts = Smp.crop(example)
+    if not marked:
+        return "".join(Smp.show(t) for t in toks).strip()
+    return "".join(f"<<{Smp.show(t)}>>" if a > 0 else Smp.show(t)
+                   for t, a in zip(toks, acts, strict=True)).strip()
 
 
 def explain_messages(examples: Sequence) -> list[dict[str, str]]:
@@ -141,14 +70,6 @@ def explain_messages(examples: Sequence) -> list[dict[str, str]]:
     body = "\n".join(f"{i + 1}. {context_text(e, marked=True)}" for i, e in enumerate(examples))
     return [{"role": "system", "content": EXPLAIN_SYSTEM},
             {"role": "user", "content": f"Excerpts:\n{body}\n\nWhat does the feature detect?"}]
-
-
-def score_messages(explanation: str, texts: Sequence[str]) -> list[dict[str, str]]:
-    """The judge's prompt: the explanation and numbered unmarked excerpts."""
-    body = "\n".join(f"{i + 1}. {t}" for i, t in enumerate(texts))
-    return [{"role": "system", "content": SCORE_SYSTEM},
-            {"role": "user", "content": f"Explanation: {explanation}\n\nExcerpts:\n{body}\n\n"
-             f"Answer with a JSON list of {len(texts)} values (0 or 1)."}]
 
 
 def parse_explanation(answer: str) -> str | None:
@@ -164,175 +85,205 @@ def parse_explanation(answer: str) -> str | None:
     return line[:MAX_EXPLANATION_CHARS]
 
 
-def parse_judgement(answer: str, n: int) -> list[int] | None:
-    """The judge's 0/1 list, or None when the answer is not a list of exactly `n` 0/1 values."""
-    m = re.search(r"\[[^\[\]]*\]", answer or "")
-    if not m:
-        return None
-    try:
-        values = json.loads(m.group(0))
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(values, list) or len(values) != n:
-        return None
-    out = []
-    for v in values:
-        if v in (0, 1, True, False) or v in ("0", "1"):
-            out.append(int(v))
-        else:
-            return None
-    return out
-
-
-def balanced_accuracy(truth: Sequence[int], guess: Sequence[int]) -> float:
-    """Mean of the true-positive and true-negative rates (0.5 is chance)."""
-    t, g = np.asarray(truth, dtype=bool), np.asarray(guess, dtype=bool)
-    rates = [float((g[t]).mean()) if t.any() else None, float((~g[~t]).mean()) if (~t).any()
-             else None]
-    rates = [r for r in rates if r is not None]
-    return float(np.mean(rates)) if rates else float("nan")
-
-
-# ---------------------------------------------------------------------------------------------
-# the pipeline
-# ---------------------------------------------------------------------------------------------
+parse_judgement = Sc.parse_judgement
+balanced_accuracy = Sc.balanced_accuracy
 
 
 @dataclass(frozen=True)
 class ExplainConfig:
-    """How many contexts each step sees."""
+    """How many contexts the explainer sees and how explanations are scored."""
 
     n_explain: int = 12
-    """contexts shown to the explainer: the top ones, then band samples (half each when both)"""
-    n_score: int = 6
-    """held-out activating contexts and as many non-activating ones shown to the judge"""
+    """contexts shown to the explainer (half the strongest, half spread over the rest)"""
     seed: int = 0
-    """shuffling and choice of non-activating contexts"""
+    """every random choice (per feature, so a resumed run draws the same)"""
     retries: int = 1
     """extra attempts when an answer cannot be parsed"""
+    scoring: Smp.ScoringConfig = field(default_factory=Smp.ScoringConfig)
+    """the scoring protocol (stored with every score)"""
 
 
-def _split_examples(feat, cfg: ExplainConfig) -> tuple[list, list]:
-    """(contexts to explain from, held-out activating contexts to score with)."""
-    top = list(feat.top_examples)
-    band = [e for b in (feat.band_examples or []) for e in b.examples]
-    half = cfg.n_explain // 2 if band else cfg.n_explain
-    explain = top[:half]
-    held = top[half:] + band[1::2]
-    explain += band[0::2][: cfg.n_explain - len(explain)]
-    if not held:  # too few contexts: score with the last explained ones rather than none
-        held = explain[len(explain) // 2:]
-    return explain, held[: cfg.n_score]
+@dataclass
+class Outcome:
+    """One feature's result: an explanation, or why there is none."""
+
+    explanation: L.Explanation | None = None
+    skip_reason: str | None = None
 
 
-def _ask(model: ChatModel, messages, parse, retries: int):
-    for _ in range(retries + 1):
-        got = parse(model.complete(messages))
-        if got is not None:
-            return got
-    return None
-
-
-def explain_feature(feat, explainer: ChatModel, judge: ChatModel, negatives: Sequence[str],
-                    cfg: ExplainConfig, rng: random.Random) -> L.Explanation | None:
-    """Explain and score one feature; None when the explainer gives no usable answer."""
-    explain, held = _split_examples(feat, cfg)
-    if not explain:
-        return None
-    text = _ask(explainer, explain_messages(explain), parse_explanation, cfg.retries)
+def explain_feature(feat, explainer: ChatModel, judge: ChatModel, negatives: Smp.NegativePool,
+                    cfg: ExplainConfig) -> Outcome:
+    """Explain and score one feature (delphi's protocol); see the module docstring."""
+    sc = cfg.scoring
+    rng = random.Random(f"{cfg.seed}-{feat.index}")
+    pool = Smp.positives_pool(feat)
+    if len(pool) < sc.min_examples:
+        return Outcome(skip_reason=f"{len(pool)} kept activating contexts, fewer than "
+                                   f"min_examples={sc.min_examples}")
+    shown, held = Smp.split_positives(pool, sc, cfg.n_explain, rng)
+    text = None
+    for _ in range(cfg.retries + 1):
+        text = parse_explanation(explainer.complete(explain_messages(shown)))
+        if text is not None:
+            break
     if text is None:
-        log.warning("feature %s: the explainer gave no usable explanation", feat.index)
-        return None
-    known = list(feat.top_examples) + [e for b in (feat.band_examples or []) for e in b.examples]
-    mine = {context_text(e, marked=False) for e in known}  # never offered as a negative
-    neg = [t for t in negatives if t not in mine]
-    neg = rng.sample(neg, min(len(held), len(neg)))
-    items = [(context_text(e, marked=False), 1) for e in held] + [(t, 0) for t in neg]
-    rng.shuffle(items)
-    score = None
-    if items:
-        guess = _ask(judge, score_messages(text, [t for t, _ in items]),
-                     lambda a: parse_judgement(a, len(items)), cfg.retries)
-        if guess is None:
-            log.warning("feature %s: the judge's answers could not be read; left unscored",
-                        feat.index)
-        else:
-            score = round(balanced_accuracy([y for _, y in items], guess), 4)
-    return L.Explanation(text=text, score=score, explainer=explainer.name,
-                         prompt_version=PROMPT_VERSION, source="explain")
+        log.warning("feature %s: %s", feat.index, NO_EXPLANATION)
+        return Outcome(skip_reason=NO_EXPLANATION)
+    known = {e.window for e in pool}
+    neg = negatives.negatives(int(feat.index), known, rng)
+    hard = negatives.hard_negatives(feat, known | {c.window for c in neg}, rng)
+    counts = {"positives": len(held), "negatives": len(neg), "hard_negatives": len(hard),
+              "explain_windows": sorted(e.window for e in shown),
+              "positive_windows": sorted(e.window for e, _ in held),
+              "negative_windows": sorted(c.window for c in neg + hard)}
+    score = ci = fuzz = None
+    if neg or hard:
+        items = [(Smp.plain_text(e), 1) for e, _ in held] + [(Smp.plain_text(c), 0)
+                                                             for c in neg + hard]
+        det = Sc.run_classifier(judge, "detection", text, items, sc.per_prompt, rng, cfg.retries)
+        counts["detection"] = det.to_json()
+        score, ci = det.balanced_accuracy, det.interval()
+        if sc.fuzz:
+            n_inc = Smp.n_marked([e for e, _ in held], sc.fuzz_threshold)
+            fitems = ([(Smp.fuzz_text(e, sc.fuzz_threshold, 0, rng), 1) for e, _ in held]
+                      + [(Smp.fuzz_text(c, sc.fuzz_threshold, n_inc, rng), 0)
+                         for c in neg + hard])
+            fz = Sc.run_classifier(judge, "fuzz", text, fitems, sc.per_prompt, rng, cfg.retries)
+            counts["fuzz"] = fz.to_json()
+            fuzz = fz.balanced_accuracy
+    else:
+        counts["unscored"] = "no verified non-activating context (the feature fires on every " \
+                             "candidate window)"
+    exp = L.Explanation(text=text, score=None if score is None else round(score, 4),
+                        explainer=explainer.name, prompt_version=PROMPT_VERSION,
+                        source="explain",
+                        score_ci=None if ci is None else (round(ci[0], 4), round(ci[1], 4)),
+                        fuzz_score=None if fuzz is None else round(fuzz, 4),
+                        protocol=sc.protocol(cfg.seed), counts=counts)
+    return Outcome(explanation=exp)
 
 
-def negative_pool(store, sae: str, size: int = 400, seed: int = 0) -> list[str]:
-    """Contexts from other features' top examples, to serve as non-activating excerpts."""
+def _todo(store, sae: str, features, explainer: ChatModel, force: bool) -> tuple[list, dict]:
+    n = store.n_features(sae)
     counts = np.asarray(store.firing_counts(sae))
-    live = np.flatnonzero(counts > 0)
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(live, size=min(len(live), max(1, size // 4)), replace=False) if len(live) \
-        else []
-    out = []
-    for i in pick:
-        out += [context_text(e, marked=False) for e in store.feature(sae, int(i)).top_examples[:4]]
-    return out
+    if features is None:
+        todo = [int(i) for i in np.flatnonzero(counts > 0)]
+    else:
+        todo = []
+        for i in features:
+            if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+                raise ConfigError(f"feature {i!r} is not an integer index")
+            if not 0 <= int(i) < n:
+                raise StoreError(f"feature {int(i)} is out of range for {sae!r} (d_sae={n})")
+            todo.append(int(i))
+        if not todo:
+            raise ConfigError("no feature to explain: the feature list is empty (a range such "
+                              "as 5-3 runs backwards?)")
+    done = L.labels_for(store.path).for_sae(sae)
+    skipped = {"done": 0, "scored_by_other": 0}
+    keep = []
+    for i in dict.fromkeys(todo):
+        e = done.get(i)
+        if e is not None and not force:
+            if (e.source, e.explainer, e.prompt_version) == ("explain", explainer.name,
+                                                               PROMPT_VERSION):
+                skipped["done"] += 1
+                continue
+            if e.scored:
+                skipped["scored_by_other"] += 1
+                continue
+        keep.append(i)
+    return keep, skipped
+
+
+def _flush(path, sae: str, pending: dict, force: bool, wait: float, final: bool = False) -> None:
+    """Save the explanations not yet saved; a busy lock keeps them for the next try (only the
+    final try raises, naming how many answers could not be saved)."""
+    try:
+        save_explanations(path, {sae: dict(pending)}, replace_scored=force, wait=wait)
+        pending.clear()
+    except StoreLockedError as exc:
+        if final:
+            raise StoreLockedError(f"{exc} ({len(pending)} explanations could not be saved: "
+                                   f"features {sorted(pending)[:10]})") from None
+        log.warning("%s; keeping %d explanations to save with the next one", exc, len(pending))
 
 
 def explain_store(store, sae: str, explainer: ChatModel, judge: ChatModel | None = None, *,
                   features: Sequence[int] | None = None, cfg: ExplainConfig | None = None,
-                  force: bool = False, save_every: int = 10, progress: bool = True) -> dict:
-    """Explain and score features of one SAE, saving into the store's labels file as it goes.
+                  force: bool = False, encoder=None, progress: bool = True,
+                  lock_wait: float = 60.0) -> dict:
+    """Explain and score features of one SAE, saving each explanation as it arrives.
 
     Args:
         store: an open store.
         sae: the SAE's name in the store.
         explainer: the model that writes explanations; `judge` scores them (default: same).
-        features: which features (default: every feature that fired, densest last).
-        cfg: context counts and seed.
-        force: redo features already explained with this explainer and prompt version.
-        save_every: write labels.json after this many features (an interrupted run resumes).
+        features: which features (default: every feature that fired).
+        cfg: context counts, seed and the scoring protocol.
+        force: redo features already explained (and replace scored explanations of others).
+        encoder: what verifies negatives (`replay.WindowEncoder`); default: the store's model
+            and SAE, loaded from its manifest (unless `cfg.scoring.verify` is False).
         progress: show a progress bar.
+        lock_wait: seconds to wait for the store's lock at each save.
 
     Returns:
-        {"explained": n, "skipped": n (already done), "failed": n, "mean_score": float|None}
+        {"explained", "skipped" (already done), "skipped_scored_by_other", "skipped_reasons"
+        ({feature: why}), "failed", "errors" ({feature: message}), "mean_score",
+        "mean_fuzz_score"}
     """
     from tqdm.auto import tqdm
 
     cfg = cfg or ExplainConfig()
     judge = judge or explainer
-    counts = np.asarray(store.firing_counts(sae))
-    todo = [int(i) for i in (features if features is not None else np.flatnonzero(counts > 0))]
-    labels = L.Labels(store.path)
-    done = labels.for_sae(sae)
+    todo, skipped = _todo(store, sae, features, explainer, force)
+    stats = {"explained": 0, "skipped": skipped["done"],
+             "skipped_scored_by_other": skipped["scored_by_other"], "skipped_reasons": {},
+             "failed": 0, "errors": {}}
+    scores, fuzz = [], []
+    if todo and cfg.scoring.verify and encoder is None:
+        from scope.explore.replay import WindowEncoder
 
-    def finished(i: int) -> bool:
-        e = done.get(i)
-        return (e is not None and e.source == "explain" and e.explainer == explainer.name
-                and e.prompt_version == PROMPT_VERSION)
-
-    skipped = sum(1 for i in todo if finished(i)) if not force else 0
-    todo = [i for i in todo if force or not finished(i)]
-    negatives = negative_pool(store, sae, seed=cfg.seed) if todo else []
-    stats = {"explained": 0, "skipped": skipped, "failed": 0}
-    scores, pending = [], {}
+        encoder = WindowEncoder.for_store(store, sae)
+    negatives = Smp.NegativePool(store, sae, encoder if cfg.scoring.verify else None,
+                                 cfg.scoring, cfg.seed) if todo else None
+    bad_in_a_row = 0
+    pending: dict[int, L.Explanation] = {}
     bar = tqdm(total=len(todo), desc=f"explain {sae}", unit="feature", disable=not progress)
     try:
         for i in todo:
-            rng = random.Random(f"{cfg.seed}-{i}")  # per feature: a resumed run draws the same
-            exp = explain_feature(store.feature(sae, i), explainer, judge, negatives, cfg, rng)
-            if exp is None:
+            try:
+                got = explain_feature(store.feature(sae, i), explainer, judge, negatives, cfg)
+            except EndpointAnswerError as exc:
                 stats["failed"] += 1
-            else:
-                pending[i] = exp
-                stats["explained"] += 1
-                if exp.score is not None:
-                    scores.append(exp.score)
-            if len(pending) >= save_every:
-                labels.update(sae, pending)
-                labels.save()
-                pending = {}
+                stats["errors"][i] = str(exc)
+                log.warning("feature %s: %s", i, exc)
+                bad_in_a_row += 1
+                if bad_in_a_row >= MAX_CONSECUTIVE_BAD:
+                    raise EndpointAnswerError(f"{exc} (and for the {bad_in_a_row - 1} features "
+                                              "before it); stopping") from None
+                continue
+            bad_in_a_row = 0
+            exp = got.explanation
+            if exp is None:
+                if got.skip_reason == NO_EXPLANATION:
+                    stats["failed"] += 1
+                else:
+                    stats["skipped_reasons"][i] = got.skip_reason
+                bar.update(1)
+                continue
+            pending[i] = exp
+            _flush(store.path, sae, pending, force, lock_wait)
+            stats["explained"] += 1
+            if exp.score is not None:
+                scores.append(exp.score)
+            if exp.fuzz_score is not None:
+                fuzz.append(exp.fuzz_score)
             bar.update(1)
     finally:
-        if pending:
-            labels.update(sae, pending)
-            labels.save()
         bar.close()
+        if pending:  # the lock was busy at the last saves: wait longer, then say what is unsaved
+            _flush(store.path, sae, pending, force, max(lock_wait, 300.0), final=True)
     stats["mean_score"] = float(np.mean(scores)) if scores else None
+    stats["mean_fuzz_score"] = float(np.mean(fuzz)) if fuzz else None
     return stats

@@ -5,6 +5,17 @@ label (its explanation, else the automatic label) once; `query` then sorts by an
 filters by density range and hides dense / rare features, ranks label text with BM25 (the
 `bm25s` library) and returns one page. Built once, a query over 131,072 features takes a few
 milliseconds to tens of milliseconds (benchmarks/bench_dashboard.py measures it).
+
+Rules a reader can rely on:
+- a text query ranks by relevance (BM25) unless another column is asked for;
+- sorting by max or mean activation trusts a feature only over `TRUST_FIRINGS` firings or more
+  (`min_firings`): a max over a dozen firings is one of a dozen samples, and equals the mean;
+- `token_search` ranks features by how specific they are to a token: the share of the
+  feature's firings that land on it times the share of the token's occurrences the feature
+  fires on (not by raw activation, which a dense whitespace feature wins everywhere);
+- `most_specific` (the dashboard's home feature) is the live, non-dense feature with the
+  largest `specificity`: its top token's share of its firings, shrunk toward 0 for features
+  with few firings (`share * n / (n + RARE)`).
 """
 
 from __future__ import annotations
@@ -20,6 +31,10 @@ log = logging.getLogger(__name__)
 
 #: sortable columns (besides "relevance" when a text query is given)
 COLUMNS = ("index", "density", "firing_count", "max_activation", "mean_activation", "score")
+#: columns whose value is one sample's worth for a feature with few firings
+SAMPLE_COLUMNS = ("max_activation", "mean_activation")
+#: sorting by a SAMPLE_COLUMNS column hides features with fewer firings than this (by default)
+TRUST_FIRINGS = 50
 
 
 @dataclass(frozen=True)
@@ -98,6 +113,8 @@ class FeatureTable:
     explanations: list[str | None]
     auto_labels: list[str]
     score: np.ndarray  # nan where unscored
+    top_share: np.ndarray = field(default=None, repr=False)  # [d_sae] share of its top token
+    top_token: list[str] = field(default_factory=list, repr=False)  # that token, "" if none
     _bm25: object = field(default=None, repr=False)
     _orders: dict = field(default_factory=dict, repr=False)
 
@@ -122,9 +139,11 @@ class FeatureTable:
             else:
                 labels.append(auto)
                 texts.append(None)
+        top_share = np.array([f[0][1] if f else 0.0 for f in fires], dtype=np.float64)
+        top_token = [f[0][0] if f else "" for f in fires]
         return cls(density, count, np.asarray(store.max_activations(sae), dtype=np.float64),
                    np.asarray(store.mean_activations(sae), dtype=np.float64), labels, texts, autos,
-                   score)
+                   score, top_share, top_token)
 
     def __len__(self) -> int:
         return len(self.density)
@@ -162,10 +181,32 @@ class FeatureTable:
             return np.zeros(len(self))
         return np.asarray(model.get_scores(words), dtype=np.float64)
 
+    def specificity(self, max_density: float = L.DENSE) -> np.ndarray:
+        """`[d_sae]`: the top token's share of each feature's firings, shrunk for few firings
+        (`share * n / (n + RARE)`); 0 for dead features and those denser than `max_density`."""
+        n = self.firing_count.astype(np.float64)
+        spec = self.top_share * n / (n + L.RARE)
+        return np.where((n > 0) & (self.density <= max_density), spec, 0.0)
+
+    def most_specific(self, max_density: float = L.DENSE) -> int:
+        """The dashboard's home feature: the live feature (no denser than `max_density`) with
+        the largest `specificity` whose top token is a word (two letters or more); else the
+        most specific of any token; else the one that fired most; else 0."""
+        spec = self.specificity(max_density)
+        word = np.array([sum(c.isalpha() for c in t) >= 2 for t in self.top_token], dtype=bool)
+        for cand in (np.where(word, spec, 0.0), spec, self.firing_count.astype(np.float64)):
+            if cand.max(initial=0.0) > 0:
+                return int(np.argmax(cand))  # first index among ties
+        return 0
+
     def mask(self, *, hide_dense: bool = True, hide_rare: bool = True, hide_dead: bool = True,
-             min_density: float | None = None, max_density: float | None = None) -> np.ndarray:
-        """Boolean `[d_sae]` of features that pass the filters."""
+             min_density: float | None = None, max_density: float | None = None,
+             min_firings: int | None = None) -> np.ndarray:
+        """Boolean `[d_sae]` of features that pass the filters (`min_firings`: at least that
+        many firings)."""
         keep = np.ones(len(self), dtype=bool)
+        if min_firings is not None:
+            keep &= self.firing_count >= int(min_firings)
         if hide_dead:
             keep &= self.firing_count > 0
         if hide_dense:
@@ -188,8 +229,9 @@ class FeatureTable:
                 else "density").
             descending: largest first.
             page, page_size: which slice of the result to return.
-            **filters: `hide_dense`, `hide_rare`, `hide_dead`, `min_density`, `max_density`
-                (see `mask`).
+            **filters: `hide_dense`, `hide_rare`, `hide_dead`, `min_density`, `max_density`,
+                `min_firings` (see `mask`; a page sorting by max or mean activation passes
+                `min_firings=TRUST_FIRINGS`).
         """
         keep = self.mask(**filters)
         rel = None
@@ -216,3 +258,81 @@ class FeatureTable:
         return Row(i, self.labels[i], self.explanations[i], None if np.isnan(s) else float(s),
                    float(self.density[i]), int(self.firing_count[i]),
                    float(self.max_activation[i]), float(self.mean_activation[i]), relevance)
+
+
+@dataclass(frozen=True)
+class TokenHit:
+    """A feature that fires on a token, with how specific it is to it."""
+
+    index: int
+    firings_on_token: float  # its firings on the token (count-min estimate, format 2)
+    share_of_feature: float  # ... as a share of all its firings
+    share_of_token: float  # ... as a share of the token's occurrences in the corpus (estimate)
+    score: float  # share_of_feature * share_of_token: the ranking key
+
+
+def token_ids(store, token: str) -> list[int]:
+    """Vocabulary ids whose display string is `token`, exactly or with whitespace stripped."""
+    want = token.strip()
+    return [i for i, s in enumerate(store.vocab) if s == token or (want and s.strip() == want)]
+
+
+def token_occurrences(store, ids: list[int]) -> float:
+    """Estimated occurrences of `ids` in the corpus: counted in the store's windows (BOS left
+    out) and scaled by the share of the corpus's windows the store keeps (all of them for a
+    small store)."""
+    from scope.store import schema as S
+
+    win = store._read(store._data / S.WINDOWS, [S.WINDOW_TOKENS])[S.WINDOW_TOKENS]
+    seen = float(np.isin(win[:, 1:], np.asarray(ids)).sum())
+    ctx = max(1, int(win.shape[1]))
+    total_windows = float(store.manifest.get("tokens") or 0) / ctx
+    return seen * max(1.0, total_windows / max(1, win.shape[0]))
+
+
+def token_search(store, sae: str, token: str, k: int = 20) -> list[TokenHit]:
+    """Features of `sae` ranked by how specific they are to `token`, best first.
+
+    Candidates are the features whose stored top contexts peak on the token (exactly, or with
+    whitespace stripped). For each, its firings on the token come from the store's token
+    sketch (format 2; format 1: the share of its top contexts peaking there times its firing
+    count). The score is `share_of_feature * share_of_token`: a feature that fires on little
+    else and on most of the token's occurrences ranks first.
+    """
+    from scope.store import schema as S
+
+    ids = token_ids(store, token)
+    if not ids:
+        return []
+    summ = store._summary(sae)
+    top_tok, top_val = np.asarray(summ[S.TOP_TOKEN]), np.asarray(summ[S.TOP_VALUE])
+    hit = np.isin(top_tok, np.asarray(ids)) & (top_val > 0)
+    cand = np.flatnonzero(hit.any(axis=1))
+    if cand.size == 0:
+        return []
+    counts = np.asarray(store.firing_counts(sae), dtype=np.float64)
+    occurrences = token_occurrences(store, ids)
+    out = []
+    for f in cand.tolist():
+        est = _firings_on(store, sae, f, ids)
+        if est is None:  # format 1: the share of its top contexts that peak on the token
+            est = hit[f].sum() / max(1, (top_val[f] > 0).sum()) * counts[f]
+        est = min(float(est), counts[f])
+        by_feature = est / counts[f] if counts[f] > 0 else 0.0
+        by_token = min(1.0, est / occurrences) if occurrences > 0 else 0.0
+        out.append(TokenHit(int(f), est, by_feature, by_token, by_feature * by_token))
+    out.sort(key=lambda h: (-h.score, h.index))
+    return out[:k]
+
+
+def _firings_on(store, sae: str, feature: int, ids: list[int]) -> float | None:
+    """Count-min estimate of `feature`'s firings on any of `ids` (None without a sketch)."""
+    from scope.store import schema as S
+
+    if getattr(store, "format_version", 1) < 2:
+        return None
+    rows = store._feature_rows(sae, feature)
+    if S.TOKEN_SKETCH not in rows:
+        return None
+    est = L.sketch_estimates(rows[S.TOKEN_SKETCH], np.asarray(ids), np.int64(feature))
+    return float(np.asarray(est).sum())

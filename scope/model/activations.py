@@ -3,8 +3,9 @@
 Owns the site vocabulary (TransformerLens hook names, plus `blocks.L.attn.hook_z` returned
 flattened to `[batch, pos, n_heads*d_head]` and the virtual `blocks.L.ln2.hook_normalized_with_gain`
 = `ln2.hook_normalized * norm_gain(model, "blocks.L.ln2")`, the Gemma Scope 2 transcoder input),
-`capture` (which stops the forward pass after the deepest hooked layer), `splice_hooks` (replace a
-site's activation) and `norm_gain` (the gain a norm multiplies by: Gemma stores `w` with gain
+`capture` (which stops the forward pass after the deepest hooked layer, through `run_to_layer`,
+the one place that knows how to stop after the last block), `splice_hooks` (replace a site's
+activation) and `norm_gain` (the gain a norm multiplies by: Gemma stores `w` with gain
 `1 + w`). Every hook is temporary: none is left on the model after a call, also on error.
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 
 import torch
 
+from scope.base.shapes import Gain, SiteActs, Tokens
 from scope.errors import HookNameError, suggest
 from scope.model.hooks import attached
 
@@ -27,7 +29,6 @@ _GAIN = re.compile(r"^blocks\.(\d+)\.ln2\.hook_normalized_with_gain$")
 _LAYER = re.compile(r"^blocks\.(\d+)\.")
 _BEFORE_BLOCKS = ("hook_embed", "hook_tokens", "hook_pos_embed")
 
-Activation = torch.Tensor  # [batch, pos, width] (or TransformerLens's own shape for head sites)
 HookFn = Callable[[torch.Tensor, Any], torch.Tensor | None]
 
 
@@ -101,7 +102,7 @@ def _stop_layer(names: Sequence[str]) -> int | None:
     return deepest + 1
 
 
-def norm_gain(model, norm: str) -> torch.Tensor:
+def norm_gain(model, norm: str) -> Gain:
     """The gain an RMSNorm multiplies the normalised activation by, as a [d_model] tensor.
 
     The bridge keeps Hugging Face's raw norm weights: Gemma's RMSNorm multiplies by `1 + w`, so
@@ -145,7 +146,7 @@ def _recorder(model, name: str, out: dict[str, list[torch.Tensor]]) -> tuple[str
     return name, record
 
 
-def _as_tokens(model, tokens) -> torch.Tensor:
+def _as_tokens(model, tokens) -> Tokens:
     if not isinstance(tokens, torch.Tensor):
         tokens = torch.as_tensor(tokens)
     if tokens.dim() != 2 or tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
@@ -164,16 +165,44 @@ def _raise_stop(act, hook):
     raise _Stop
 
 
+def run_to_layer(model, tokens: Tokens, stop_at_layer: int | None = None) -> None:
+    """One forward pass that ends after block `stop_at_layer - 1` (None: the whole model).
+
+    `stop_at_layer = n_layers` ends right after the last block's `hook_resid_post`: the final
+    norm and the `[batch, pos, d_vocab]` unembedding are skipped. The bridge's own
+    `stop_at_layer` stops only *before* a block, so it cannot do that; this function can.
+    Hooks attached before the call run first (use it inside `attached(...)`); gradients flow
+    as in a plain forward pass (no `no_grad` here).
+
+    Args:
+        model: a model from `scope.load_model`.
+        tokens: [batch, pos] token ids on the model's device.
+        stop_at_layer: one past the deepest block to run, or None.
+    """
+    if stop_at_layer is None:
+        model(tokens, return_type=None)
+        return
+    n = model.cfg.n_layers
+    if stop_at_layer < n:
+        model(tokens, return_type=None, stop_at_layer=stop_at_layer)
+        return
+    try:
+        with attached(model, [(f"blocks.{n - 1}.hook_resid_post", _raise_stop)]):
+            model(tokens, return_type=None)
+    except _Stop:
+        pass
+
+
 @torch.no_grad()
 def capture(
     model,
-    tokens: torch.Tensor,
+    tokens: Tokens,
     hook_names: str | Iterable[str],
     batch_size: int | None = None,
-) -> dict[str, torch.Tensor]:
+) -> dict[str, SiteActs]:
     """Run the model on `tokens` and return the activations at the named sites.
 
-    The forward pass stops after the deepest block any site lives in (`stop_at_layer`), so no
+    The forward pass stops after the deepest block any site lives in (`run_to_layer`), so no
     layer nobody reads is computed. Hooks are temporary: none is left on the model, also on error.
 
     Args:
@@ -196,17 +225,9 @@ def capture(
     out: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     hooks = [_recorder(model, name, out) for name in names]
     step = batch_size or max(len(tokens), 1)
-    if stop is not None and stop >= model.cfg.n_layers:
-        # The bridge only stops *before* a block; after the last one it would still run the
-        # final norm and the [batch, pos, d_vocab] unembedding, so stop there ourselves.
-        hooks.append((f"blocks.{model.cfg.n_layers - 1}.hook_resid_post", _raise_stop))
-        stop = None
     with attached(model, hooks):
         for start in range(0, len(tokens), step):
-            try:
-                model(tokens[start : start + step], return_type=None, stop_at_layer=stop)
-            except _Stop:
-                pass
+            run_to_layer(model, tokens[start : start + step], stop)
     return {name: torch.cat(acts) if len(acts) > 1 else acts[0] for name, acts in out.items()}
 
 
@@ -238,7 +259,7 @@ def site_width(model, hook_name: str) -> int:
     return int(acts[name].shape[-1])
 
 
-def splice_hooks(model, hook_name: str, fn: Callable[[torch.Tensor], torch.Tensor | None]
+def splice_hooks(model, hook_name: str, fn: Callable[[SiteActs], SiteActs | None]
                  ) -> list[tuple[str, HookFn]]:
     """Forward hooks that replace a site's activation `a` by `fn(a)`.
 
@@ -279,7 +300,7 @@ def splice_hooks(model, hook_name: str, fn: Callable[[torch.Tensor], torch.Tenso
     return [(name, splice)]
 
 
-def to_tokens(model, texts: str | Sequence[str], max_len: int | None = None) -> torch.Tensor:
+def to_tokens(model, texts: str | Sequence[str], max_len: int | None = None) -> Tokens:
     """Tokenize text with BOS prepended; several texts are right-padded with the pad token.
 
     Args:

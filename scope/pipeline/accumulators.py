@@ -167,8 +167,10 @@ class FeatureAccumulator:
     def __init__(self, d_sae: int, ctx: int, top_k: int = 20, band_samples: int = BAND_SAMPLES,
                  device: str | torch.device = "cpu", *, hist_edges: np.ndarray = HIST_EDGES,
                  band_edges: np.ndarray = BAND_EDGES, sketch: tuple[int, int] = (
-                     SKETCH_DEPTH, SKETCH_WIDTH)) -> None:
-        self.d_sae, self.ctx, self.top_k = d_sae, ctx, top_k
+                     SKETCH_DEPTH, SKETCH_WIDTH), offset: int = 0) -> None:
+        """`offset`: the SAE's index of this accumulator's first feature, when it holds one
+        block of a wider SAE (`scope.pipeline.feature_blocks`); hashes use the SAE's index."""
+        self.d_sae, self.ctx, self.top_k, self.offset = d_sae, ctx, top_k, offset
         self.device = torch.device(device)
         dev = self.device
         self.hist_edges = np.asarray(hist_edges, dtype=np.float64)
@@ -184,7 +186,7 @@ class FeatureAccumulator:
         self.bands = [Slots(d_sae, band_samples, ctx, dev) for _ in range(self.n_bands)]
         self._hist_inner = torch.tensor(self.hist_edges[1:-1], dtype=torch.float32, device=dev)
         self._band_inner = torch.tensor(self.band_edges[1:-1], dtype=torch.float32, device=dev)
-        self._feat = torch.arange(d_sae, device=dev)
+        self._feat = torch.arange(offset, offset + d_sae, device=dev)
 
     @torch.no_grad()
     def update(self, f: torch.Tensor, mask: torch.Tensor, windows: torch.Tensor,
@@ -210,7 +212,7 @@ class FeatureAccumulator:
         vals = flat[rows, cols]
         finite = torch.isfinite(vals)
         if not bool(finite.all()):
-            feature = int(cols[~finite].min())
+            feature = int(cols[~finite].min()) + self.offset
             err = NonFiniteActivationError(
                 f"feature {feature} has a non-finite activation "
                 f"({float(vals[~finite][0])}); check the SAE's weights and the model's dtype")
@@ -227,7 +229,8 @@ class FeatureAccumulator:
             tok = tokens.to(self.device).reshape(-1).long()[rows]
             ones = torch.ones_like(cols)
             for r in range(depth):
-                cell = (cols * depth + r) * width + token_sketch_buckets(tok, cols, r, width)
+                bucket = token_sketch_buckets(tok, cols + self.offset, r, width)
+                cell = (cols * depth + r) * width + bucket
                 self.sketch.view(-1).index_add_(0, cell, ones)
         ctx_max = f.amax(dim=1)  # [batch, d_sae]
         self.max = torch.maximum(self.max, ctx_max.amax(dim=0))
@@ -251,8 +254,8 @@ class FeatureAccumulator:
     @torch.no_grad()
     def merge(self, other: FeatureAccumulator) -> None:
         """Fold another accumulator (same SAE, disjoint windows) into this one."""
-        if ((other.d_sae, other.ctx, other.top_k, other.sketch.shape)
-                != (self.d_sae, self.ctx, self.top_k, self.sketch.shape)
+        if ((other.d_sae, other.ctx, other.top_k, other.sketch.shape, other.offset)
+                != (self.d_sae, self.ctx, self.top_k, self.sketch.shape, self.offset)
                 or not np.array_equal(other.hist_edges, self.hist_edges)
                 or not np.array_equal(other.band_edges, self.band_edges)):
             raise ValueError("cannot merge statistics of differently shaped accumulators")
@@ -287,13 +290,13 @@ class FeatureAccumulator:
 
     @classmethod
     def from_stats(cls, st: FeatureStats, ctx: int, device: str | torch.device = "cpu", *,
-                   hist_edges: np.ndarray = HIST_EDGES, band_edges: np.ndarray = BAND_EDGES
-                   ) -> FeatureAccumulator:
+                   hist_edges: np.ndarray = HIST_EDGES, band_edges: np.ndarray = BAND_EDGES,
+                   offset: int = 0) -> FeatureAccumulator:
         """Rebuild the accumulator a `stats()` snapshot came from (resume, merge)."""
         d_sae, k = st.top_window.shape
         s = st.band_window.shape[2]
         acc = cls(d_sae, ctx, top_k=k, band_samples=s, device=device, hist_edges=hist_edges,
-                  band_edges=band_edges, sketch=tuple(st.token_sketch.shape[1:]))
+                  band_edges=band_edges, sketch=tuple(st.token_sketch.shape[1:]), offset=offset)
         t = lambda a: torch.from_numpy(np.array(a)).to(acc.device)  # noqa: E731
         acc.tokens = int(st.tokens)
         acc.count, acc.act_sum = t(st.firing_count), t(st.act_sum_fixed)

@@ -24,7 +24,6 @@ a corpus that yields no text at all raises `CorpusError`.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import sysconfig
@@ -37,15 +36,17 @@ from typing import Any, NamedTuple
 import torch
 
 from scope.errors import CorpusError
+from scope.pipeline.corpus_sources import (
+    Document,
+    hf_documents,
+    path_documents,
+    read_text,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SOURCE = "default"
 HF_PREFIX = "hf:"
-TEXT_SUFFIXES = (".txt",)
-JSONL_SUFFIXES = (".jsonl",)
-PARQUET_SUFFIXES = (".parquet",)
-READABLE_SUFFIXES = TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES
 SEPARATOR = "\n\n"
 SPLITS = ("all", "train", "heldout")
 HELDOUT_PERCENT = 5
@@ -53,13 +54,6 @@ HELDOUT_PERCENT = 5
 STDLIB_SKIP_DIRS = frozenset(
     {"site-packages", "dist-packages", "__pycache__", "test", "tests", "idle_test"}
 )
-
-
-class Document(NamedTuple):
-    """One document: `key` names it stably (relative path, `path:line`, `name:row`)."""
-
-    key: str
-    text: str
 
 
 class Window(NamedTuple):
@@ -171,7 +165,7 @@ class Corpus:
             return
         path = Path(self.source).expanduser()
         if path.exists():
-            yield from self._path_documents(path)
+            yield from path_documents(path, self.text_field, self._skip)
             return
         name = self.source[len(HF_PREFIX) :] if self.source.startswith(HF_PREFIX) else None
         if name is None:
@@ -179,120 +173,16 @@ class Corpus:
                 f"corpus {self.source!r}: no such file or folder; for a Hugging Face dataset "
                 f"write hf:{self.source}"
             )
-        yield from self._hf_documents(name)
+        yield from hf_documents(name, self.hf_config, self.hf_split, self.text_field,
+                                self._skip)
 
     def _stdlib_documents(self) -> Iterator[Document]:
         root = _stdlib_root()
         for rel in _stdlib_files(root):
-            text = self._read_text(root / rel, rel)
+            text = read_text(root / rel, rel, self._skip)
             if text is not None:
                 yield Document(rel, text)
 
-    def _path_documents(self, path: Path) -> Iterator[Document]:
-        if path.is_file():
-            files = [(path, path.name)]
-        else:
-            files = [
-                (p, p.relative_to(path).as_posix())
-                for p in sorted(path.rglob("*"), key=lambda p: p.relative_to(path).as_posix())
-                if p.is_file() and p.suffix.lower() in READABLE_SUFFIXES
-            ]
-            if not files:
-                raise CorpusError(
-                    f"corpus folder {path} holds no .txt, .jsonl or .parquet files"
-                )
-        for file, rel in files:
-            suffix = file.suffix.lower()
-            if suffix in JSONL_SUFFIXES:
-                yield from self._jsonl_documents(file, rel)
-            elif suffix in PARQUET_SUFFIXES:
-                yield from self._parquet_documents(file, rel)
-            elif suffix in TEXT_SUFFIXES or path.is_file():
-                text = self._read_text(file, rel)
-                if text is not None:
-                    yield Document(rel, text)
-
-    def _read_text(self, file: Path, rel: str) -> str | None:
-        try:
-            return file.read_bytes().decode("utf-8")
-        except UnicodeDecodeError:
-            self._skip("not UTF-8", rel)
-        except OSError as exc:
-            self._skip(f"unreadable ({type(exc).__name__})", rel)
-        return None
-
-    def _jsonl_documents(self, file: Path, rel: str) -> Iterator[Document]:
-        try:
-            handle = file.open("rb")
-        except OSError as exc:
-            self._skip(f"unreadable ({type(exc).__name__})", rel)
-            return
-        with handle:
-            for lineno, raw in enumerate(handle, start=1):
-                where = f"{rel}:{lineno}"
-                if not raw.strip():
-                    continue
-                try:
-                    record = json.loads(raw.decode("utf-8"))
-                except UnicodeDecodeError:
-                    self._skip("not UTF-8", where)
-                    continue
-                except json.JSONDecodeError:
-                    self._skip("line is not JSON", where)
-                    continue
-                text = record.get(self.text_field) if isinstance(record, dict) else None
-                if not isinstance(text, str):
-                    self._skip(f"no text field {self.text_field!r}", where)
-                    continue
-                yield Document(where, text)
-
-    def _parquet_documents(self, file: Path, rel: str) -> Iterator[Document]:
-        try:
-            import pyarrow.parquet as pq
-        except ImportError as exc:  # pragma: no cover - pyarrow is in the corpus extra
-            raise CorpusError(
-                f"reading {file} needs pyarrow: pip install 'gemma-scope-toolkit[corpus]'"
-            ) from exc
-        try:
-            pf = pq.ParquetFile(file)
-        except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for bad files
-            self._skip(f"unreadable parquet ({type(exc).__name__})", rel)
-            return
-        if self.text_field not in pf.schema_arrow.names:
-            raise CorpusError(
-                f"{file}: no column {self.text_field!r} (columns: "
-                f"{', '.join(pf.schema_arrow.names)}); pass --text-field NAME"
-            )
-        row = 0
-        for batch in pf.iter_batches(columns=[self.text_field]):
-            for text in batch.column(0).to_pylist():
-                if isinstance(text, str):
-                    yield Document(f"{rel}:{row}", text)
-                else:
-                    self._skip(f"no text in field {self.text_field!r}", f"{rel}:{row}")
-                row += 1
-
-    def _hf_documents(self, name: str) -> Iterator[Document]:
-        try:
-            import datasets
-        except ImportError as exc:  # pragma: no cover - datasets is in the corpus extra
-            raise CorpusError(
-                f"corpus hf:{name} needs `datasets`: pip install 'gemma-scope-toolkit[corpus]'"
-            ) from exc
-        try:
-            ds = datasets.load_dataset(name, self.hf_config, split=self.hf_split, streaming=True)
-        except Exception as exc:  # noqa: BLE001 - hub, network and config errors alike
-            raise CorpusError(
-                f"cannot open Hugging Face dataset {name!r} (config {self.hf_config!r}, split "
-                f"{self.hf_split!r}): {exc}. Streaming needs network access, or a local copy "
-                f"in the datasets cache."
-            ) from exc
-        for row, record in enumerate(ds):
-            text = record.get(self.text_field)
-            if isinstance(text, str):
-                yield Document(f"{name}:{row}", text)
-            else:
-                self._skip(f"no text field {self.text_field!r}", f"{name}:{row}")
 
 
 def as_corpus(spec: Corpus | str | os.PathLike | Sequence[str] | None, **kwargs: Any) -> Corpus:

@@ -16,10 +16,13 @@ from pathlib import Path
 
 from scope.base.atomic import atomic_folder
 from scope.errors import StoreError
-from scope.pipeline.checkpoint import canonical, check_out_dir, load_state, save_state, store_lock
+from scope.pipeline.checkpoint import load_state, save_state
 from scope.store import schema as S
-from scope.store.reader import Store, open_store, read_manifest, read_vocab
-from scope.store.writer import write_vocab
+from scope.store import validate as V
+from scope.store.folder import canonical, check_out_dir, check_out_path
+from scope.store.lock import store_lock
+from scope.store.reader import Store, check_folders, open_store, read_manifest, read_vocab
+from scope.store.writer import write_manifest, write_vocab
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,7 @@ def merge_stores(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
         if m.format_version != S.FORMAT_VERSION or m.tables is None:
             raise StoreError(f"{p} is a format {m.format_version} store; only format "
                              f"{S.FORMAT_VERSION} shards merge: extract them again")
+        check_folders(p, m)  # before anything is written: no folder of it leads elsewhere
         manifests.append(m)
     shards = [tuple(m.config.get("shard") or (0, 1)) for m in manifests]
     n = shards[0][1]
@@ -61,25 +65,29 @@ def merge_stores(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
             raise StoreError(f"{paths[j]} was made with a different configuration than "
                              f"{first_path}; only shards of one run merge")
     out = Path(out)
-    existing = check_out_dir(out, base, overwrite)
-    if existing is not None and existing.status == S.STATUS_COMPLETE:
-        log.info("%s already holds the merged store", out)
-        return open_store(out)
+    check_out_path(out)  # refused before the lock is even taken: nothing is written
     with store_lock(out):
+        existing = check_out_dir(out, base, overwrite)
+        if existing is not None and existing.status == S.STATUS_COMPLETE:
+            log.info("%s already holds the merged store", out)
+            return open_store(out)
         accs, pool = load_state(first_path, first)
         for j in order[1:]:
             more, more_pool = load_state(paths[j], manifests[j])
             for acc, other in zip(accs, more, strict=True):
                 acc.merge(other)
             pool.rows.update(more_pool.rows)
-        write_vocab(out, read_vocab(first_path))
-        with atomic_folder(out / S.TABLES_DIR, replace=True) as tmp:
-            for entry in first.saes:
-                shutil.copytree(first_path / first.tables / entry.dir, tmp / entry.dir)
         manifest = dataclasses.replace(
             first, config=base, shard=None, data=None, status=S.STATUS_COMPLETE,
             tables=S.TABLES_DIR, tokens=sum(int(m.tokens) for m in manifests),
             windows=sum(int(m.windows) for m in manifests))
+        # the manifest claims the folder first (no data yet): what follows is the store's own
+        write_manifest(out, dataclasses.replace(manifest, status=S.STATUS_PARTIAL, tables=None))
+        write_vocab(out, read_vocab(first_path))
+        with atomic_folder(out / S.TABLES_DIR, replace=True) as tmp:
+            for entry in first.saes:
+                source = V.inside(first_path, first_path / first.tables / entry.dir)
+                shutil.copytree(source, tmp / entry.dir)
         save_state(out, manifest, accs, pool)
     log.info("merged %d shard stores into %s", len(paths), out)
     return open_store(out)

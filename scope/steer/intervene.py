@@ -23,6 +23,7 @@ from scope.model.activations import site_width, splice_hooks, validate_hook_name
 from scope.model.hooks import attached
 from scope.model.load import hf_fast_path
 from scope.saes.sae import JumpReLUSAE
+from scope.steer.defaults import scale_by_max
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens.model_bridge import TransformerBridge
@@ -164,8 +165,7 @@ def _relative(store, sae: JumpReLUSAE, strengths: dict[int, float]) -> dict[int,
             f"{info.get('hook_name')}) is not this SAE (d_sae {sae.cfg.d_sae}, "
             f"{sae.cfg.hook_name}); use a store extracted with this SAE"
         )
-    max_act = store.max_activations(name)
-    return {i: s * float(max_act[i]) for i, s in strengths.items()}
+    return scale_by_max(strengths, store.max_activations(name))
 
 
 def _hooks(model, sae: JumpReLUSAE, strengths: dict[int, float], mode: str, from_pos: int):

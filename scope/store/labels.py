@@ -22,7 +22,8 @@ from scope.base.atomic import atomic_write_text
 from scope.errors import StoreError
 
 LABELS_FILE = "labels.json"
-LABELS_VERSION = 1
+LABELS_VERSION = 2
+READABLE_LABELS_VERSIONS = (1, 2)
 #: firing density above which a feature is flagged "dense" (fires on more than 1% of tokens)
 DENSE = 0.01
 #: firing count below which a feature is flagged "rare"
@@ -46,6 +47,13 @@ class Explanation:
         explainer: the model that wrote it, e.g. "gpt-4o-mini" or "neuronpedia:gpt-4o-mini".
         prompt_version: version of the prompt that produced it (None for imports).
         source: "explain" (scope explain) or "neuronpedia" (imported).
+        score_ci: 95% confidence interval `[low, high]` of `score`, or None.
+        fuzz_score: fuzzing balanced accuracy in [0, 1], or None when not run.
+        protocol: how `score` was measured (`name` plus the protocol's parameters); a score
+            written before scoring had a protocol reads as `OLD_PROTOCOL`.
+        counts: what the score rests on: `positives` (held-out activating contexts),
+            `negatives` (verified non-activating), `hard_negatives`, the confusion counts, and
+            the windows used (so a score can be audited).
     """
 
     text: str
@@ -53,18 +61,63 @@ class Explanation:
     explainer: str = ""
     prompt_version: str | None = None
     source: str = "explain"
+    score_ci: tuple[float, float] | None = None
+    fuzz_score: float | None = None
+    protocol: dict | None = None
+    counts: dict | None = None
+
+    @property
+    def scored(self) -> bool:
+        return self.score is not None or self.fuzz_score is not None
 
     def to_json(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["score_ci"] = None if self.score_ci is None else list(self.score_ci)
+        keep = ("text", "score", "explainer", "prompt_version", "source")
+        return {k: v for k, v in d.items() if v is not None or k in keep}
 
     @classmethod
-    def from_json(cls, d: Mapping) -> Explanation:
-        score = d.get("score")
-        score = float(score) if isinstance(score, (int, float)) and math.isfinite(score) else None
+    def from_json(cls, d: Mapping, legacy: bool = False) -> Explanation:
+        """Read one entry; `legacy` (a version 1 file) marks its scores as `OLD_PROTOCOL`."""
         pv = d.get("prompt_version")
+        ci = d.get("score_ci")
+        ci = (tuple(float(x) for x in ci) if isinstance(ci, (list, tuple)) and len(ci) == 2
+              and all(_finite(x) is not None for x in ci) else None)
+        protocol = d.get("protocol") if isinstance(d.get("protocol"), Mapping) else None
+        score = _finite(d.get("score"))
+        source = str(d.get("source", "explain"))
+        if legacy and protocol is None and score is not None and source == "explain":
+            protocol = dict(OLD_PROTOCOL)
+        counts = d.get("counts") if isinstance(d.get("counts"), Mapping) else None
         return cls(text=str(d.get("text", "")), score=score, explainer=str(d.get("explainer", "")),
-                   prompt_version=None if pv is None else str(pv),
-                   source=str(d.get("source", "explain")))
+                   prompt_version=None if pv is None else str(pv), source=source, score_ci=ci,
+                   fuzz_score=_finite(d.get("fuzz_score")),
+                   protocol=None if protocol is None else dict(protocol),
+                   counts=None if counts is None else dict(counts))
+
+
+#: the protocol of scores written before scores carried one: negatives were other features' top
+#: contexts, never checked to be inactive, and positives could overlap the explainer's examples
+OLD_PROTOCOL = {"name": "scope-explain-v1", "negatives": "unverified (other features' top "
+                "contexts)", "positives": "top and band contexts, may overlap the explainer's"}
+
+
+def _finite(x) -> float | None:
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+        return None
+    return float(x)
+
+
+def _rank(e: Explanation) -> tuple:
+    """Sort key of the better explanation of one feature: scored before unscored, then by
+    detection score, then by fuzzing score."""
+    return (e.score is not None or e.fuzz_score is not None,
+            -1.0 if e.score is None else e.score, -1.0 if e.fuzz_score is None else e.fuzz_score)
+
+
+def better(a: Explanation, b: Explanation) -> bool:
+    """True when `a` ranks strictly above `b` (the import's rule for duplicates)."""
+    return _rank(a) > _rank(b)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,26 +274,46 @@ def feature_explanation(feature) -> Explanation | None:
 class Labels:
     """The explanations stored beside a store: `labels.json` in its folder.
 
-    Layout: `{"format_version": 1, "saes": {SAE_NAME: {"INDEX": {text, score, explainer,
-    prompt_version, source}}}}`. Reading tolerates unknown keys; writing is atomic.
+    Layout: `{"format_version": 2, "saes": {SAE_NAME: {"INDEX": {text, score, explainer,
+    prompt_version, source, score_ci?, fuzz_score?, protocol?, counts?}}}}` (version 1 files,
+    without the optional keys, read the same). Reading tolerates unknown keys and refuses an
+    unknown format version; writing is atomic. Writers that may run beside another (explain,
+    import) go through `scope.explore.writing`, which re-reads the file under the store's lock
+    and merges, so no writer drops another's explanations.
     """
 
     def __init__(self, store_path: str | os.PathLike) -> None:
         self.path = Path(store_path) / LABELS_FILE
         self._data: dict[str, dict[int, Explanation]] = {}
-        if self.path.is_file():
-            try:
-                raw = json.loads(self.path.read_text(encoding="utf-8"))
-                saes = raw["saes"]
-                if not isinstance(saes, dict):
-                    raise TypeError("'saes' is not a mapping")
-                for name, feats in saes.items():
-                    self._data[str(name)] = {int(i): Explanation.from_json(e)
-                                             for i, e in feats.items()}
-            except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError,
-                    AttributeError) as exc:
-                raise StoreError(f"{self.path} is unreadable ({exc}); delete it and import or "
-                                 "explain again (the store's data is not affected)") from exc
+        self.reload()
+
+    def reload(self) -> None:
+        """Read the file again (what other writers saved meanwhile); missing = empty."""
+        self._data = {}
+        if not self.path.is_file():
+            return
+        try:
+            raw = json.loads(self.path.read_text(encoding="utf-8"))
+            if not isinstance(raw, dict):
+                raise TypeError("not a JSON object")
+            version = raw.get("format_version", 1)
+            if version not in READABLE_LABELS_VERSIONS:
+                raise StoreError(
+                    f"{self.path} has labels format {version!r}, which this scope does not read "
+                    f"({', '.join(map(str, READABLE_LABELS_VERSIONS))}); upgrade scope (the "
+                    "store's data is not affected)")
+            saes = raw["saes"]
+            if not isinstance(saes, dict):
+                raise TypeError("'saes' is not a mapping")
+            for name, feats in saes.items():
+                self._data[str(name)] = {_index(i): Explanation.from_json(e, version == 1)
+                                         for i, e in feats.items()}
+        except StoreError:
+            raise
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError,
+                RecursionError) as exc:
+            raise StoreError(f"{self.path} is unreadable ({exc}); delete it and import or "
+                             "explain again (the store's data is not affected)") from exc
 
     def get(self, sae: str, index: int) -> Explanation | None:
         return self._data.get(sae, {}).get(int(index))
@@ -257,13 +330,47 @@ class Labels:
         pairs = items.items() if isinstance(items, Mapping) else items
         self._data.setdefault(sae, {}).update({int(i): e for i, e in pairs})
 
+    def merge(self, sae: str, items: Mapping[int, Explanation], *,
+              replace_scored: bool = False) -> MergeReport:
+        """Add `items`, keeping every scored explanation already there unless `replace_scored`
+        (an unscored one is replaced; a scored one is replaced only by the flag, or by an
+        explanation of the same explainer and source, i.e. a rerun of the same command)."""
+        have = self._data.setdefault(sae, {})
+        report = MergeReport()
+        for i, e in items.items():
+            old = have.get(int(i))
+            if (old is not None and old.scored and not replace_scored
+                    and (old.source, old.explainer) != (e.source, e.explainer)):
+                report.kept_scored += 1
+                continue
+            report.replaced += old is not None
+            report.added += old is None
+            have[int(i)] = e
+        return report
+
     def save(self) -> None:
         """Write the file atomically (temp file + rename): readers see old or new, never half."""
         body = {"format_version": LABELS_VERSION,
                 "saes": {name: {str(i): e.to_json() for i, e in sorted(feats.items())}
                          for name, feats in sorted(self._data.items())}}
-        atomic_write_text(self.path, json.dumps(body, ensure_ascii=False, indent=0))
+        atomic_write_text(self.path, json.dumps(body, ensure_ascii=False, indent=0,
+                                                allow_nan=False))
         _forget(self.path.parent)
+
+
+@dataclass
+class MergeReport:
+    """What `Labels.merge` did: explanations added, replaced, and scored ones it kept."""
+    added: int = 0
+    replaced: int = 0
+    kept_scored: int = 0
+
+
+def _index(key) -> int:
+    """A feature index key of labels.json ("12"); anything else is a ValueError."""
+    if isinstance(key, str) and key.isdigit():
+        return int(key)
+    raise ValueError(f"feature key {key!r} is not a non-negative integer")
 
 
 _CACHE: dict[Path, tuple[float, Labels]] = {}

@@ -1,10 +1,13 @@
 """Reading a feature store: a lazy, read-only view (numpy + safetensors only).
 
-Opening a store reads and validates the manifest; a feature reads only its own rows, on first
-access of each attribute. Damage (a missing or truncated file, a manifest that is not JSON, an
-unknown format version, a path that leads outside the store) raises a named `StoreError` that
-names the file and what to do; a reader never writes. Format 1 stores open read-only with a
-warning: their histograms and bands stop at 1e3 (`Store.histograms_may_be_clipped`).
+Opening a store reads and validates the manifest (types, ranges, unique names) and checks that
+its folders stay inside the store; each data file is checked (arrays, shapes, dtypes, and the
+values of the rows read: `scope.store.validate`) when it is first opened, so opening stays cheap.
+Damage raises a named `StoreError` that names the file and what to do; a reader never writes.
+A run that writes a new generation while a reader holds the store open is told apart from
+damage: the reader raises `StoreChangedError` ("reopen it"), never "extract again". Format 1
+stores open read-only with a warning: their histograms and bands stop at 1e3
+(`Store.histograms_may_be_clipped`).
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ import json
 import logging
 import os
 import warnings
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -21,9 +23,10 @@ from typing import Any
 import numpy as np
 from safetensors import safe_open
 
-from scope.errors import StoreCorruptError, StoreError, suggest
+from scope.errors import StoreChangedError, StoreCorruptError, StoreError, suggest
 from scope.store import schema as S
-from scope.store.labels import Explanation, feature_explanation, feature_label
+from scope.store import validate as V
+from scope.store.feature import Example, Feature
 
 log = logging.getLogger(__name__)
 
@@ -55,196 +58,40 @@ def read_vocab(root: str | os.PathLike) -> list[str]:
     return [str(v) for v in vocab]
 
 
-@dataclass(frozen=True)
-class Example:
-    """One context: display strings, the feature's activation at every token, and its peak."""
-
-    tokens: list[str]
-    activations: list[float]
-    max_activation: float
-    max_position: int
-    window: int
-    """Global window index of this context in the extraction corpus."""
-
-
-@dataclass(frozen=True)
-class Band:
-    """Contexts whose max activation falls in `[low, high)`, sampled deterministically."""
-
-    low: float
-    high: float
-    examples: list[Example]
-
-
-class Feature:
-    """One feature of one SAE; reads only its own rows, on first access of each attribute."""
-
-    def __init__(self, store: Store, sae_name: str, index: int) -> None:
-        self._store, self.sae_name, self.index = store, sae_name, index
-        d_sae = store.n_features(sae_name)
-        if not 0 <= index < d_sae:
-            raise StoreError(f"feature {index} out of range for {sae_name!r} (d_sae={d_sae})")
-
-    @cached_property
-    def _rows(self) -> dict[str, np.ndarray]:
-        return self._store._feature_rows(self.sae_name, self.index)
-
-    @cached_property
-    def _tables(self) -> dict[str, np.ndarray]:
-        return self._store._table_rows(self.sae_name, self.index)
-
-    @cached_property
-    def _summary(self) -> dict[str, Any]:
-        return self._store._summary_row(self.sae_name, self.index)
-
-    @property
-    def firing_count(self) -> int:
-        return int(self._summary[S.FIRING_COUNT])
-
-    @property
-    def density(self) -> float:
-        return float(self._summary[S.DENSITY])
-
-    @property
-    def max_activation(self) -> float:
-        return float(self._summary[S.MAX_ACTIVATION])
-
-    @property
-    def mean_activation(self) -> float:
-        return float(self._summary[S.MEAN_ACTIVATION])
-
-    @property
-    def histogram(self) -> tuple[np.ndarray, np.ndarray]:
-        """`(counts [n_bins], bin_edges [n_bins + 1])` of nonzero activations (log-spaced)."""
-        return self._rows[S.HISTOGRAM], self._store.histogram_edges
-
-    @cached_property
-    def top_examples(self) -> list[Example]:
-        """The top-k contexts by max activation, best first (BOS excluded from the ranking)."""
-        r = self._rows
-        return self._store._examples(r[S.TOP_WINDOW], r[S.TOP_VALUE], r[S.TOP_POS],
-                                     r[S.TOP_ACTS])
-
-    @cached_property
-    def band_examples(self) -> list[Band]:
-        """Sampled contexts per activation band, highest band first; top contexts left out."""
-        r, edges = self._rows, self._store.band_edges
-        top = {e.window for e in self.top_examples}
-        bands = []
-        for b in range(r[S.BAND_WINDOW].shape[0] - 1, -1, -1):
-            keep = np.array([w >= 0 and w not in top for w in r[S.BAND_WINDOW][b]], dtype=bool)
-            if keep.any():
-                ex = self._store._examples(r[S.BAND_WINDOW][b][keep], r[S.BAND_VALUE][b][keep],
-                                           r[S.BAND_POS][b][keep], r[S.BAND_ACTS][b][keep])
-                ex.sort(key=lambda e: (-e.max_activation, e.window))
-                bands.append(Band(float(edges[b]), float(edges[b + 1]), ex))
-        return bands
-
-    @cached_property
-    def top_logits(self) -> list[tuple[str, float]]:
-        """The 10 tokens whose logits the decoder direction raises most, largest first."""
-        t = self._tables
-        return self._store._logits(t[S.LOGIT_POS_IDS], t[S.LOGIT_POS_VALS])
-
-    @cached_property
-    def bottom_logits(self) -> list[tuple[str, float]]:
-        """The 10 tokens whose logits the decoder direction lowers most, most negative first."""
-        t = self._tables
-        return self._store._logits(t[S.LOGIT_NEG_IDS], t[S.LOGIT_NEG_VALS])
-
-    @cached_property
-    def neighbours(self) -> list[tuple[int, float]]:
-        """The most similar features of the same SAE by decoder cosine: `(index, cosine)`, best
-        first, ties by lower index (empty for format 1 stores)."""
-        t = self._tables
-        if S.NEIGHBOUR_INDEX not in t:
-            return []
-        return [(int(i), float(c)) for i, c in zip(t[S.NEIGHBOUR_INDEX], t[S.NEIGHBOUR_COSINE],
-                                                    strict=True) if i >= 0]
-
-    @cached_property
-    def fires_on(self) -> list[tuple[str, float]]:
-        """The tokens this feature fires on most: `(token string, share of its firings)`, best
-        first (up to 10; ties by token id; empty for format 1 stores).
-
-        Counts come from a count-min sketch (exactly mergeable, order-independent): a share is
-        never below the true one and exceeds it by about `1 / width` of the other firings at
-        most; candidates are the tokens the feature fired on in its stored contexts.
-        """
-        if S.TOKEN_SKETCH not in self._rows or self.firing_count == 0:
-            return []
-        r, sketch = self._rows, self._rows[S.TOKEN_SKETCH]
-        cand = set()
-        for w_key, a_key in ((S.TOP_WINDOW, S.TOP_ACTS), (S.BAND_WINDOW, S.BAND_ACTS)):
-            windows, acts = r[w_key].reshape(-1), r[a_key].reshape(-1, r[a_key].shape[-1])
-            for w, a in zip(windows, acts, strict=True):
-                if w >= 0:
-                    toks = self._store._window_tokens(int(w))
-                    cand.update(toks[a > 0].tolist())
-        if not cand:
-            return []
-        ids = np.array(sorted(cand), dtype=np.int64)
-        depth, width = sketch.shape
-        est = np.min([sketch[row][S.token_sketch_buckets(ids, np.int64(self.index), row, width)]
-                      for row in range(depth)], axis=0)
-        order = np.lexsort((ids, -est))[:10]
-        vocab = self._store.vocab
-        return [(vocab[t] if 0 <= t < len(vocab) else f"<{t}>",
-                 min(1.0, float(est[j]) / self.firing_count))
-                for j, t in zip(order, ids[order].tolist(), strict=True) if est[j] > 0]
-
-    @property
-    def label(self) -> str:
-        """Its explanation's text when one is stored, else the automatic label (scope.store.labels)."""
-        return feature_label(self)
-
-    @property
-    def explanation(self) -> Explanation | None:
-        """The stored explanation (`.text`, `.score`, `.explainer`), or None."""
-        return feature_explanation(self)
-
-    @property
-    def neuronpedia_url(self) -> str | None:
-        from scope.saes.releases import neuronpedia_url
-
-        return neuronpedia_url(self._store.sae_info(self.sae_name).get("neuronpedia_id"),
-                               self.index)
-
-    def __repr__(self) -> str:
-        return (f"Feature({self.sae_name!r}, {self.index}, density={self.density:.3g}, "
-                f"max={self.max_activation:.3g})")
-
-
 class Store:
     """Read-only view of a feature store. Opening reads the manifest only."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        info = read_manifest(self.path)
-        if info is None:
-            raise StoreError(f"{self.path} is not a feature store (no {S.MANIFEST}); make one "
-                             "with `scope extract --out DIR` or scope.extract(...)")
-        self.info: S.Manifest = info
-        self.manifest: dict = info.to_dict()
-        if info.data is None:
-            raise StoreError(f"store {self.path} holds no data yet (the extraction made no "
-                             "checkpoint); rerun the extract command to resume it")
-        self._data = self.path / info.data
-        if not self._data.is_dir():
-            raise StoreCorruptError(f"store {self.path}: data folder {self._data} is missing; "
-                                    "the store is corrupt: delete it and extract again")
-        if info.tables is not None and not (self.path / info.tables).is_dir():
-            raise StoreCorruptError(f"store {self.path}: tables folder "
-                                    f"{self.path / info.tables} is missing; the store is "
-                                    "corrupt: delete it and extract again")
-        self._by_name = {s.name: s for s in info.saes}
+        for attempt in range(3):
+            info = read_manifest(self.path)
+            if info is None:
+                raise StoreError(f"{self.path} is not a feature store (no {S.MANIFEST}); make "
+                                 "one with `scope extract --out DIR` or scope.extract(...)")
+            try:
+                self._open(info)
+                break
+            except StoreCorruptError:  # a run may have moved on between the two reads
+                if attempt == 2 or _identity(read_manifest(self.path)) == _identity(info):
+                    raise
         self._handles: dict[Path, Any] = {}
+        self._checked: set[Path] = set()
         self._summaries: dict[str, dict[str, np.ndarray]] = {}
         if self.histograms_may_be_clipped:
             warnings.warn(f"{self.path} is a format {info.format_version} store (read-only): "
                           "its histograms and activation bands stop at 1e3, so larger "
                           "activations are piled into the last bin; extract it again for "
                           "format 2", UserWarning, stacklevel=3)
+
+    def _open(self, info: S.Manifest) -> None:
+        self.info: S.Manifest = info
+        self.manifest: dict = info.to_dict()
+        if info.data is None:
+            raise StoreError(f"store {self.path} holds no data yet (the extraction made no "
+                             "checkpoint); rerun the extract command to resume it")
+        self._data = self.path / info.data
+        check_folders(self.path, info)
+        self._by_name = {s.name: s for s in info.saes}
 
     def __repr__(self) -> str:
         return (f"Store({str(self.path)!r}, status={self.status}, saes={self.sae_names}, "
@@ -267,6 +114,13 @@ class Store:
     @property
     def status(self) -> str:
         return self.info.status
+
+    def changed(self) -> bool:
+        """Whether a run has written the store since this view opened it (then reopen it)."""
+        try:
+            return _identity(read_manifest(self.path)) != _identity(self.info)
+        except StoreError:
+            return True
 
     def sae_info(self, name: str) -> dict:
         """hook_name, d_in, d_sae, release, sae_id, spec, neuronpedia_id, model_name, ..."""
@@ -329,49 +183,75 @@ class Store:
 
     # -- internals ------------------------------------------------------------------------------
 
+    def _damage(self, error: StoreError) -> StoreError:
+        """`error`, or StoreChangedError when a run rewrote the store since it was opened (a
+        file of an older generation is gone, not damaged)."""
+        if not self.changed():
+            return error
+        return StoreChangedError(f"store {self.path} changed while it was open (a run wrote "
+                                 "a new generation or started it afresh); its data is intact: "
+                                 "reopen it (scope.open_store, or reload the dashboard)")
+
+    def _handle(self, path: Path, spec: V.Spec | None = None) -> Any:
+        if path not in self._handles:
+            V.inside(self.path, path)
+            if not path.is_file():
+                raise self._damage(StoreCorruptError(
+                    f"store {self.path}: {path} is missing; the store is corrupt: delete the "
+                    "store and extract again"))
+            try:
+                handle = safe_open(str(path), framework="np")
+            except Exception as exc:
+                raise self._damage(self._corrupt(path, exc)) from exc
+            self._handles[path] = handle
+        if spec is not None and path not in self._checked:
+            V.check_header(self.path, path, self._handles[path], spec,
+                           strict=self.format_version >= 2)
+            self._checked.add(path)
+        return self._handles[path]
+
     def _corrupt(self, path: Path, exc: BaseException) -> StoreCorruptError:
         return StoreCorruptError(f"store {self.path}: {path} is unreadable ({exc}); the store "
                                  "is corrupt (a truncated copy or an interrupted download?): "
                                  "delete it and extract again")
 
-    def _handle(self, path: Path) -> Any:
-        if path not in self._handles:
-            if not path.is_file():
-                raise StoreCorruptError(f"store {self.path}: {path} is missing; delete the "
-                                        "store and extract again")
-            try:
-                self._handles[path] = safe_open(str(path), framework="np")
-            except Exception as exc:
-                raise self._corrupt(path, exc) from exc
-        return self._handles[path]
-
-    def _read(self, path: Path, keys: list[str] | None = None,
-              row: slice | None = None) -> dict[str, np.ndarray]:
+    def _read(self, path: Path, keys: list[str] | None = None, row: slice | None = None,
+              spec: V.Spec | None = None) -> dict[str, np.ndarray]:
         """Arrays of one file: all of them, or one row range of each."""
-        h = self._handle(path)
+        h = self._handle(path, spec)
         try:
             names = [k for k in h.keys() if keys is None or k in keys]  # noqa: SIM118
             if row is None:
                 return {k: h.get_tensor(k) for k in names}
             return {k: h.get_slice(k)[row] for k in names}
         except Exception as exc:
-            raise self._corrupt(path, exc) from exc
+            raise self._damage(self._corrupt(path, exc)) from exc
 
     def _sae_folder(self, name: str) -> Path:
         return self._data / S.SAES_DIR / self._by_name[name].dir
 
+    def _summary_file(self, name: str) -> tuple[Path, V.Spec]:
+        entry = self._by_name[name]
+        return self._sae_folder(name) / S.SUMMARY, V.summary_spec(self.info, entry)
+
     def _summary(self, name: str) -> dict[str, np.ndarray]:
         if name not in self._summaries:
             self.sae_info(name)
-            self._summaries[name] = self._read(self._sae_folder(name) / S.SUMMARY)
+            path, spec = self._summary_file(name)
+            arrays = self._read(path, spec=spec)
+            V.check_summary(self.path, path, arrays)
+            self._summaries[name] = arrays
         return self._summaries[name]
 
     def _summary_row(self, name: str, i: int) -> dict[str, Any]:
         if name in self._summaries:
             return {k: v[i] for k, v in self._summaries[name].items() if k not in S.SCALAR_KEYS}
-        path = self._sae_folder(name) / S.SUMMARY
-        keys = [k for k in self._handle(path).keys() if k not in S.SCALAR_KEYS]  # noqa: SIM118
-        return {k: v[0] for k, v in self._read(path, keys, slice(i, i + 1)).items()}
+        path, spec = self._summary_file(name)
+        keys = [k for k in self._handle(path, spec).keys()  # noqa: SIM118
+                if k not in S.SCALAR_KEYS]
+        rows = self._read(path, keys, slice(i, i + 1))
+        V.check_summary(self.path, path, rows)
+        return {k: v[0] for k, v in rows.items()}
 
     def _range_file(self, folder: Path, name: str, i: int) -> tuple[Path, int]:
         size = int(self.info.feature_shard_size)
@@ -379,20 +259,36 @@ class Store:
         end = min(start + size, self.n_features(name))
         return folder / S.features_filename(start, end), i - start
 
+    def _range_rows(self, folder: Path, name: str, i: int, spec) -> tuple[Path, dict]:
+        path, j = self._range_file(folder, name, i)
+        size = int(self.info.feature_shard_size)
+        n = min(size, self.n_features(name) - i // size * size)
+        rows = self._read(path, row=slice(j, j + 1), spec=spec(self.info, n))
+        return path, rows
+
     def _feature_rows(self, name: str, i: int) -> dict[str, np.ndarray]:
-        path, j = self._range_file(self._sae_folder(name), name, i)
-        return {k: v[0] for k, v in self._read(path, row=slice(j, j + 1)).items()}
+        spec = V.features_spec
+        if self.info.tables is None:  # format 1: the logit tables sit in the data files too
+            spec = lambda m, n: {**V.tables_spec(m, n), **V.features_spec(m, n)}  # noqa: E731
+        path, rows = self._range_rows(self._sae_folder(name), name, i, spec)
+        V.check_feature_rows(self.path, path, rows, int(self.info.ctx))
+        V.check_table_rows(self.path, path, rows, self.n_features(name))
+        return {k: v[0] for k, v in rows.items()}
 
     def _table_rows(self, name: str, i: int) -> dict[str, np.ndarray]:
         if self.info.tables is None:  # format 1: the logit tables sit in the data files
             return self._feature_rows(name, i)
         folder = self.path / self.info.tables / self._by_name[name].dir
-        path, j = self._range_file(folder, name, i)
-        return {k: v[0] for k, v in self._read(path, row=slice(j, j + 1)).items()}
+        path, rows = self._range_rows(folder, name, i, V.tables_spec)
+        V.check_table_rows(self.path, path, rows, self.n_features(name))
+        return {k: v[0] for k, v in rows.items()}
 
     @cached_property
     def _window_index(self) -> np.ndarray:
-        return self._read(self._data / S.WINDOWS, [S.WINDOW_INDEX])[S.WINDOW_INDEX]
+        path = self._data / S.WINDOWS
+        index = self._read(path, [S.WINDOW_INDEX], spec=V.windows_spec(self.info))[S.WINDOW_INDEX]
+        V.check_windows(self.path, path, index)
+        return index
 
     def _window_tokens(self, window: int) -> np.ndarray:
         row = int(np.searchsorted(self._window_index, window))
@@ -419,6 +315,26 @@ class Store:
         vocab = self.vocab
         return [(vocab[t] if 0 <= t < len(vocab) else f"<{t}>", float(v))
                 for t, v in zip(ids, vals, strict=True) if t >= 0]
+
+
+def check_folders(root: Path, info: S.Manifest) -> None:
+    """Every folder the manifest names (its generation, tables, each SAE's folder in both)
+    exists and, symlinks followed, lies inside the store (`StoreOutsideError` otherwise)."""
+    data = root / info.data
+    folders = [data, *(data / S.SAES_DIR / e.dir for e in info.saes)]
+    if info.tables is not None:
+        folders += [root / info.tables, *(root / info.tables / e.dir for e in info.saes)]
+    for folder in folders:
+        V.inside(root, folder)
+    for folder in folders:
+        if not folder.is_dir():
+            raise StoreCorruptError(f"store {root}: folder {folder} is missing; the store is "
+                                    "corrupt: delete it and extract again")
+
+
+def _identity(info: S.Manifest | None) -> tuple:
+    """What changes when a run writes a new generation or starts the store afresh."""
+    return (None,) if info is None else (info.data, info.tables, info.created)
 
 
 def open_store(path: str | os.PathLike) -> Store:

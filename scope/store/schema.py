@@ -9,6 +9,7 @@ additions survive a round trip. Standard library only.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,6 @@ SAES_DIR = "saes"
 TABLES_DIR = "tables"
 RANKS_DIR = "ranks"
 GEN_PREFIX = "gen-"
-FEATURES_GLOB = "features_*.safetensors"
 STATUS_PARTIAL = "partial"
 STATUS_COMPLETE = "complete"
 #: names a store folder may hold besides the manifest, generations and dot-files
@@ -44,6 +44,24 @@ def features_filename(start: int, end: int) -> str:
 
 def generation_name(number: int) -> str:
     return f"{GEN_PREFIX}{number:06d}"
+
+
+def is_generation(name: str) -> bool:
+    """Whether `name` is a generation folder name this scope writes (`gen-` and six digits);
+    `gen-analysis.md` or `gen-notes/` are a user's, never a store's."""
+    return (len(name) == len(GEN_PREFIX) + 6 and name.startswith(GEN_PREFIX)
+            and name[len(GEN_PREFIX):].isdigit())
+
+
+def is_own_temp(name: str) -> bool:
+    """Whether `name` is a leftover of an interrupted atomic write of one of the store's own
+    files or folders (`.manifest.json.XXXX.tmp`, `.gen-000003.XXXX.tmp`, a stale lock aside)."""
+    if name.startswith(f"{LOCK}.stale-"):
+        return True
+    if not (name.startswith(".") and name.endswith(".tmp")):
+        return False
+    target = name[1:-len(".tmp")].rsplit(".", 1)[0]
+    return target in (MANIFEST, *OWN_NAMES) or is_generation(target)
 
 
 # -- array names ----------------------------------------------------------------------------------
@@ -105,6 +123,29 @@ def _plain_name(root: Path, key: str, name: Any) -> str:
     return name
 
 
+def _damaged(root: Path, what: str) -> StoreCorruptError:
+    return StoreCorruptError(f"{root / MANIFEST}: {what}; the manifest is damaged: restore it "
+                             "or extract the store again")
+
+
+def _int(root: Path, key: str, value: Any, low: int = 0) -> int:
+    """`value` if it is an int >= `low` (not a bool, not a string); else a named error."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise _damaged(root, f"`{key}` = {value!r} is not an integer >= {low}")
+    return value
+
+
+def _edges(root: Path, key: str, value: Any) -> list[float]:
+    """`value` if it is a list of >= 2 finite, strictly increasing numbers."""
+    ok = (isinstance(value, list) and len(value) >= 2
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                  for v in value)
+          and all(a < b for a, b in zip(value, value[1:], strict=False)))
+    if not ok:
+        raise _damaged(root, f"`{key}` is not a list of increasing finite numbers")
+    return value
+
+
 def _fields(cls) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)}
 
@@ -138,11 +179,17 @@ class SAEEntry:
         _plain_name(root, "saes[].dir", d.get("dir"))
         known = _fields(cls) - {"extra"}
         try:
-            return cls(**{k: d[k] for k in known if k in d},
-                       extra={k: v for k, v in d.items() if k not in known})
+            entry = cls(**{k: d[k] for k in known if k in d},
+                        extra={k: v for k, v in d.items() if k not in known})
         except TypeError as exc:
             raise StoreCorruptError(f"{root / MANIFEST}: SAE entry {dict(d)!r} lacks a key "
                                     f"({exc}); the store is corrupt: extract it again") from None
+        for key in ("name", "hook_name"):
+            if not isinstance(getattr(entry, key), str) or not getattr(entry, key):
+                raise _damaged(root, f"`saes[].{key}` = {getattr(entry, key)!r} is not a name")
+        _int(root, "saes[].d_in", entry.d_in, 1)
+        _int(root, "saes[].d_sae", entry.d_sae, 1)
+        return entry
 
     def to_dict(self) -> dict:
         d = {f: getattr(self, f) for f in _fields(self) - {"extra"}}
@@ -229,11 +276,42 @@ class Manifest:
         known = _fields(cls) - {"extra", "saes"}
         kw = {k: d[k] for k in known if k in d}
         try:
-            return cls(saes=[SAEEntry.from_dict(s, root) for s in saes], **kw,
-                       extra={k: v for k, v in d.items() if k not in known | {"saes"}})
+            m = cls(saes=[SAEEntry.from_dict(s, root) for s in saes], **kw,
+                    extra={k: v for k, v in d.items() if k not in known | {"saes"}})
         except TypeError as exc:
             raise StoreCorruptError(f"{path} lacks a key ({exc}); the store is corrupt: extract "
                                     "it again") from None
+        m._check(root)
+        return m
+
+    def _check(self, root: Path) -> None:
+        """Types and ranges of every field a reader or a resumed run relies on."""
+        for key, low in (("ctx", 2), ("top_k", 1), ("band_samples", 1),
+                         ("feature_shard_size", 1), ("tokens", 0), ("windows", 0),
+                         ("sum_bits", 0), ("n_logits", 0), ("n_neighbours", 0)):
+            _int(root, key, getattr(self, key), low)
+        _edges(root, "histogram_edges", self.histogram_edges)
+        _edges(root, "band_edges", self.band_edges)
+        if self.status not in (STATUS_PARTIAL, STATUS_COMPLETE):
+            raise _damaged(root, f"`status` = {self.status!r} is neither {STATUS_PARTIAL!r} nor "
+                                 f"{STATUS_COMPLETE!r}")
+        if not isinstance(self.config, dict):
+            raise _damaged(root, "`config` is not an object")
+        if self.token_sketch is not None:
+            ts = self.token_sketch
+            if not isinstance(ts, dict):
+                raise _damaged(root, "`token_sketch` is not an object")
+            _int(root, "token_sketch.depth", ts.get("depth"), 1)
+            width = _int(root, "token_sketch.width", ts.get("width"), 1)
+            if width & (width - 1):
+                raise _damaged(root, f"`token_sketch.width` = {width} is not a power of two")
+        for key in ("name", "dir"):
+            seen: set[str] = set()
+            for entry in self.saes:
+                value = getattr(entry, key)
+                if value in seen:
+                    raise _damaged(root, f"two SAEs share the {key} {value!r}")
+                seen.add(value)
 
     def to_dict(self) -> dict:
         d = {f: getattr(self, f) for f in _fields(self) - {"extra", "saes"}}

@@ -157,6 +157,7 @@ def write_generation(root: str | Path, manifest: S.Manifest, stats: Mapping[str,
     except BaseException:
         manifest.data = previous
         raise
-    for old in root.glob(f"{S.GEN_PREFIX}*"):  # keep the one before, for readers that hold it open
-        if old.name not in (gen_name, previous):
+    for old in root.iterdir():  # keep the one before, for readers that hold it open
+        if (S.is_generation(old.name) and old.is_dir() and not old.is_symlink()
+                and old.name not in (gen_name, previous)):
             shutil.rmtree(old, ignore_errors=True)

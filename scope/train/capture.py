@@ -8,8 +8,11 @@ deterministic, so an interrupted capture resumes after the last window it wrote.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,11 +20,26 @@ from tqdm.auto import tqdm
 
 from scope.pipeline.corpus import special_token_ids
 from scope.train.buffer import ActivationCache
+from scope.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
 #: write a shard every this many activations (~80 MB of bfloat16 at d_model 640)
 SHARD_TOKENS = 1 << 16
+
+
+def cache_key(cfg: TrainConfig, split: str) -> dict[str, Any]:
+    """What an activation cache was captured from (the one definition; `meta.json` keeps it)."""
+    d = cfg.data
+    return {"model": d.model, "hook_name": d.hook_name, "corpus": d.corpus, "split": split,
+            "ctx": d.ctx}
+
+
+def cache_folder(cfg: TrainConfig, split: str) -> Path:
+    """Activation-cache folder of one corpus split for this run's model, hook, corpus and ctx."""
+    key = json.dumps(cache_key(cfg, split), sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return Path(cfg.run.run_dir) / "cache" / f"{split}-{digest}"
 
 
 def fill_cache(model: Any, corpus: Any, cache: ActivationCache, *, hook_name: str, ctx: int,

@@ -2,7 +2,8 @@
 
 `DataConfig` says what the SAE reads (model, hook, corpus, token budget), `OptimConfig` how it
 is trained (width, sparsity coefficient, learning-rate schedule, STE bandwidth), and `RunConfig`
-where the run writes (activation cache, checkpoints, output SAE). `TrainConfig` bundles the three;
+where the run writes (activation cache, checkpoints, output SAE), and `TranscoderConfig` what a
+multi-layer transcoder run adds (layers, sites, skip, streaming). `TrainConfig` bundles the four;
 its flat form (`to_flat` / `from_flat`) is what `scope train --config FILE.yaml` reads, one key
 per field, and what is written beside the trained weights as `training_config.json`.
 """
@@ -20,6 +21,12 @@ from scope.errors import ConfigError, suggest
 
 _HOOK_RE = re.compile(r"^(hook_\w+|blocks\.\d+\.[\w.]+)$")
 SAVE_DTYPES = ("float32", "float16", "bfloat16")
+#: the optimisation is fully determined by these config keys; a checkpoint made under others
+#: is not resumed
+RESUME_KEYS = ("model", "hook_name", "corpus", "ctx", "train_tokens", "d_sae", "l0_coefficient",
+               "l0_warmup_steps", "bandwidth", "threshold_init", "lr", "lr_warmup_steps",
+               "lr_decay_fraction", "adam_betas", "batch_size", "epochs", "dead_steps",
+               "dead_coefficient", "target_l0", "spike_clip", "seed")
 
 
 def _positive(obj: Any, *names: str) -> None:
@@ -163,6 +170,73 @@ class RunConfig:
                              f"got {self.save_dtype!r}")
 
 
+#: sites of a Gemma Scope 2 transcoder at layer L (the MLP's normalised input -> its output)
+TRANSCODER_IN = "blocks.{L}.ln2.hook_normalized_with_gain"
+TRANSCODER_OUT = "blocks.{L}.hook_mlp_out"
+KINDS = ("sae", "transcoder")
+
+
+@dataclass
+class TranscoderConfig:
+    """What a transcoder run adds: which layers, which sites, and how the capture is streamed.
+
+    One forward pass per batch of windows captures every layer's input and output; all layers'
+    transcoders train on that one capture (`scope.train.transcoders`).
+    """
+
+    kind: str = "sae"
+    """"sae" (one SAE at `hook_name`) or "transcoder" (one transcoder per layer in `layers`)."""
+    layers: str = "all"
+    """Layers to train transcoders for: "all", or a list such as "0,3,5" or "0-8"."""
+    hook_in: str = TRANSCODER_IN
+    """Site each transcoder reads ({L} = layer); default the Gemma Scope 2 transcoder input."""
+    hook_out: str = TRANSCODER_OUT
+    """Site each transcoder predicts ({L} = layer)."""
+    skip: bool = False
+    """Learn a linear skip `x @ W_skip` beside the features (Gemma Scope 2 affine transcoders)."""
+    outlier_prefix: int = 1
+    """Leading positions never trained on (1 = BOS only; see scope.saes.outliers)."""
+    segment_windows: int = 64
+    """Windows per captured segment, a multiple of capture_batch_size (shuffle/checkpoint unit)."""
+    workers: int = 2
+    """1: capture and train in turn in one process; 2: capture in a child process meanwhile."""
+
+    def __post_init__(self) -> None:
+        _positive(self, "outlier_prefix", "segment_windows")
+        if self.kind not in KINDS:
+            raise ConfigError(f"TranscoderConfig.kind must be one of {KINDS}, got {self.kind!r}")
+        if self.workers not in (1, 2):
+            raise ConfigError(f"TranscoderConfig.workers must be 1 or 2, got {self.workers!r}")
+        for name in ("hook_in", "hook_out"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or "{L}" not in value or not _HOOK_RE.match(
+                    value.replace("{L}", "0")):
+                raise ConfigError(f"TranscoderConfig.{name} {value!r} must be a TransformerLens "
+                                  "hook name with {L} for the layer, e.g. " + TRANSCODER_OUT)
+        parse_layers(self.layers, None)
+
+    def layer_list(self, n_layers: int) -> list[int]:
+        """The layers, shallowest first, checked against the model's `n_layers`."""
+        return parse_layers(self.layers, n_layers)
+
+
+def parse_layers(spec: str, n_layers: int | None) -> list[int]:
+    """"all" / "0,3,5" / "0-8" -> sorted layer indices (ConfigError for anything else)."""
+    text = str(spec).replace(" ", "")
+    if text == "all":
+        return list(range(n_layers)) if n_layers is not None else []
+    layers: set[int] = set()
+    for part in text.split(","):
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if m is None:
+            raise ConfigError(f"layers {spec!r}: expected 'all', '0,3,5' or '0-8'")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        layers.update(range(lo, hi + 1))
+    if n_layers is not None and (not layers or max(layers) >= n_layers):
+        raise ConfigError(f"layers {spec!r}: the model has layers 0..{n_layers - 1}")
+    return sorted(layers)
+
+
 def _coerce(name: str, value: Any, default: Any) -> Any:
     """`value` with the type of the field's default, or ConfigError naming the field.
 
@@ -197,11 +271,13 @@ class TrainConfig:
     """How it is trained."""
     run: RunConfig = field(default_factory=RunConfig)
     """Where the run writes."""
+    transcoder: TranscoderConfig = field(default_factory=TranscoderConfig)
+    """Transcoder runs: layers, sites, skip, streaming."""
 
     def to_flat(self) -> dict[str, Any]:
-        """One key per field of the three sections (the YAML / CLI form); JSON-serialisable."""
+        """One key per field of every section (the YAML / CLI form); JSON-serialisable."""
         flat: dict[str, Any] = {}
-        for section in (self.data, self.optim, self.run):
+        for section in (self.data, self.optim, self.run, self.transcoder):
             for f in dataclasses.fields(section):
                 value = getattr(section, f.name)
                 flat[f.name] = list(value) if isinstance(value, tuple) else value
@@ -217,8 +293,7 @@ class TrainConfig:
         Returns:
             The validated config.
         """
-        sections = {name: {f.name for f in dataclasses.fields(kind)} for name, kind in
-                    (("data", DataConfig), ("optim", OptimConfig), ("run", RunConfig))}
+        sections = {name: {f.name for f in dataclasses.fields(kind)} for name, kind in _SECTIONS}
         kwargs: dict[str, dict[str, Any]] = {name: {} for name in sections}
         for key, value in flat.items():
             name = str(key).replace("-", "_")
@@ -229,7 +304,7 @@ class TrainConfig:
                                   f"Known: {', '.join(known)}")
             kwargs[owner][name] = _coerce(name, value, _DEFAULTS[owner][name])
         return cls(DataConfig(**kwargs["data"]), OptimConfig(**kwargs["optim"]),
-                   RunConfig(**kwargs["run"]))
+                   RunConfig(**kwargs["run"]), TranscoderConfig(**kwargs["transcoder"]))
 
     @staticmethod
     def field_docs() -> dict[str, tuple[Any, str]]:
@@ -238,7 +313,7 @@ class TrainConfig:
         import inspect
 
         docs: dict[str, tuple[Any, str]] = {}
-        for kind in (DataConfig, OptimConfig, RunConfig):
+        for _, kind in _SECTIONS:
             tree = ast.parse(inspect.getsource(kind))
             body = tree.body[0].body  # type: ignore[attr-defined]
             for node, nxt in zip(body, body[1:], strict=False):
@@ -252,5 +327,6 @@ class TrainConfig:
         return docs
 
 
-_DEFAULTS = {name: dataclasses.asdict(kind()) for name, kind in
-             (("data", DataConfig), ("optim", OptimConfig), ("run", RunConfig))}
+_SECTIONS = (("data", DataConfig), ("optim", OptimConfig), ("run", RunConfig),
+             ("transcoder", TranscoderConfig))
+_DEFAULTS = {name: dataclasses.asdict(kind()) for name, kind in _SECTIONS}

@@ -20,16 +20,10 @@ import torch
 from tqdm.auto import tqdm
 
 from scope.train.buffer import ActivationCache
-from scope.train.capture import SHARD_TOKENS, special_token_ids
+from scope.train.capture import SHARD_TOKENS, cache_folder, cache_key, special_token_ids
 from scope.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
-
-
-def _key(cfg: TrainConfig, split: str) -> dict[str, Any]:
-    d = cfg.data
-    return {"model": d.model, "hook_name": d.hook_name, "corpus": d.corpus, "split": split,
-            "ctx": d.ctx}
 
 
 def fill_caches(cfgs: list[TrainConfig], model: Any = None) -> None:
@@ -41,7 +35,6 @@ def fill_caches(cfgs: list[TrainConfig], model: Any = None) -> None:
     """
     from scope.model.activations import capture, site_width
     from scope.pipeline.corpus import Corpus, token_windows
-    from scope.train.trainer import cache_folder
 
     first = cfgs[0].data
     for cfg in cfgs[1:]:
@@ -59,7 +52,7 @@ def fill_caches(cfgs: list[TrainConfig], model: Any = None) -> None:
         wanted = {cfg.data.hook_name: (cfg.data.train_tokens if split == "train"
                                        else cfg.data.eval_tokens) for cfg in cfgs}
         caches = {cfg.data.hook_name: ActivationCache(
-            cache_folder(cfg, split), key=_key(cfg, split),
+            cache_folder(cfg, split), key=cache_key(cfg, split),
             d_in=site_width(model, cfg.data.hook_name)) for cfg in cfgs}
         starts = {c.windows_done for c in caches.values() if not c.complete}
         if not starts:

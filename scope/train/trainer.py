@@ -11,233 +11,60 @@ with the resolved config and the report beside it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
-import os
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
-from scope.base.atomic import atomic_write
-from scope.errors import CheckpointError
 from scope.train.buffer import ActivationCache, shuffled_batches
-from scope.train.config import OptimConfig, TrainConfig
+from scope.train.capture import cache_folder, cache_key
+from scope.train.checkpoint import (
+    CHECKPOINT_FILENAME,
+    STATE_FIELDS,
+    config_differs,
+    read_checkpoint,
+    restore_state,
+    state_meta,
+    state_tensors,
+    warn_legacy,
+    write_checkpoint,
+)
+from scope.train.config import RESUME_KEYS, TrainConfig
 from scope.train.jumprelu import JumpReLUTrainingSAE
+from scope.train.loop import FitState, fit, l0_coefficient_at, lr_at, make_optimizer
+from scope.train.output import TrainResult, cast_for_saving, load_run_model
+
+__all__ = ["FitState", "TrainResult", "cache_folder", "cast_for_saving", "fit", "heldout_report",
+           "l0_coefficient_at",
+           "load_checkpoint", "lr_at", "make_optimizer", "prepare_data", "save_checkpoint",
+           "to_inference", "train"]
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FILENAME = "checkpoint.safetensors"
-CHECKPOINT_FORMAT = "scope.train.checkpoint/1"
-#: the pickle checkpoint of earlier versions: never loaded (unpickling can run code)
-LEGACY_CHECKPOINT_FILENAME = "checkpoint.pt"
 PROGRESS_FILENAME = "progress.jsonl"
 TRAINING_CONFIG_FILENAME = "training_config.json"
 REPORT_FILENAME = "report.json"
 #: training activations the report's `train_sample` figures (L0, FVU, dead fraction) use
 TRAIN_SAMPLE_TOKENS = 400_000
-#: the optimisation is fully determined by these config keys; a checkpoint made under others
-#: is not resumed
-_RESUME_KEYS = ("model", "hook_name", "corpus", "ctx", "train_tokens", "d_sae", "l0_coefficient",
-                "l0_warmup_steps", "bandwidth", "threshold_init", "lr", "lr_warmup_steps",
-                "lr_decay_fraction", "adam_betas", "batch_size", "epochs", "dead_steps",
-                "dead_coefficient", "target_l0", "spike_clip", "seed")
 
 
 # --------------------------------------------------------------------------------------------
-# the loop
+# checkpoints of a single-SAE run
 # --------------------------------------------------------------------------------------------
 
-
-@dataclass
-class FitState:
-    """Everything a resumed `fit` needs besides the SAE parameters."""
-
-    step: int = 0
-    """Optimiser steps done."""
-    steps_since_fired: torch.Tensor | None = None
-    """[d_sae] steps since each feature last fired (dead-feature tracking)."""
-    history: list[dict[str, float]] = field(default_factory=list)
-    """Progress records (one per log interval)."""
-    l0_scale: float = 1.0
-    """Multiplier of the L0 coefficient set by the `target_l0` controller (1 without it)."""
-    grad_norm_ema: float = 0.0
-    """Running mean of the gradient norm (for `spike_clip`)."""
-    clipped: int = 0
-    """Steps whose gradient `spike_clip` scaled down."""
-
-
-def lr_at(step: int, total: int, cfg: OptimConfig) -> float:
-    """Learning rate at `step`: linear warmup from 10%, constant, linear decay to 0 at the end."""
-    lr = cfg.lr
-    if cfg.lr_warmup_steps and step < cfg.lr_warmup_steps:
-        lr *= 0.1 + 0.9 * step / cfg.lr_warmup_steps
-    decay_start = int(total * (1.0 - cfg.lr_decay_fraction))
-    if step >= decay_start and total > decay_start:
-        lr *= max(0.0, (total - step) / (total - decay_start))
-    return lr
-
-
-def l0_coefficient_at(step: int, cfg: OptimConfig) -> float:
-    """L0 coefficient at `step`: linear warmup from 0 over `l0_warmup_steps`."""
-    if cfg.l0_warmup_steps and step < cfg.l0_warmup_steps:
-        return cfg.l0_coefficient * (step + 1) / cfg.l0_warmup_steps
-    return cfg.l0_coefficient
-
-
-def make_optimizer(sae: JumpReLUTrainingSAE, cfg: OptimConfig) -> torch.optim.Adam:
-    """Adam over every parameter with the config's betas (Gemma Scope: beta1 = 0)."""
-    return torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
-
-
-def fit(sae: JumpReLUTrainingSAE, batches: Iterator[torch.Tensor], cfg: OptimConfig,
-        total_steps: int, *, scale: float = 1.0, optimizer: torch.optim.Optimizer | None = None,
-        state: FitState | None = None, log_every: int = 25,
-        on_checkpoint: Callable[[FitState], None] | None = None, checkpoint_every: int = 0,
-        progress: bool = True, progress_file: str | os.PathLike | None = None) -> FitState:
-    """Train `sae` for `total_steps` optimiser steps (or resume up to them).
-
-    Args:
-        sae: the training SAE (modified in place).
-        batches: raw activation batches [batch, d_in]; the first one used is step `state.step`'s.
-        cfg: optimisation settings.
-        total_steps: the step count the schedule is laid out for.
-        scale: multiplies every batch (the run's normalisation, E||scale * x||^2 = 1).
-        optimizer: an optimizer over `sae`'s parameters (made here when None).
-        state: where to resume from (a fresh start when None).
-        log_every: steps between progress records.
-        on_checkpoint: called with the state every `checkpoint_every` steps and at the end.
-        checkpoint_every: 0 disables periodic checkpoints.
-        progress: show a tqdm bar (tokens/s, ETA, loss, L0, FVU).
-        progress_file: append progress records as JSON lines here.
-
-    Returns:
-        The final `FitState`.
-    """
-    optimizer = optimizer or make_optimizer(sae, cfg)
-    state = state or FitState()
-    if state.steps_since_fired is None:
-        state.steps_since_fired = torch.zeros(sae.d_sae, dtype=torch.long)
-    sums = _Sums()
-    density = 1.0  # fraction of features firing at the previous step
-    bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step",
-               disable=not progress, mininterval=5.0)
-    start = time.time()
-    while state.step < total_steps:
-        x = next(batches).float() * scale  # [batch, d_in]
-        lr = lr_at(state.step, total_steps, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        dead = state.steps_since_fired >= cfg.dead_steps
-        lam = l0_coefficient_at(state.step, cfg) * state.l0_scale
-        optimizer.zero_grad(set_to_none=True)
-        if density < cfg.sparse_below:  # same gradients as the autograd reference, faster
-            out = sae.sparse_step(x, lam, dead, cfg.dead_coefficient)
-        else:
-            out = sae(x, lam, dead, cfg.dead_coefficient)
-            out.loss.backward()
-        density = float(out.l0) / sae.d_sae
-        if cfg.spike_clip:  # a rare huge-norm activation must not blow up Adam (beta1 = 0)
-            norm = float(torch.sqrt(sum(p.grad.pow(2).sum() for p in sae.parameters())))
-            if state.grad_norm_ema and norm > cfg.spike_clip * state.grad_norm_ema:
-                for p in sae.parameters():
-                    p.grad.mul_(cfg.spike_clip * state.grad_norm_ema / norm)
-                state.clipped += 1
-                norm = cfg.spike_clip * state.grad_norm_ema
-            state.grad_norm_ema = norm if not state.grad_norm_ema else (
-                0.99 * state.grad_norm_ema + 0.01 * norm)
-        if cfg.target_l0 and state.step >= cfg.l0_warmup_steps:
-            # multiplicative controller: at most +-1% per step, towards the target L0
-            error = max(-1.0, min(1.0, float(out.l0) / cfg.target_l0 - 1.0))
-            state.l0_scale *= math.exp(0.01 * error)
-        sae.project_decoder_grad()
-        optimizer.step()
-        sae.normalize_decoder()
-        sae.clamp_threshold()
-        fired = out.fired.any(dim=0)
-        state.steps_since_fired += 1
-        state.steps_since_fired[fired] = 0
-        state.step += 1
-        sums.add(x, out)
-        bar.update(1)
-        if state.step % log_every == 0 or state.step == total_steps:
-            record = sums.record(state.step, lr, float((state.steps_since_fired >=
-                                                        cfg.dead_steps).float().mean()))
-            record["l0_coefficient"] = lam
-            record["clipped_steps"] = state.clipped
-            record["tokens_per_s"] = round(sums.tokens / max(time.time() - start, 1e-9), 1)
-            state.history.append(record)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", l0=f"{record['l0']:.1f}",
-                            fvu=f"{record['fvu']:.3f}", dead=f"{record['dead']:.2f}")
-            log.info("step %d/%d  loss %.4f  mse %.4f  L0 %.1f  FVU %.4f  dead %.3f  lr %.2e  "
-                     "lambda %.2e", state.step, total_steps, record["loss"], record["mse"],
-                     record["l0"], record["fvu"], record["dead"], lr, lam)
-            if progress_file is not None:
-                with open(progress_file, "a") as fh:
-                    fh.write(json.dumps(record) + "\n")
-            sums = _Sums()
-            start = time.time()
-        if on_checkpoint and checkpoint_every and state.step % checkpoint_every == 0:
-            on_checkpoint(state)
-    bar.close()
-    if on_checkpoint:
-        on_checkpoint(state)
-    return state
-
-
-class _Sums:
-    """Running sums over one log interval; FVU is a ratio of sums (docs/saes.md, "Metrics")."""
-
-    def __init__(self) -> None:
-        self.n = self.tokens = 0
-        self.loss = self.mse = self.l0 = self.var = 0.0
-
-    def add(self, x: torch.Tensor, out: Any) -> None:
-        self.n += 1
-        self.tokens += len(x)
-        self.loss += float(out.loss.detach())
-        self.mse += float(out.mse)
-        self.l0 += float(out.l0)
-        # per-token variance around this batch's mean, summed like the MSE
-        self.var += float((x - x.mean(dim=0)).pow(2).sum(dim=-1).mean())
-
-    def record(self, step: int, lr: float, dead: float) -> dict[str, float]:
-        n = max(self.n, 1)
-        return {"step": step, "loss": self.loss / n, "mse": self.mse / n, "l0": self.l0 / n,
-                "fvu": self.mse / max(self.var, 1e-12), "dead": dead, "lr": lr}
-
-
-# --------------------------------------------------------------------------------------------
-# checkpoints
-# --------------------------------------------------------------------------------------------
+#: JSON fields of a single-SAE checkpoint and the types they must have
+_CHECKPOINT_FIELDS = {**STATE_FIELDS, "scale": float, "config": dict}
 
 
 def save_checkpoint(path: Path, sae: JumpReLUTrainingSAE, optimizer: torch.optim.Optimizer,
                     state: FitState, scale: float, cfg: TrainConfig) -> None:
-    """Write a resumable checkpoint atomically: tensors in safetensors, the rest as JSON.
-
-    The file holds only tensors and one JSON string in the safetensors header (no pickle), so
-    loading a checkpoint from someone else's run folder can never run code.
-    """
-    tensors = {f"sae.{k}": v.detach().contiguous() for k, v in sae.state_dict().items()}
-    for index, entry in optimizer.state_dict()["state"].items():
-        for key, value in entry.items():
-            value = value if isinstance(value, torch.Tensor) else torch.tensor(value)
-            tensors[f"optim.{index}.{key}"] = value.detach().contiguous()
-    tensors["steps_since_fired"] = state.steps_since_fired.contiguous()
-    meta = {"format": CHECKPOINT_FORMAT, "step": state.step, "history": state.history,
-            "l0_scale": state.l0_scale, "grad_norm_ema": state.grad_norm_ema,
-            "clipped": state.clipped, "scale": scale, "config": cfg.to_flat()}
-    header = {"scope_checkpoint": json.dumps(meta)}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+    """Write a resumable checkpoint atomically: tensors in safetensors, the rest as JSON."""
+    write_checkpoint(path, state_tensors(sae, optimizer, state),
+                     {**state_meta(state), "scale": scale, "config": cfg.to_flat()})
     log.debug("checkpoint at step %d -> %s", state.step, path)
 
 
@@ -251,91 +78,19 @@ def load_checkpoint(path: Path, sae: JumpReLUTrainingSAE, optimizer: torch.optim
     path = Path(path)
     if not path.is_file():
         return None
-    tensors, meta = _read_checkpoint(path)
-    old, new = meta["config"], cfg.to_flat()
-    differs = [k for k in _RESUME_KEYS if old.get(k) != new.get(k)]
+    tensors, meta = read_checkpoint(path, _CHECKPOINT_FIELDS)
+    differs = config_differs(meta["config"], cfg.to_flat(), RESUME_KEYS)
     if differs:
         log.warning("%s was made with different %s; starting afresh", path, ", ".join(differs))
         return None
-    sae_state = {k[len("sae."):]: v for k, v in tensors.items() if k.startswith("sae.")}
-    expected = {k: v.shape for k, v in sae.state_dict().items()}
-    got = {k: v.shape for k, v in sae_state.items()}
-    if got != expected:
-        raise _bad_checkpoint(path, f"SAE tensors {got} do not match this run's {expected}")
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    optim_state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, index, name = key.split(".", 2)
-            if not index.isdigit() or int(index) >= len(params):
-                raise _bad_checkpoint(path, f"optimizer entry {key!r} has no parameter")
-            optim_state.setdefault(int(index), {})[name] = value
-    for index, entry in optim_state.items():
-        for name, value in entry.items():
-            if value.dim() and value.shape != params[index].shape:
-                raise _bad_checkpoint(path, f"optimizer entry optim.{index}.{name} has shape "
-                                      f"{tuple(value.shape)}, expected {tuple(params[index].shape)}")
-    fired = tensors.get("steps_since_fired")
-    if fired is None or fired.shape != (sae.d_sae,) or fired.dtype != torch.long:
-        raise _bad_checkpoint(path, f"steps_since_fired must be int64 [{sae.d_sae}]")
-    sae.load_state_dict(sae_state)
-    optimizer.load_state_dict({"state": optim_state,
-                               "param_groups": optimizer.state_dict()["param_groups"]})
-    state = FitState(meta["step"], fired, meta["history"], meta["l0_scale"],
-                     meta["grad_norm_ema"], meta["clipped"])
+    state = restore_state(path, tensors, meta, sae, optimizer)
     log.info("resuming from %s at step %d", path, state.step)
     return state, float(meta["scale"])
-
-
-#: JSON fields of a checkpoint and the types they must have
-_CHECKPOINT_FIELDS = {"step": int, "history": list, "l0_scale": float, "grad_norm_ema": float,
-                      "clipped": int, "scale": float, "config": dict}
-
-
-def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Tensors and JSON fields of a checkpoint file, or CheckpointError."""
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            header = fh.metadata() or {}
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (not a dict)
-    except Exception as exc:  # safetensors raises its own error types for any corrupt header
-        raise _bad_checkpoint(path, f"not a safetensors file ({exc})") from None
-    try:
-        meta = json.loads(header.get("scope_checkpoint", ""))
-    except json.JSONDecodeError:
-        meta = None
-    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
-        raise _bad_checkpoint(path, f"no {CHECKPOINT_FORMAT!r} header")
-    for name, kind in _CHECKPOINT_FIELDS.items():
-        value = meta.get(name)
-        ok = isinstance(value, kind) and not isinstance(value, bool) or (
-            kind is float and isinstance(value, int) and not isinstance(value, bool))
-        if not ok:
-            raise _bad_checkpoint(path, f"field {name!r} is {value!r}, expected {kind.__name__}")
-    return tensors, meta
-
-
-def _bad_checkpoint(path: Path, why: str) -> CheckpointError:
-    return CheckpointError(f"{path} is not a usable scope training checkpoint: {why}. Delete it "
-                           "(or set resume: false) to start the run afresh.")
 
 
 # --------------------------------------------------------------------------------------------
 # data
 # --------------------------------------------------------------------------------------------
-
-
-def cache_folder(cfg: TrainConfig, split: str) -> Path:
-    """Activation-cache folder of one corpus split for this run's model, hook, corpus and ctx."""
-    key = json.dumps(_cache_key(cfg, split), sort_keys=True)
-    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return Path(cfg.run.run_dir) / "cache" / f"{split}-{digest}"
-
-
-def _cache_key(cfg: TrainConfig, split: str) -> dict[str, Any]:
-    d = cfg.data
-    return {"model": d.model, "hook_name": d.hook_name, "corpus": d.corpus, "split": split,
-            "ctx": d.ctx}
 
 
 def prepare_data(cfg: TrainConfig, model: Any = None) -> tuple[ActivationCache, ActivationCache]:
@@ -356,15 +111,15 @@ def prepare_data(cfg: TrainConfig, model: Any = None) -> tuple[ActivationCache, 
         meta_path = folder / "meta.json"
         if meta_path.is_file():
             cache = ActivationCache.open(folder)
-            if cache is not None and cache.meta["key"] == _cache_key(cfg, split) and (
+            if cache is not None and cache.meta["key"] == cache_key(cfg, split) and (
                     cache.complete and cache.tokens >= n_tokens):
                 caches.append(cache)
                 continue
-        model = model if model is not None else _load_model(cfg)
+        model = model if model is not None else load_run_model(cfg)
         from scope.model.activations import site_width
 
         d_in = site_width(model, cfg.data.hook_name)
-        cache = ActivationCache(folder, key=_cache_key(cfg, split), d_in=d_in)
+        cache = ActivationCache(folder, key=cache_key(cfg, split), d_in=d_in)
         if cache.complete and cache.tokens < n_tokens:
             cache.meta["complete"] = False  # asked for more than last time: extend it
         corpus = Corpus(source=cfg.data.corpus, split=split)
@@ -374,13 +129,6 @@ def prepare_data(cfg: TrainConfig, model: Any = None) -> tuple[ActivationCache, 
                                  ctx=cfg.data.ctx, n_tokens=n_tokens,
                                  batch_size=cfg.data.capture_batch_size, desc=f"capture {split}"))
     return caches[0], caches[1]
-
-
-def _load_model(cfg: TrainConfig) -> Any:
-    from scope.model.load import load_model
-
-    log.info("loading model %s", cfg.data.model)
-    return load_model(cfg.data.model)
 
 
 def estimate_scale(cache: ActivationCache, n: int = 1 << 16) -> tuple[float, torch.Tensor]:
@@ -393,18 +141,6 @@ def estimate_scale(cache: ActivationCache, n: int = 1 << 16) -> tuple[float, tor
 # --------------------------------------------------------------------------------------------
 # the pipeline
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class TrainResult:
-    """What `train` produced."""
-
-    sae: Any
-    """The trained `JumpReLUSAE` (raw-activation weights, in the saved dtype)."""
-    out: Path
-    """Folder it was saved to."""
-    report: dict[str, Any]
-    """Held-out figures (see `heldout_report`) and training facts."""
 
 
 def to_inference(sae: JumpReLUTrainingSAE, scale: float, cfg: TrainConfig, *, d_in: int,
@@ -431,21 +167,6 @@ def to_inference(sae: JumpReLUTrainingSAE, scale: float, cfg: TrainConfig, *, d_
                "trainer": "scope.train (JumpReLU, Gemma Scope recipe)", **(extra or {})},
     )
     return JumpReLUSAE.from_tensors(sae_cfg, sae.folded_tensors(scale))
-
-
-def cast_for_saving(sae: Any, dtype_name: str) -> Any:
-    """Cast to the save dtype; float16 falls back to bfloat16 if a weight would overflow it."""
-    from scope.base.dtypes import dtype_name as canonical
-    from scope.base.dtypes import to_torch_dtype
-
-    dtype_name = canonical(dtype_name)
-    if dtype_name == "float16":
-        biggest = max(float(t.abs().max()) for t in sae.state_tensors().values())
-        if biggest > torch.finfo(torch.float16).max / 2:
-            log.warning("a weight of magnitude %.3g does not fit float16; saving bfloat16",
-                        biggest)
-            dtype_name = "bfloat16"
-    return sae.to(to_torch_dtype(dtype_name))
 
 
 def heldout_report(sae: Any, acts: torch.Tensor, batch_size: int = 4096) -> dict[str, float]:
@@ -487,6 +208,10 @@ def train(cfg: TrainConfig, *, model: Any = None, progress: bool = True) -> Trai
         A `TrainResult`; the SAE is saved in `cfg.run.out` with `training_config.json` and
         `report.json` beside it.
     """
+    if cfg.transcoder.kind == "transcoder":  # one per layer, from one forward pass per batch
+        from scope.train.transcoders import train_transcoders
+
+        return train_transcoders(cfg, model=model, progress=progress)
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     run_dir = Path(cfg.run.run_dir)
@@ -502,10 +227,7 @@ def train(cfg: TrainConfig, *, model: Any = None, progress: bool = True) -> Trai
                               bandwidth=o.bandwidth, generator=gen)
     optimizer = make_optimizer(sae, o)
     ckpt = run_dir / CHECKPOINT_FILENAME
-    if (run_dir / LEGACY_CHECKPOINT_FILENAME).is_file():
-        log.warning("%s is a pickle checkpoint of an older scope; it is never loaded (unpickling "
-                    "can run code). Resuming only from %s.", run_dir / LEGACY_CHECKPOINT_FILENAME,
-                    CHECKPOINT_FILENAME)
+    warn_legacy(run_dir)
     progress_file = run_dir / PROGRESS_FILENAME
     resumed = load_checkpoint(ckpt, sae, optimizer, cfg) if cfg.run.resume else None
     if resumed is not None:
@@ -525,7 +247,7 @@ def train(cfg: TrainConfig, *, model: Any = None, progress: bool = True) -> Trai
     train_seconds = time.time() - started
 
     if cfg.run.eval_lm_windows and model is None:
-        model = _load_model(cfg)
+        model = load_run_model(cfg)
     model_name = getattr(getattr(model, "cfg", None), "model_name", "") or cfg.data.model
     inference = cast_for_saving(
         to_inference(sae, scale, cfg, d_in=d_in, model_name=model_name), cfg.run.save_dtype)

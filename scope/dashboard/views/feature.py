@@ -56,16 +56,19 @@ nav[1].button("◀ Prev", key="prev", on_click=_step, args=(-1,), width="stretch
 nav[2].button("Next ▶", key="next", on_click=_step, args=(1,), width="stretch")
 nav[3].button("Random live", key="random", on_click=_random, width="stretch")
 token = nav[4].text_input(
-    "Features that fire most on token", key="search_token", placeholder="e.g. ' the' or 'def'"
+    "Features specific to a token", key="search_token", placeholder="e.g. ' the' or 'def'",
+    help="ranked by the share of the feature's firings on the token times the share of the "
+    "token's occurrences it fires on",
 )
 if token:
     hits = data.search_token(path, sae, token, 20)
     if hits:
         names = data.labels(path, sae)
-        labels = {f: f"#{f}  (max {render.format_value(v)})  {names[f][:60]}" for f, v in hits}
+        labels = {h.index: f"#{h.index}  ({h.share_of_feature:.0%} of its firings, "
+                  f"{h.share_of_token:.0%} of the token's)  {names[h.index][:60]}" for h in hits}
         c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
         c1.selectbox(
-            f"{len(hits)} features fire most on this token", list(labels),
+            f"{len(hits)} features, most specific first", list(labels),
             format_func=labels.get, key="search_pick",
         )
         c2.button("Open", key="search_open", on_click=_from_search, width="stretch")
@@ -76,7 +79,7 @@ index = st.session_state["feature"]
 view = data.feature_view(path, sae, index, data.labels_mtime(path))
 st.query_params.update({"sae": sae, "feature": str(index)})
 
-st.subheader(f"Feature {index}")
+st.subheader(f"Feature {index:d}")
 st.markdown(f"**{render.md_text(view.label)}**")
 st.caption(f"{render.explanation_caption(view.explanation)} · SAE {render.md_text(sae)}")
 m = st.columns(5)
@@ -102,9 +105,11 @@ with left:
         st.info("This feature never fired on the corpus (dead feature): no histogram.")
 with right:
     st.html(
-        '<div style="display:flex;gap:16px">'
-        f'<div style="flex:1">{render.logit_table_html(view.top_logits, "Promoted tokens", True)}</div>'
-        f'<div style="flex:1">{render.logit_table_html(view.bottom_logits, "Suppressed tokens", False)}</div>'
+        '<div style="display:flex;flex-wrap:wrap;gap:8px 16px">'  # side by side, or stacked
+        '<div style="flex:1 1 11em;min-width:0">'
+        f'{render.logit_table_html(view.top_logits, "Promoted tokens", True)}</div>'
+        '<div style="flex:1 1 11em;min-width:0">'
+        f'{render.logit_table_html(view.bottom_logits, "Suppressed tokens", False)}</div>'
         "</div>"
     )
     names = data.labels(path, sae)

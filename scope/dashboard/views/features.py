@@ -1,9 +1,11 @@
 """Feature list: every feature of the SAE with its label; search, sort, filter, page, open.
 
 The table comes from `data.table` (scope.explore.feature_list.FeatureTable, built once per SAE): text
-search ranks labels and explanations with BM25, dense (> 1%) and rare (< 10 firings) features
-are hidden by default, and only one page of rows is sent to the browser. Selecting a row opens
-its feature page.
+search ranks labels and explanations with BM25 and the list sorts by that relevance until the
+user picks another column; dense (> 1%) and rare (< 10 firings) features are hidden by default;
+sorting by max or mean activation hides features with fewer than `TRUST_FIRINGS` firings (a
+toggle shows them); only one page of rows is sent to the browser. Selecting a row opens its
+feature page.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import math
 import streamlit as st
 
 from scope.dashboard import data, render
-from scope.explore.feature_list import COLUMNS
+from scope.explore.feature_list import COLUMNS, SAMPLE_COLUMNS, TRUST_FIRINGS
 from scope.store.labels import DENSE, RARE
 
 path = st.session_state["store_path"]
@@ -28,15 +30,34 @@ SORTS = {"relevance (with a search)": "relevance", "density": "density",
          "mean activation": "mean_activation", "explanation score": "score", "index": "index"}
 assert set(SORTS.values()) - {"relevance"} == set(COLUMNS)
 
+RELEVANCE, DEFAULT_SORT = list(SORTS)[0], "density"
+st.session_state.setdefault("fl_sort", DEFAULT_SORT)
+
+
+def _on_text() -> None:
+    """A query sorts by relevance until the user picks another column; clearing it goes back."""
+    has_text = bool(st.session_state.get("fl_text", "").strip())
+    if not st.session_state.get("fl_sort_picked"):
+        st.session_state["fl_sort"] = RELEVANCE if has_text else DEFAULT_SORT
+    if not has_text:
+        st.session_state["fl_sort_picked"] = False
+        if st.session_state["fl_sort"] == RELEVANCE:
+            st.session_state["fl_sort"] = DEFAULT_SORT
+
+
+def _on_sort() -> None:
+    st.session_state["fl_sort_picked"] = True
+
+
 top = st.columns([4, 2, 1.2], vertical_alignment="bottom")
-text = top[0].text_input("Search labels and explanations", key="fl_text",
+text = top[0].text_input("Search labels and explanations", key="fl_text", on_change=_on_text,
                          placeholder="e.g. 'def' or 'closing bracket' (ranked by BM25)")
-sort_name = top[1].selectbox("Sort by", list(SORTS), index=0 if text else 1, key="fl_sort")
+sort_name = top[1].selectbox("Sort by", list(SORTS), key="fl_sort", on_change=_on_sort)
 descending = top[2].toggle("Largest first", value=True, key="fl_desc")
-f = st.columns([1.3, 1.3, 1.3, 3], vertical_alignment="bottom")
+f = st.columns(4, vertical_alignment="bottom")
 hide_dense = f[0].checkbox(f"Hide dense (> {DENSE:.0%})", value=True, key="fl_dense",
                            help="features that fire on more than 1% of tokens top every ranking")
-hide_rare = f[1].checkbox(f"Hide rare (< {RARE} firings)", value=True, key="fl_rare",
+hide_rare = f[1].checkbox(f"Hide rare (< {RARE:d} firings)", value=True, key="fl_rare",
                           help="a handful of firings tells little about a feature")
 hide_dead = f[2].checkbox("Hide dead", value=True, key="fl_dead")
 lo, hi = f[3].select_slider(
@@ -47,10 +68,18 @@ lo, hi = f[3].select_slider(
 sort = SORTS[sort_name]
 if sort == "relevance" and not text.strip():
     sort = "density"
+trust = True
+if sort in SAMPLE_COLUMNS:
+    trust = st.toggle(
+        f"Rank only features with ≥ {TRUST_FIRINGS:d} firings", value=True, key="fl_trust",
+        help=f"a max or mean over a handful of firings is a handful of samples (a feature seen "
+        f"10 times sits at its own max): sorting by it hides features with fewer than "
+        f"{TRUST_FIRINGS:d} firings unless this is off")
 size = 50
 filters = dict(hide_dense=hide_dense, hide_rare=hide_rare, hide_dead=hide_dead,
                min_density=float(lo) if float(lo) > 1e-8 else None,
-               max_density=float(hi) if float(hi) < 1.0 else None)
+               max_density=float(hi) if float(hi) < 1.0 else None,
+               min_firings=TRUST_FIRINGS if sort in SAMPLE_COLUMNS and trust else None)
 total = table.query(text, sort=sort, descending=descending, page_size=1, **filters).total
 pages = max(1, math.ceil(total / size))
 if st.session_state.get("fl_page", 1) > pages:

@@ -32,7 +32,7 @@ hide_dense = c[2].toggle(
     help="features that fire on most tokens would top every token's list",
 )
 hide_rare = c[3].toggle(
-    f"Hide rare features (< {RARE} firings)", value=True, key="inspect_hide_rare",
+    f"Hide rare features (< {RARE:d} firings)", value=True, key="inspect_hide_rare",
     help="a feature seen a handful of times sits at its own max whenever it fires",
 )
 if not text.strip():
@@ -75,12 +75,12 @@ with right:
     )
     column = acts[:, feature].copy()
     column[:skip] = 0.0
-    st.markdown(f"**Feature {feature} over the prompt** · {render.md_text(names[feature])}")
+    st.markdown(f"**Feature {feature:d} over the prompt** · {render.md_text(names[feature])}")
     line = render.tokens_html(run.tokens, column.tolist(), float(column.max()))
     st.html(render.with_css(line))
 
     def _open() -> None:
         st.session_state["feature"] = int(st.session_state["inspect_feature"])
 
-    if st.button(f"Open feature {feature}'s page", key="inspect_open", on_click=_open):
+    if st.button(f"Open feature {feature:d}'s page", key="inspect_open", on_click=_open):
         st.switch_page("views/feature.py")

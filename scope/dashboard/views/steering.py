@@ -1,9 +1,10 @@
 """Steering: the default and a steered continuation side by side, and a strength sweep.
 
-Features are typed as `index:strength` pairs or found by label. In "add" mode a strength is, by
-default, a multiple of the feature's max activation in this store (the defaults live in
-scope/steer_defaults.py, shared with `scope steer`); "clamp" fixes the feature's activation to
-the value. Every text is shown with its drift: its loss under the unsteered model, so a reader
+Features are typed as `index:strength` pairs, found by label, or added from the feature page the
+user came from (a button: the box starts empty, nothing is steered that the user did not pick).
+In "add" mode a strength is, by default, a multiple of the feature's max activation in this
+store (the defaults, chosen by a measured sweep, live in scope/steer/defaults.py, shared with
+`scope steer`); "clamp" fixes the feature's activation to the value. Every text is shown with its drift: its loss under the unsteered model, so a reader
 sees where steering turns into word salad. Both continuations use the same seed, so strength 0
 reproduces the default exactly.
 """
@@ -29,18 +30,22 @@ if unavailable:
     st.stop()
 names = data.labels(path, sae)
 current = min(max(0, int(st.session_state.get("feature", 0))), n - 1)
-if "steer_spec" not in st.session_state:
-    st.session_state["steer_spec"] = f"{current}:{sd.STRENGTH_X_MAX:g}"
+st.session_state.setdefault("steer_spec", "")  # never pre-filled: the user picks every feature
 
 
-def _add_found() -> None:
-    pick = st.session_state.get("steer_found")
+def _add(pick: int | None) -> None:
     if pick is None:
         return
     spec = st.session_state.get("steer_spec", "").strip()
+    if str(int(pick)) in {e.split(":")[0].strip() for e in spec.split(",") if e.strip()}:
+        return  # already listed
     strength = sd.STRENGTH_X_MAX if st.session_state.get("steer_relative", True) else sd.STRENGTH_RAW
     entry = f"{int(pick)}:{strength:g}"
     st.session_state["steer_spec"] = f"{spec}, {entry}" if spec else entry
+
+
+def _add_found() -> None:
+    _add(st.session_state.get("steer_found"))
 
 
 find = st.columns([3, 4, 1], vertical_alignment="bottom")
@@ -56,6 +61,8 @@ if query.strip():
         find[2].button("Add", key="steer_add", on_click=_add_found, width="stretch")
     else:
         find[1].caption("No label matches.")
+st.button(f"Add feature {current:d} (the feature page's): {render.md_text(names[current], 60)}",
+          key="steer_add_current", on_click=_add, args=(current,))
 
 c1, c2 = st.columns([3, 1])
 spec_text = c1.text_input("Features and strengths (index:strength, comma separated)",
@@ -64,9 +71,9 @@ mode = c2.radio("Mode", ["add", "clamp"], key="steer_mode", horizontal=True)
 relative = st.checkbox(
     "Strengths are multiples of each feature's max activation in this store",
     value=True, key="steer_relative",
-    help=f"e.g. {sd.STRENGTH_X_MAX:g} adds {sd.STRENGTH_X_MAX:g}x the feature's largest recorded "
-    "activation along its decoder direction; untick for raw multiples of the unit direction "
-    "(add mode only)",
+    help=f"e.g. {sd.STRENGTH_X_MAX:g} (the default, chosen by a measured sweep) adds "
+    f"{sd.STRENGTH_X_MAX:g}x the feature's largest recorded activation along its decoder "
+    "direction; untick for raw multiples of the unit direction (add mode only)",
 )
 prompt = st.text_area("Prompt", sd.PROMPT, key="steer_prompt", height=80)
 c = st.columns(3)
@@ -84,20 +91,20 @@ except ValueError as exc:
     st.stop()
 bad = [f for f in spec if f >= n]
 if bad:
-    st.error(f"Feature(s) {bad} out of range: SAE {render.md_text(sae)} has {n:,} features "
+    st.error(f"Feature(s) {render.md_text(bad)} out of range: SAE {render.md_text(sae)} has {n:,} features "
              f"(0…{n - 1:,}).")
     st.stop()
 if not spec:
     st.info("Add at least one feature:strength pair, or find one by label above.")
 else:
-    st.caption(" · ".join(f"#{f} {render.md_text(names[f][:60])}" for f in spec))
+    st.caption(render.md_text(" · ".join(f"#{f} {names[f][:60]}" for f in spec)))
 
 peak = data.max_activations(path, sae)
 scale = relative and mode == "add"
 
 
 def _applied(strengths: dict[int, float]) -> dict[int, float]:
-    return {f: s * float(peak[f]) for f, s in strengths.items()} if scale else dict(strengths)
+    return sd.scale_by_max(strengths, peak) if scale else dict(strengths)
 
 
 gen = dict(max_new_tokens=int(max_tokens), temperature=float(temperature), seed=int(seed))
@@ -105,8 +112,9 @@ b = st.columns([1, 1, 4])
 go = b[0].button("Generate", key="steer_go", type="primary", disabled=not spec or not prompt)
 sweep = b[1].button("Strength sweep", key="steer_sweep", disabled=not spec or not prompt
                     or mode != "add",
-                    help="every listed feature at " + ", ".join(f"{m:g}" for m in sd.SWEEP)
-                    + ("× its max activation" if scale else " (raw)") + ", side by side")
+                    help=render.md_text("every listed feature at " + ", ".join(
+                        f"{m:g}" for m in sd.SWEEP) + ("× its max activation" if scale
+                                                       else " (raw)") + ", side by side"))
 if go or sweep:
     try:
         with st.spinner("Generating…"):
@@ -145,7 +153,7 @@ if result:
         heads = [col.empty() for col in cols]
         unit = "× max" if result["scale"] else ""
         for head, col, run in zip(heads, cols, runs, strict=True):
-            head.markdown(f"**{run['level']:g}{unit}**")
+            head.markdown(f"**{run['level']:g}{render.md_text(unit)}**")
             col.text(result["prompt"] + run["text"])
     note = st.empty()
     rows = []
@@ -168,7 +176,7 @@ if result:
                           "default)")
     else:
         for head, run in zip(heads, runs, strict=True):
-            head.markdown(f"**{run['level']:g}{unit}** · drift {run['loss']:.2f}")
+            head.markdown(f"**{run['level']:g}{render.md_text(unit)}** · drift {run['loss']:.2f}")
     note.caption("Drift: the text's loss (nats/token) under the unsteered model; the default "
                  f"text scores {base:.2f}. A steep rise marks word salad (repetition can stay "
                  "low: read the texts too).")
