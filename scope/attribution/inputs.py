@@ -11,29 +11,15 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from jaxtyping import Int
 
 from scope.errors import AttributionError, ShapeMismatchError
+from scope.saes.bundled import expand_sae_specs  # noqa: F401 - re-exported (one expansion)
 
 log = logging.getLogger(__name__)
-
-def expand_sae_specs(specs: Sequence[str]) -> list[str]:
-    """SAE specs with "bundled/all" expanded to every shipped demo SAE, shallowest first."""
-    out: list[str] = []
-    for spec in specs:
-        if spec != "bundled/all":
-            out.append(spec)
-            continue
-        root = Path(__file__).resolve().parent.parent / "bundled"
-        layers = {9} | {int(p.name.split("_")[1]) for p in root.glob("layer_*")
-                        if (p / "sae_weights.safetensors").is_file()}
-        out += ["bundled" if L == 9 else f"bundled/layer_{L}" for L in sorted(layers)]
-    return out
-
 
 def token_id(model: Any, token: str | int) -> int:
     """A single token id from an id or a string that tokenizes to exactly one token."""
