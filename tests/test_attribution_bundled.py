@@ -91,9 +91,10 @@ def test_transcoders_ig_signs_agree_with_measured_removal(bundled, prompt, targe
     """The bundled transcoders (every layer): ig's top-8 signs agree (7/8 measured on both
     prompts); its correlation does not reach 0.8 there (0.70 and 0.21, docs/attribution.md)."""
     import scope
+    from scope.saes.loading import load_saes
 
     model, _ = bundled
-    tcs = scope.load_saes("bundled/transcoders", model=model)
+    tcs = load_saes("bundled/transcoders", model=model)
     assert len(tcs) == model.cfg.n_layers
     r = scope.attribute(model, tcs, prompt, target, ablation_k=8)
     ab = r.ablation_check
