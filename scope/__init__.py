@@ -28,6 +28,7 @@ _EXPORTS = {
     "capture": "scope.model.activations",
     "JumpReLUSAE": "scope.saes.sae",
     "load_sae": "scope.saes.loading",
+    "load_saes": "scope.saes.loading",
     "extract": "scope.pipeline.extract",
     "open_store": "scope.store",
     "steering": "scope.steer.intervene",
@@ -47,6 +48,7 @@ __all__ = [
     "generate",
     "load_model",
     "load_sae",
+    "load_saes",
     "open_store",
     "steering",
     "__version__",
@@ -58,7 +60,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from scope.model.load import load_model
     from scope.pipeline.evals import evaluate
     from scope.pipeline.extract import extract
-    from scope.saes.loading import load_sae
+    from scope.saes.loading import load_sae, load_saes
     from scope.saes.sae import JumpReLUSAE
     from scope.steer.intervene import generate, steering
     from scope.store import open_store

@@ -24,7 +24,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import scope  # noqa: E402
-from scope.errors import ExportError  # noqa: E402
+from scope.errors import ExportError, StoreCorruptError  # noqa: E402
 from scope.explore import np_format as F  # noqa: E402
 from scope.explore.neuronpedia import export_neuronpedia, read_export  # noqa: E402
 
@@ -286,7 +286,8 @@ def test_partial_and_non_finite_stores_are_refused(store_path, tmp_path):
     arrays["max_activation"][7] = np.nan
     save_file(arrays, data)
     store = scope.open_store(path)
-    with pytest.raises(ExportError, match="feature 7 .*nan"):
+    # the store's reader refuses the non-finite value before the export writes anything
+    with pytest.raises(StoreCorruptError, match="NaN or infinite value in `max_activation`"):
         export_neuronpedia(store, tmp_path / "o", logit_histograms=False, progress=False)
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").rglob("batch-*"))
     manifest["status"] = "partial"

@@ -174,3 +174,13 @@ def reconstruction_stats(sae, acts: Tensor, batch_size: int = 4096) -> dict[str,
         f, x_hat = sae.run(x)
         stats.add(x, x_hat, f)
     return stats.result()
+
+
+def ce_sum(logits: Logits, targets: Tensor, keep: Tensor) -> float:
+    """Sum of next-token cross-entropies over the kept targets (`targets`, `keep`: [batch, pos-1];
+    logits [batch, pos, d_vocab]), one sequence at a time as `_per_position` does, float64."""
+    total = 0.0
+    for row_logits, row_targets, row_keep in zip(logits[:, :-1], targets, keep, strict=True):
+        nll = torch.nn.functional.cross_entropy(row_logits.float(), row_targets, reduction="none")
+        total += float(nll[row_keep].double().sum())
+    return total

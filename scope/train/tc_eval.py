@@ -24,7 +24,7 @@ import torch
 from scope.model.activations import capture, splice_hooks
 from scope.model.hooks import attached
 from scope.pipeline.corpus import special_token_ids
-from scope.pipeline.evals import ReconstructionStats, _ce_sum
+from scope.pipeline.eval_stats import ReconstructionStats, ce_sum
 from scope.train.segments import kept_positions
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def evaluate_transcoders(model: Any, transcoders: list[Any], windows: torch.Tens
             continue
         targets = batch[:, 1:]
         target_keep = ~torch.isin(targets, special.to(batch.device))
-        ce_clean += _ce_sum(logits, targets, target_keep)
+        ce_clean += ce_sum(logits, targets, target_keep)
         del logits
         n_targets += int(target_keep.sum())
         for i, tc in enumerate(transcoders):
@@ -97,7 +97,7 @@ def evaluate_transcoders(model: Any, transcoders: list[Any], windows: torch.Tens
             zeroed = torch.where(keep[..., None], torch.zeros_like(y), y)
             for value, sums in ((preds[i], ce_spliced), (zeroed, ce_zero)):
                 with attached(model, splice_hooks(model, tc.cfg.hook_name_out, _put(value))):
-                    sums[i] += _ce_sum(model(batch), targets, target_keep)
+                    sums[i] += ce_sum(model(batch), targets, target_keep)
         log.info("evaluated %d/%d CE windows (%.0f s)", stop, ce_windows,
                  time.time() - t0)
     out = []
