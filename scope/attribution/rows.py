@@ -199,7 +199,7 @@ def memory_plan(budget: int | None, batch: int, per_copy: int, edge_bytes: int, 
         raise AttributionError(
             f"max_memory {budget / 2**30:.2f} GiB leaves {left / 2**30:.2f} GiB after the edge "
             f"rows, less than one copy of the prompt's forward pass ({per_copy / 2**30:.2f} "
-            "GiB): raise max_memory or shorten the prompt")
+            "GiB) and 25% headroom: raise max_memory or shorten the prompt")
     batch = max(1, min(batch, fit))
     temp = max(left - batch * per_copy, 4 * batch * d_out)
     return batch, max(1, min(temp, DEFAULT_TEMP_BYTES) // (4 * batch * d_out))
