@@ -1,13 +1,16 @@
-"""Attribution graph of a 16-token prompt on the bundled Gemma 3 270M with every demo SAE.
+"""Attribution on the bundled Gemma 3 270M: integrated gradients vs activation x gradient, and
+the attribution graph of a 16-token prompt with every demo SAE.
 
-Target: <= 60 s on 2 CPU cores, memory bounded by the number of active features. Prints the
-graph time, the number of backward passes (one per batch of target rows), active features and
-rows computed, the size of the edge rows, peak resident memory, and the ratio of the graph time to the
-floor of one batched forward pass plus that many backward passes of a plain gradient (the
-cost the algorithm cannot go below), and to the 60 s target. Also times `scope.attribute`.
+Prints, as ratios in one run: the time of `scope.attribute(method="ig")` over `method="grad"`
+on the default prompts (the layer-9 SAE; with --sae, those SAEs), with each method's agreement
+with the measured removal of the top-8 features; then the graph time (target: <= 60 s on 2 CPU
+cores), its backward passes (one per batch of target rows), active features and rows computed,
+the size of the edge rows, the growth of peak resident memory while building it, and the ratio
+of the graph time to the floor of one batched forward pass plus that many backward passes of a
+plain gradient (the cost the algorithm cannot go below), and to the 60 s target.
 
     python benchmarks/bench_attribution.py [--sae bundled/all] [--batch-size 64]
-                                           [--max-feature-nodes N] [--json out.json]
+                                           [--max-feature-nodes N] [--steps 16] [--json out.json]
 """
 
 from __future__ import annotations
@@ -25,6 +28,35 @@ from scope.model.activations import to_tokens
 
 PROMPT = "When Mary and John went to the store, John gave a cold drink to"  # 16 tokens with BOS
 TARGET_S = 60.0
+DEFAULT_PROMPTS = [("The capital of France is Paris. The capital of Germany is", " Berlin"),
+                   ("The capital of France is", " Paris")]
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def compare_methods(model, saes, steps: int) -> None:
+    """Time and agreement of ig vs grad on the default prompts."""
+    scope.attribute(model, saes, DEFAULT_PROMPTS[1][0], DEFAULT_PROMPTS[1][1], method="grad",
+                    ablation_k=0)  # warm-up: first-call costs are not the method's
+    for prompt, target in DEFAULT_PROMPTS:
+        row = {}
+        for method in ("grad", "ig"):
+            t = time.perf_counter()
+            r = scope.attribute(model, saes, prompt, target, method=method, steps=steps,
+                                ablation_k=0)
+            row[method] = time.perf_counter() - t
+            t = time.perf_counter()
+            r = scope.attribute(model, saes, prompt, target, method=method, steps=steps,
+                                ablation_k=8)
+            ab = r.ablation_check
+            row[method + "_check"] = (round(ab.sign_agreement * len(ab.nodes)), len(ab.nodes),
+                                      ab.correlation)
+        print(f"{target!r}: grad {row['grad']:.1f} s, ig ({steps} steps) {row['ig']:.1f} s = "
+              f"{row['ig'] / row['grad']:.1f}x; top-8 removal: grad signs "
+              f"{row['grad_check'][0]}/{row['grad_check'][1]} r {row['grad_check'][2]:+.2f}, ig "
+              f"signs {row['ig_check'][0]}/{row['ig_check'][1]} r {row['ig_check'][2]:+.2f}")
 
 
 def floor_seconds(model, tokens: torch.Tensor, batch: int, passes: int) -> float:
@@ -44,6 +76,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-feature-nodes", type=int, default=1024,
                         help="feature rows to compute (0 = all with influence)")
+    parser.add_argument("--steps", type=int, default=16, help="integration steps of ig")
+    parser.add_argument("--skip-methods", action="store_true", help="only the graph")
     parser.add_argument("--json", help="also write the graph JSON here")
     args = parser.parse_args()
 
@@ -55,18 +89,18 @@ def main() -> None:
           f"torch threads {torch.get_num_threads()}; load average {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} CPUs")
 
-    t = time.perf_counter()
-    r = scope.attribute(model, saes, PROMPT, " Mary", ablation_k=0)
-    t_attr = time.perf_counter() - t
-    print(f"attribute (total, one backward): {t_attr:.1f} s; metric {r.metric:.3f}; "
-          f"{len(r.features())} active features")
+    if not args.skip_methods:
+        compare_methods(model, [scope.load_sae(s, model=model) for s in expand_sae_specs(
+            args.sae or ["bundled"])], args.steps)
 
+    before = rss_mb()
     t, cpu = time.perf_counter(), time.process_time()
-    g = scope.attribution_graph(model, saes, PROMPT, batch_size=args.batch_size,
+    g = scope.attribution_graph(model, saes, PROMPT, target=" Mary",
+                                batch_size=args.batch_size,
                                 max_feature_nodes=args.max_feature_nodes or None)
     t_graph = time.perf_counter() - t
     cpu_graph = time.process_time() - cpu
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = rss_mb()
     passes = g.stats["backward_passes"]
     floor = floor_seconds(model, tokens, g.stats["batch_size"], passes)
     s = g.scores()
@@ -75,7 +109,7 @@ def main() -> None:
           f"{passes} backward passes of batch {g.stats['batch_size']}; "
           f"{g.n_features} active features, {g.stats['feature_rows']} rows computed; "
           f"edge rows {tuple(g.edges.shape)} ({g.edges.numel() * 4 / 2**20:.0f} MB); "
-          f"peak RSS {peak_mb:.0f} MB")
+          f"peak RSS {peak_mb:.0f} MB (+{peak_mb - before:.0f} MB while building)")
     print(f"reference (1 batched forward + {passes} backward passes through all layers, i.e. "
           f"without the splices' leaf cuts): {floor:.1f} s; graph / reference = "
           f"{t_graph / floor:.2f}x")

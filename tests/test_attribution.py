@@ -211,7 +211,7 @@ def test_residual_sae_edges_equal_finite_differences(kind):
 def test_splice_leaves_logits_unchanged_and_ablation_agrees(kind):
     model = tiny_hooked_model(kind)
     saes = [resid_saes(model)[1], transcoders(model)[2]]
-    r = attribute(model, saes, PROMPT, " ", ablation_k=4)
+    r = attribute(model, saes, PROMPT, " ", ablation_k=4, method="grad")
     assert r.splice_max_rel_error <= 1e-5
     kinds = {n.kind for n in r.nodes}
     assert kinds == {"feature", "error", "embedding"}
@@ -222,8 +222,8 @@ def test_splice_leaves_logits_unchanged_and_ablation_agrees(kind):
     for pred, meas in zip(ab.predicted, ab.measured, strict=True):  # first order: same size
         assert abs(pred - meas) <= 0.5 * abs(pred) + 1e-3
     # a logit difference is the difference of the two logits' attributions
-    r2 = attribute(model, saes, PROMPT, "a", ablation_k=0)
-    rd = attribute(model, saes, PROMPT, " ", contrast="a", ablation_k=0)
+    r2 = attribute(model, saes, PROMPT, "a", ablation_k=0, method="grad")
+    rd = attribute(model, saes, PROMPT, " ", contrast="a", ablation_k=0, method="grad")
     key = lambda n: (n.kind, n.sae_index, n.position, n.feature)  # noqa: E731
     a1 = {key(n): n.attribution for n in r.nodes}
     a2 = {key(n): n.attribution for n in r2.nodes}
@@ -302,9 +302,10 @@ def test_graph_json_fields_and_pruning(tmp_path):
     assert kept >= 0.5 - 1e-6
     s = graph.scores()
     assert 0 <= s["replacement"] <= 1 and 0 <= s["completeness"] <= 1
-    assert graph.stats["backward_passes"] == math.ceil(len(graph.logit_tokens) / 32) + sum(
-        math.ceil(int(((graph.features[:, 0] == si) & graph.rows_done[:graph.n_features]).sum())
-                  / 32) for si in range(len(graph.sites)))
+    # one pass per batch of 32 rows: the logit rows, then feature rows by influence
+    feature_passes = graph.stats["backward_passes"] - math.ceil(len(graph.logit_tokens) / 32)
+    assert math.ceil(graph.stats["feature_rows"] / 32) <= feature_passes
+    assert graph.stats["feature_rows"] == int(graph.rows_done[:graph.n_features].sum())
 
 
 def test_bad_target_is_named():
@@ -313,40 +314,3 @@ def test_bad_target_is_named():
         attribute(model, resid_saes(model)[:1], PROMPT, "cat sat")
     with pytest.raises(ValueError, match="mode"):
         attribute(model, resid_saes(model)[:1], PROMPT, " ", mode="sideways")
-
-
-# ---------------------------------------------------------------------------------------------
-# the bundled model
-# ---------------------------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_bundled_top_feature_agrees_with_its_ablation(tmp_path):
-    """A prompt with a clear next token: the top feature's attribution ~ its measured ablation."""
-    import scope
-
-    model = scope.load_model("bundled")
-    sae = scope.load_sae("bundled", model=model)
-    prompt = "When Mary and John went to the store, John gave a cold drink to"
-    r = scope.attribute(model, sae, prompt, " Mary", ablation_k=3)
-    assert r.target_prob > 0.5
-    assert r.splice_max_rel_error <= 1e-5
-    ab = r.ablation_check
-    pred, meas = ab.predicted[0], ab.measured[0]
-    assert pred * meas > 0  # same sign
-    # rough size: a gradient estimate of removing a ~2000-sized activation overshoots (measured
-    # here: predicted -13.9, ablation -4.2 on the layer-9 demo SAE), so within a factor of 4
-    assert 1 / 4 <= meas / pred <= 4
-    # every shipped demo SAE loads by name, and a multi-layer graph exports the documented fields
-    from scope.attribution.attribute import expand_sae_specs
-
-    specs = expand_sae_specs(["bundled/all"])
-    assert len(specs) >= 4 and specs[0] != "bundled"
-    saes = [scope.load_sae(s, model=model) for s in specs]
-    assert scope.load_sae("bundled").cfg.hook_name == "blocks.9.hook_resid_post"
-    g = scope.attribution_graph(model, saes, prompt, max_feature_nodes=96)
-    data = g.to_json(str(tmp_path / "g.json"))
-    assert g.stats["splice_max_rel_error"] <= 1e-5
-    assert {n["layer"] for n in data["nodes"] if n["feature_type"] == "cross layer transcoder"} \
-        <= {str(s.layer) for s in g.sites}
-    assert data["links"] and data["metadata"]["prompt_tokens"][-1] == " to"

@@ -5,8 +5,8 @@
 """
 
 from scope.attribution.attribute import (
+    AblationCheck,
     AttributionResult,
-    FeatureMetric,
     Intervention,
     Node,
     attribute,
@@ -14,8 +14,9 @@ from scope.attribution.attribute import (
 )
 from scope.attribution.build import attribution_graph
 from scope.attribution.graph import AttributionGraph
+from scope.attribution.metric import FeatureMetric
 from scope.attribution.replacement import AttributionError
 
-__all__ = ["AttributionError", "AttributionGraph", "AttributionResult", "FeatureMetric", "Intervention", "Node",
+__all__ = ["AblationCheck", "AttributionError", "AttributionGraph", "AttributionResult", "FeatureMetric", "Intervention", "Node",
            "attribute", "intervene",
            "attribution_graph"]

@@ -9,24 +9,28 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from scope.attribution.attribute import prompt_tokens, token_strings
 from scope.attribution.graph import AttributionGraph, SiteInfo
+from scope.attribution.inputs import prompt_tokens, token_id, token_strings
 from scope.attribution.replacement import (
     AttributionError,
     Freezer,
     Site,
     clean_run,
-    embed_hook,
-    final_hook,
-    forward,
     hooks,
     make_sites,
-    site_hooks,
+)
+from scope.attribution.rows import (
+    GraphPass,
+    Sources,
+    memory_plan,
+    parse_memory,
+    run_rows,
+    saved_bytes_per_copy,
 )
 
 log = logging.getLogger(__name__)
@@ -41,12 +45,14 @@ def top_logits(logits: torch.Tensor, max_logits: int, cumulative: float
     return idx[:k].tolist(), p[:k]
 
 
-def logit_directions(model: Any, freezer: Freezer, final: torch.Tensor, ids: Sequence[int]
-                     ) -> torch.Tensor:
-    """[n, d_model]: gradient of each demeaned logit w.r.t. the last residual, norm frozen.
+def logit_directions(model: Any, freezer: Freezer, final: torch.Tensor, ids: Sequence[int],
+                     contrast: int | None = None) -> torch.Tensor:
+    """[n, d_model]: gradient of each logit row w.r.t. the last residual, norm frozen.
 
-    The final norm's scale is the clean run's at the last position, so `v . x_final[-1]` moves
-    exactly as the demeaned logit does in the linearised model.
+    A row is the logit minus the mean logit over the vocabulary (demeaned, as circuit-tracer's
+    logit nodes), or with `contrast` the logit difference `logit(id) - logit(contrast)`. The
+    final norm's scale is the clean run's at the last position, so `v . x_final[-1]` moves
+    exactly as the row does in the linearised model.
     """
     dtype = next(model.unembed.parameters(), final).dtype
     x = final[-1:].reshape(1, 1, -1).to(dtype).clone().requires_grad_(True)
@@ -62,71 +68,78 @@ def logit_directions(model: Any, freezer: Freezer, final: torch.Tensor, ids: Seq
         logits = model.unembed(model.ln_final(x))[0, 0].float()  # [d_vocab]
     rows = []
     for i in ids:
-        (g,) = torch.autograd.grad(logits[i] - logits.mean(), x, retain_graph=True)
+        ref = logits.mean() if contrast is None else logits[contrast]
+        (g,) = torch.autograd.grad(logits[i] - ref, x, retain_graph=True)
         rows.append(g[0, 0].float())
     return torch.stack(rows)
 
 
-class _GraphPass:
-    """The batched forward pass whose graph every row's backward reuses."""
+BOS_MODES = ("keep", "zero")
 
-    def __init__(self, model: Any, sites: list[Site], clean: dict[str, torch.Tensor],
-                 freezer: Freezer, tokens: torch.Tensor, batch: int) -> None:
-        self.reads: dict[int, torch.Tensor] = {}
-        self.final: torch.Tensor | None = None
-        self.embed = clean["embed"].unsqueeze(0).expand(batch, -1, -1).clone().requires_grad_(True)
-        self.writes = []
-        fwd: list[tuple[str, Callable]] = []
-        fwd += site_hooks(model, embed_hook(), lambda a: self.embed.to(a.dtype))
-        for i, s in enumerate(sites):
-            base = (s.sae.decode(s.acts).float() + s.error)  # write value minus the live skip
-            leaf = base.unsqueeze(0).expand(batch, -1, -1).clone().requires_grad_(True)
-            self.writes.append(leaf)
-            fwd += site_hooks(model, s.read, self._reader(i))
-            fwd += site_hooks(model, s.write, self._writer(i, s))
 
-        def fin(a):
-            self.final = a
-            return None
+def _check_args(max_logits, logit_probability, batch_size, max_feature_nodes, bos) -> None:
+    def posint(name, v, allow_none=False):
+        if v is None and allow_none:
+            return
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise AttributionError(f"{name} must be a positive integer"
+                                   + (" or None (no cap)" if allow_none else "") + f", got {v!r}")
 
-        fwd += site_hooks(model, final_hook(model), fin)
-        fwd += freezer.frozen()
-        with hooks(model, fwd):
-            forward(model, tokens.expand(batch, -1), stop_at_final=True)
+    posint("max_logits", max_logits)
+    posint("batch_size", batch_size)
+    posint("max_feature_nodes", max_feature_nodes, allow_none=True)
+    if not 0.0 < float(logit_probability) <= 1.0:
+        raise AttributionError(f"logit_probability must lie in (0, 1], got {logit_probability}")
+    if bos not in BOS_MODES:
+        raise AttributionError(f"bos must be one of {BOS_MODES}, got {bos!r}")
 
-    def _reader(self, i: int) -> Callable:
-        def read(x):
-            self.reads[i] = x
-            return None
-        return read
 
-    def _writer(self, i: int, s: Site) -> Callable:
-        def write(y):
-            out = self.writes[i] + s.skip(self.reads[i].float())
-            return out.to(y.dtype)
-        return write
+def _check_transcoders(model: Any, sites: list[Site], require_all_layers: bool) -> None:
+    """Transcoders only: one per layer, every layer (else the graph is not a replacement model)."""
+    if not require_all_layers or not sites or not all(s.is_transcoder for s in sites):
+        return
+    have = {s.layer for s in sites}
+    missing = [L for L in range(model.cfg.n_layers) if L not in have]
+    if missing:
+        raise AttributionError(
+            f"transcoders are missing for layers {missing} (have {sorted(have)}): a circuit-"
+            "tracing graph replaces every MLP; pass one transcoder per layer (e.g. --sae "
+            "bundled/transcoders) or require_all_layers=False to keep those MLPs nonlinear")
 
 
 def attribution_graph(model: Any, saes: Any, prompt: str | torch.Tensor, *,
+                      target: str | int | None = None, contrast: str | int | None = None,
                       max_logits: int = 10, logit_probability: float = 0.95,
                       node_threshold: float = 0.8, edge_threshold: float = 0.98,
                       batch_size: int = 32, max_feature_nodes: int | None = 1024,
-                      store: Any = None) -> AttributionGraph:
+                      bos: str = "keep", require_all_layers: bool = True,
+                      max_memory: int | str | None = None, store: Any = None
+                      ) -> AttributionGraph:
     """Build the attribution graph of one prompt's next-token prediction.
 
     Args:
         model: a TransformerLens model from `load_model`.
         saes: JumpReLUSAEs: per-layer transcoders and/or residual SAEs at several layers.
         prompt: text (BOS prepended) or token ids.
+        target: one token (or id) whose logit is the graph's only target row; None = the
+            most probable tokens (`max_logits`, `logit_probability`), as circuit-tracer does.
+        contrast: with `target`, the row is `logit(target) - logit(contrast)`.
         max_logits: at most this many logit nodes ...
         logit_probability: ... the most probable tokens up to this cumulative probability.
         node_threshold: default share of influence kept by `prune` / `to_json` (0.8).
         edge_threshold: default share of edge influence kept (0.98).
         batch_size: target rows per backward pass (the prompt runs as this many copies).
-        max_feature_nodes: compute incoming edges for at most this many features (most
-            influential first; the rest stay in the graph as sources); None = every feature
-            with any influence. Each row costs a backward pass through the layers between the
-            feature and the SAE before it, so this bounds the time.
+        max_feature_nodes: compute incoming edges for at most this many features, chosen by
+            their influence on the logits as rows are added (circuit-tracer's order); the rest
+            stay in the graph as sources. None = every feature with any influence.
+        bos: "keep" (default: an error node per site at the outlier positions holds their whole
+            reconstruction) or "zero" (circuit-tracer's convention: features and errors there
+            are zero, only the token embedding remains; scores comparable with Neuronpedia's).
+        require_all_layers: with transcoders only, refuse a set that misses a layer.
+        max_memory: a budget (bytes, or "8GB") for the edge rows, the batched forward pass
+            (its measured size per copy sets the batch) and the temporaries of the edge
+            computation (done in chunks of features); None = `batch_size` copies and 256 MB
+            temporaries. A budget below what one copy needs is refused by name.
         store: an open feature store; feature labels are read from it when it has them.
 
     Returns:
@@ -136,16 +149,26 @@ def attribution_graph(model: Any, saes: Any, prompt: str | torch.Tensor, *,
     saes = [saes] if not isinstance(saes, (list, tuple)) else list(saes)
     if not saes:
         raise AttributionError("attribution_graph needs at least one SAE or transcoder")
-    if batch_size < 1:
-        raise AttributionError(f"batch_size must be >= 1, got {batch_size}")
+    _check_args(max_logits, logit_probability, batch_size, max_feature_nodes, bos)
+    if contrast not in (None, "") and target is None:
+        raise AttributionError("a contrast (--vs) needs a target (--target) to compare with")
     sites = make_sites(model, saes)
+    _check_transcoders(model, sites, require_all_layers)
     tokens = prompt_tokens(model, prompt)
+    t_id = None if target is None else token_id(model, target)
+    c_id = None if contrast in (None, "") else token_id(model, contrast)
+    if c_id is not None and c_id == t_id:
+        raise AttributionError("the contrast token is the target: pass another --vs or none")
     strings = token_strings(model, tokens)
     n_pos = tokens.shape[1]
     freezer = Freezer(model)
     clean = clean_run(model, sites, tokens, freezer)
-    logit_ids, probs = top_logits(clean["logits"][-1], max_logits, logit_probability)
-    v_logit = logit_directions(model, freezer, clean["final"], logit_ids)
+    if t_id is None:
+        logit_ids, probs = top_logits(clean["logits"][-1], max_logits, logit_probability)
+    else:
+        logit_ids = [t_id]
+        probs = torch.softmax(clean["logits"][-1].float(), -1)[[t_id]]
+    v_logit = logit_directions(model, freezer, clean["final"], logit_ids, c_id)
 
     feats, acts = [], []
     for si, s in enumerate(sites):
@@ -155,45 +178,58 @@ def attribution_graph(model: Any, saes: Any, prompt: str | torch.Tensor, *,
     features = torch.cat(feats).long() if feats else torch.zeros(0, 3, dtype=torch.long)
     activations = torch.cat(acts).float() if acts else torch.zeros(0)
     infos = [SiteInfo(s.name, s.layer, s.read, s.write,
-                      "transcoder" if s.is_transcoder else "sae", s.sae.d_sae) for s in sites]
+                      "transcoder" if s.is_transcoder else "sae", s.sae.d_sae,
+                      getattr(s.sae.cfg, "neuronpedia_id", None),
+                      str(getattr(s.sae.cfg, "model_name", "") or "")) for s in sites]
     n_f = len(features)
+    n_rows = len(logit_ids) + min(n_f, max_feature_nodes or n_f)
     n_nodes = n_f + len(sites) * n_pos + n_pos + len(logit_ids)
+    names = [model.tokenizer.decode([i]) for i in logit_ids]
     graph = AttributionGraph(
         prompt=prompt if isinstance(prompt, str) else "".join(strings),
         token_ids=tokens[0].tolist(), tokens=strings, sites=infos, features=features,
-        activations=activations, logit_tokens=logit_ids,
-        logit_strings=[model.tokenizer.decode([i]) for i in logit_ids], logit_probs=probs,
-        edges=torch.zeros(len(logit_ids) + min(n_f, max_feature_nodes or n_f), n_nodes),
-        row_nodes=torch.full((len(logit_ids) + min(n_f, max_feature_nodes or n_f),), -1),
+        activations=activations, logit_tokens=logit_ids, logit_strings=names,
+        logit_probs=probs, edges=torch.zeros(n_rows, n_nodes),
+        row_nodes=torch.full((n_rows,), -1),
         n_layers=model.cfg.n_layers, model_name=str(getattr(model.cfg, "model_name", "")),
-        node_threshold=node_threshold, edge_threshold=edge_threshold)
-    log.info("attribution graph: %d tokens, %d active features in %d SAEs, %d logits", n_pos,
-             n_f, len(sites), len(logit_ids))
+        node_threshold=node_threshold, edge_threshold=edge_threshold, bos=bos,
+        contrast_token=c_id,
+        contrast_string=None if c_id is None else model.tokenizer.decode([c_id]))
+    log.info("attribution graph: %d tokens, %d active features in %d SAEs, %d logit rows",
+             n_pos, n_f, len(sites), len(logit_ids))
 
     B = max(1, min(batch_size, max(n_f, len(logit_ids))))
-    gp = _GraphPass(model, sites, clean, freezer, tokens, B)
-    sources = _Sources(graph, sites, clean, features, activations)
-    passes = 0
-
-    # logit rows
-    rows = [("logit", k) for k in range(len(logit_ids))]
-    passes += _run_rows(graph, gp, sites, sources, rows, v_logit, B)
-    # feature rows, last site first, most influential first
-    budget = n_f if max_feature_nodes is None else max_feature_nodes
-    for si in reversed(range(len(sites))):
-        idx = torch.nonzero(features[:, 0] == si).flatten()
-        if len(idx) == 0 or budget <= 0:
-            continue
-        infl = graph.node_influence()[idx]
-        # split what is left evenly over this and the earlier sites (None: no cap at all)
-        share = budget if max_feature_nodes is None else budget // (si + 1)
-        keep = idx[torch.argsort(infl, descending=True)][: max(share, 1)]
-        keep = keep[graph.node_influence()[keep] > 0]
-        budget -= len(keep)
-        passes += _run_rows(graph, gp, sites, sources, [("feature", int(i)) for i in keep],
-                            v_logit, B)
+    budget = parse_memory(max_memory)
+    per_copy = 0 if budget is None else saved_bytes_per_copy(model, sites, clean, freezer, tokens)
+    d_out = max(s.error.shape[-1] for s in sites)
+    B, chunk = memory_plan(budget, B, per_copy, graph.edges.numel() * 4, d_out)
+    gp = GraphPass(model, sites, clean, freezer, tokens, B)
+    sources = Sources(graph, sites, clean, features, activations, bos)
+    passes = run_rows(graph, gp, sites, sources, [("logit", k) for k in range(len(logit_ids))],
+                       v_logit, B, chunk)
+    # feature rows by influence on the logits, recomputed after every round; a round takes the
+    # top B per SAE and runs them SAE by SAE (a batch of one SAE's rows runs backward only to
+    # the splice before it, a mixed batch through every layer)
+    n_rows_f = n_f if max_feature_nodes is None else min(max_feature_nodes, n_f)
+    done = torch.zeros(n_f, dtype=torch.bool)
+    while int(done.sum()) < n_rows_f:
+        infl = graph.node_influence()[:n_f].clone()
+        infl[done] = -1.0
+        take = min(B * len(sites), n_rows_f - int(done.sum()))
+        order = torch.argsort(infl, descending=True)[:take]
+        order = order[infl[order] > 0]
+        if len(order) == 0:
+            break
+        done[order] = True
+        for si in reversed(range(len(sites))):
+            group = order[features[order, 0] == si]
+            if len(group):
+                passes += run_rows(graph, gp, sites, sources,
+                                   [("feature", int(i)) for i in group], v_logit, B, chunk)
     graph.stats = {"backward_passes": passes, "batch_size": B, "seconds": time.time() - t0,
                    "feature_rows": int(graph.rows_done[:n_f].sum()), "active_features": n_f,
+                   "max_feature_nodes": max_feature_nodes, "bos": bos, "feature_chunk": chunk,
+                   "forward_bytes_per_copy": per_copy,
                    "splice_max_rel_error": float(
                        (clean["logits"][-1] - _plain_logits(model, tokens)).abs().max()
                        / clean["logits"][-1].abs().max().clamp_min(1e-30))}
@@ -206,68 +242,6 @@ def attribution_graph(model: Any, saes: Any, prompt: str | torch.Tensor, *,
 def _plain_logits(model: Any, tokens: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model(tokens)[0, -1].float()
-
-
-class _Sources:
-    """Per-site source values: active decoder rows, activations, error vectors, embeddings."""
-
-    def __init__(self, graph: AttributionGraph, sites: list[Site], clean: dict[str, torch.Tensor],
-                 features: torch.Tensor, activations: torch.Tensor) -> None:
-        self.per_site = []
-        for si, s in enumerate(sites):
-            idx = torch.nonzero(features[:, 0] == si).flatten()
-            dec = s.sae.W_dec[features[idx, 2]].float()  # [n_active, d_out]
-            self.per_site.append((idx, features[idx, 1], dec * activations[idx, None]))
-        self.errors = [s.error for s in sites]
-        self.embed = clean["embed"]
-
-
-def _run_rows(graph: AttributionGraph, gp: _GraphPass, sites: list[Site], src: _Sources,
-              rows: list[tuple[str, int]], v_logit: torch.Tensor, B: int) -> int:
-    """Fill adjacency rows for `rows` in batches of B; returns the number of backward passes."""
-    passes = 0
-    for start in range(0, len(rows), B):
-        chunk = rows[start:start + B]
-        grads_out: dict[Any, torch.Tensor] = {}
-        targets = []
-        for b, (kind, i) in enumerate(chunk):
-            if kind == "logit":
-                key, pos, vec = "final", graph.n_pos - 1, v_logit[i]
-                targets.append(graph.logit_start + i)
-            else:
-                si, pos, k = graph.features[i].tolist()
-                key, vec = si, sites[si].sae.W_enc[:, k].float()
-                targets.append(i)
-            ref = gp.final if key == "final" else gp.reads[key]
-            if key not in grads_out:
-                grads_out[key] = torch.zeros_like(ref)
-            grads_out[key][b, pos] = vec.to(ref.dtype)
-        outs = [gp.final if k == "final" else gp.reads[k] for k in grads_out]
-        inputs = [gp.embed] + gp.writes
-        grads = torch.autograd.grad(outs, inputs, grad_outputs=list(grads_out.values()),
-                                    retain_graph=True, allow_unused=True)
-        passes += 1
-        n = len(chunk)
-        rows_t = torch.tensor(targets)
-        free = int((graph.row_nodes >= 0).sum())
-        slots = torch.arange(free, free + n)
-        graph.row_nodes[slots] = rows_t
-        A = graph.edges
-        g_emb = grads[0]
-        if g_emb is not None:
-            A[slots, graph.token_start:graph.logit_start] = (
-                g_emb[:n].float() * src.embed).sum(-1)
-        for si, g in enumerate(grads[1:]):
-            if g is None:
-                continue
-            g = g[:n].float()  # [n, pos, d_out]
-            err_cols = graph.error_start + si * graph.n_pos
-            A[slots, err_cols:err_cols + graph.n_pos] = (g * src.errors[si]).sum(-1)
-            idx, pos, dec = src.per_site[si]
-            if len(idx):
-                # [n, n_active]: g[b, pos_u] . (a_u W_dec[u])
-                A[slots[:, None], idx[None, :]] = torch.einsum("bnd,nd->bn", g[:, pos], dec)
-    return passes
 
 
 def feature_labels(store: Any, graph: AttributionGraph) -> dict[int, str]:

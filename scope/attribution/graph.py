@@ -46,6 +46,10 @@ class SiteInfo:
     write: str
     kind: str
     d_sae: int
+    neuronpedia_id: str | None = None
+    """The SAE's Neuronpedia id (`gemma-2-2b/20-gemmascope-res-16k`), when it has one."""
+    model_name: str = ""
+    """The model the SAE's config names."""
 
 
 @dataclass
@@ -76,6 +80,11 @@ class AttributionGraph:
     """backward_passes, seconds, batch_size, ..."""
     node_threshold: float = 0.8
     edge_threshold: float = 0.98
+    bos: str = "keep"
+    """"keep" or "zero" (see `attribution_graph`)."""
+    contrast_token: int | None = None
+    """With a contrast, the single logit row is `logit(target) - logit(contrast)`."""
+    contrast_string: str | None = None
 
     # -- node layout ---------------------------------------------------------------------------
     @property

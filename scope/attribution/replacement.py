@@ -4,8 +4,10 @@ Every SAE reads its site (`cfg.hook_name`) and writes its reconstruction back at
 (`cfg.hook_name_out`, the same site for a plain SAE; `blocks.L.hook_mlp_out` for a transcoder,
 whose MLP is then replaced). The reconstruction error `target - x_hat` is added back as a
 detached constant, so the spliced model computes exactly the original output while every
-feature is an explicit node with its own gradient. Features at position 0 (BOS) are not nodes:
-their contribution is folded into that position's error node.
+feature is an explicit node with its own gradient. Features at outlier positions (BOS, the
+first 4 for Gemma Scope 2 IT dictionaries, or what a dictionary records: the package's one rule,
+`scope.saes.outliers.outlier_prefix`) are not nodes: their contribution is folded into that
+position's error node.
 
 Freezing (for direct effects and attribution graphs) replaces each attention pattern
 (`attn.hook_pattern`) and each normalisation scale (`*.hook_scale`, i.e. RMSNorm's
@@ -28,9 +30,18 @@ from typing import Any
 
 import torch
 
+from scope.attribution.inputs import check_saes
 from scope.errors import AttributionError
-from scope.model.activations import hook_layer, splice_hooks, validate_hook_names
+from scope.model.activations import (
+    _raise_stop,  # the model layer's "stop after the last block" (no public name yet)
+    _Stop,
+    hook_layer,
+    site_width,
+    splice_hooks,
+    validate_hook_names,
+)
 from scope.model.hooks import attached
+from scope.saes.outliers import outlier_prefix
 
 # order of sites within one block, to sort splices into forward order
 _SITE_RANK = [("hook_resid_pre", 0.0), ("ln1.", 0.1), ("attn.", 0.2), ("hook_attn_out", 0.3),
@@ -99,15 +110,21 @@ def make_sites(model: Any, saes: Sequence[Any]) -> list[Site]:
         The sites in forward order.
     """
     sites = []
+    widths = []
     for i, sae in enumerate(saes):
+        if not hasattr(sae, "cfg") or not hasattr(sae, "encode"):
+            raise AttributionError(f"SAE {i} is a {type(sae).__name__}, not a dictionary: pass "
+                                   "JumpReLUSAEs from scope.load_sae")
         read = sae.cfg.hook_name
         write = sae.cfg.hook_name_out or read
         validate_hook_names(model, [read, write])
+        widths.append((site_width(model, read), site_width(model, write)))
         if site_order(write) < site_order(read):
             raise AttributionError(f"SAE {i} ({sae.cfg.name}) writes {write}, before the site it reads "
                              f"({read})")
         sites.append(Site(index=i, sae=sae, read=read, write=write,
                           name=getattr(sae.cfg, "name", "") or f"sae{i}"))
+    check_saes(model, saes, widths)
     sites.sort(key=lambda s: (site_order(s.write), site_order(s.read), s.index))
     writes = [s.write for s in sites]
     if len(set(writes)) != len(writes):
@@ -168,14 +185,6 @@ def site_hooks(model: Any, hook_name: str, fn: Callable[[torch.Tensor], torch.Te
     return splice_hooks(model, hook_name, fn)
 
 
-class _Stop(Exception):
-    """Raised by a hook to end a forward pass after the last block."""
-
-
-def _raise_stop(act, hook):
-    raise _Stop
-
-
 def forward(model: Any, tokens: torch.Tensor, *, stop_at_final: bool = False) -> Any:
     """Run the model; with `stop_at_final`, end after the last block (no final norm/unembed).
 
@@ -190,6 +199,26 @@ def forward(model: Any, tokens: torch.Tensor, *, stop_at_final: bool = False) ->
     except _Stop:
         pass
     return None
+
+
+def last_logits(model: Any, tokens: torch.Tensor) -> torch.Tensor:
+    """[batch, 1, d_vocab] logits at the last position only, equal to `model(tokens)[:, -1:]`.
+
+    The blocks run on every position, but the final norm and the unembedding (most of a Gemma
+    forward pass: a 262k-token vocabulary) only on the last one; the output soft-cap, where the
+    model has one, is applied as the model applies it. Hooks attached before this call run.
+    """
+    got: dict[str, torch.Tensor] = {}
+
+    def keep(act, hook):
+        got["x"] = act
+        return None
+
+    with attached(model, [(final_hook(model), keep)]):
+        forward(model, tokens, stop_at_final=True)
+    logits = model.unembed(model.ln_final(got["x"][:, -1:]))
+    cap = float(getattr(model.cfg, "output_logits_soft_cap", 0.0) or 0.0)
+    return cap * torch.tanh(logits / cap) if cap > 0 else logits
 
 
 def clean_run(model: Any, sites: list[Site], tokens: torch.Tensor, freezer: Freezer | None = None
@@ -232,11 +261,9 @@ def _clean_reader(site: Site) -> Callable:
         x0 = x.detach()[0].float()
         site.x_in = x0
         acts = site.sae.encode(x0).float()
-        acts[0] = 0.0  # BOS: no feature nodes, folded into the error
+        acts[:outlier_prefix(site.sae.cfg)] = 0.0  # BOS etc.: no feature nodes, in the error
         site.acts = acts
-        if not site.is_transcoder:
-            return None  # the writer (same hook) splices
-        return None
+        return None  # the writer splices
     return read
 
 

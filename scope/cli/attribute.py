@@ -3,9 +3,11 @@
     scope attribute --model bundled --sae bundled --prompt "The capital of France is" --target " Paris"
     scope attribute --sae bundled/all --prompt "..." --target " Paris" --vs " London" --graph g.json
 
-Prints the top features with their attribution (activation x gradient of the logit or logit
-difference), label (from `--store`), the completeness sums, the splice check and the ablation
-cross-check; `--graph` also writes the circuit-tracer / Neuronpedia graph JSON.
+Prints the top features with their attribution (by default integrated gradients of the logit or
+logit difference: the estimated change if the feature's decoder contribution were removed),
+label (from `--store`), the completeness sums, the splice check and the ablation check (each
+top feature removed and the change measured); `--graph` also writes the circuit-tracer /
+Neuronpedia graph JSON of the same target (and `graph-metadata.json` beside it).
 """
 
 from __future__ import annotations
@@ -36,7 +38,13 @@ class Attribute:
     vs: str | None = None
     """a contrast token: explain logit(target) - logit(vs)"""
     mode: Literal["total", "direct"] = "total"
-    """total: full backward; direct: attention, norms and other features frozen"""
+    """total: the effect of removing a feature from the model; direct: attention, norms and
+    other features frozen (the graph's edges into the target)"""
+    method: Literal["ig", "grad"] = "ig"
+    """ig: integrated gradients (agrees with measured removal; --steps passes per SAE); grad:
+    activation x gradient (one pass, first-order; the only method with --mode direct)"""
+    steps: POSITIVE = 16
+    """integration steps of --method ig"""
     top: POSITIVE = 15
     """features to print"""
     ablation_k: NON_NEGATIVE = 5
@@ -52,6 +60,12 @@ class Attribute:
     max_feature_nodes: NON_NEGATIVE = 1024
     """graph: compute incoming edges for at most this many features, most influential first
     (0 = all)"""
+    bos: Literal["keep", "zero"] = "keep"
+    """graph: keep an error node at BOS, or zero BOS features and errors as circuit-tracer
+    does (scores comparable with Neuronpedia's)"""
+    max_memory: str | None = None
+    """graph: memory budget such as 8GB for the edge rows, the batched pass and its
+    temporaries (sets the batch; default: no budget)"""
     dry_run: bool = False
     """print the plan of the attribution graph (memory, time) and exit: nothing is loaded"""
 
@@ -71,10 +85,12 @@ def _label(store: Any, sae: str | None, feature: int | None) -> str:
 def run_attribute(args: Attribute) -> int:
     from scope.attribution import attribute, attribution_graph
     from scope.attribution.attribute import expand_sae_specs
+    from scope.attribution.rows import parse_memory
     from scope.model.load import load_model
     from scope.saes.loading import load_sae
     from scope.store import open_store
 
+    parse_memory(args.max_memory)  # a bad size fails now, not after the attribution
     specs = expand_sae_specs(args.sae or ["bundled"])
     if args.dry_run:
         from scope.cli.plan import dry_run_attribute
@@ -83,14 +99,16 @@ def run_attribute(args: Attribute) -> int:
     model = load_model(args.model)
     saes = [load_sae(s, model=model) for s in specs]
     store = open_store(args.store) if args.store else None
+    method = "grad" if args.mode == "direct" else args.method
     r = attribute(model, saes, args.prompt, args.target, contrast=args.vs, mode=args.mode,
-                  ablation_k=args.ablation_k)
+                  method=method, steps=args.steps, ablation_k=args.ablation_k)
     short = {s.cfg.name: (s.cfg.hook_name if len(saes) > 1 else "") for s in saes}
     say(f"prompt:  {r.prompt!r} ({len(r.tokens)} tokens)")
     say(f"metric:  {r.metric_name} = {r.metric:.4f}" + (
         f"  (p(target) = {r.target_prob:.3f})" if r.target_prob is not None else ""))
-    say(f"mode:    {r.mode}; splice check: max |logit change| / max |logit| = "
-          f"{r.splice_max_rel_error:.1e}")
+    say(f"mode:    {r.mode}, method {r.method}" + (f" ({r.steps} steps)" if r.method == "ig"
+                                                    else "")
+        + f"; splice check: max |logit change| / max |logit| = {r.splice_max_rel_error:.1e}")
     say()
     say(f"{'rank':>4}  {'attribution':>11}  {'activation':>10}  {'feature':>7}  {'pos':>3}  "
           f"{'token':<12} {'site':<24} label")
@@ -106,21 +124,28 @@ def run_attribute(args: Attribute) -> int:
     ab = r.ablation_check
     if ab is not None and ab.nodes:
         corr = "n/a" if math.isnan(ab.correlation) else f"{ab.correlation:.3f}"
-        say(f"ablation check (top {len(ab.nodes)} zeroed one at a time): correlation {corr}, "
-              f"sign agreement {ab.sign_agreement:.0%}")
+        say(f"ablation check (top {len(ab.nodes)} removed one at a time: {ab.measures}): "
+            f"correlation {corr}, sign agreement {ab.sign_agreement:.0%}"
+            + ("" if ab.agrees else " — the estimates disagree with the measured removal; "
+               "trust the measured values" + (", or try --method ig" if r.method == "grad"
+                                              else "")))
         for n, pred, meas in zip(ab.nodes, ab.predicted, ab.measured, strict=True):
             say(f"  feature {n.feature:>6} @ {n.position:>2}: predicted {pred:+.4f}, "
                   f"measured {meas:+.4f}")
     if args.graph:
-        g = attribution_graph(model, saes, args.prompt, node_threshold=args.node_threshold,
+        g = attribution_graph(model, saes, args.prompt, target=args.target, contrast=args.vs,
+                              node_threshold=args.node_threshold,
                               edge_threshold=args.edge_threshold,
-                              max_feature_nodes=args.max_feature_nodes or None, store=store)
+                              max_feature_nodes=args.max_feature_nodes or None, bos=args.bos,
+                              max_memory=args.max_memory, store=store)
         data = g.to_json(str(args.graph))
         s = g.scores()
         say()
         say(f"graph: {g.n_features} active features, {g.stats['feature_rows']} with computed "
               f"inputs, {g.stats['backward_passes']} backward passes, {g.stats['seconds']:.1f} s; "
-              f"kept {len(data['nodes'])} nodes, {len(data['links'])} links; replacement score "
+              f"kept {len(data['nodes'])} nodes, {len(data['links'])} links; target "
+              f"{next((n['clerp'] for n in data['nodes'] if n['feature_type'] == 'logit'), '?')}; "
+              f"replacement score "
               f"{s['replacement']:.3f}, completeness {s['completeness']:.3f}")
         say(f"wrote {args.graph} (open it in Neuronpedia's graph viewer or the dashboard's "
               "Attribution page)")

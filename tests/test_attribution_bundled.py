@@ -1,0 +1,102 @@
+"""Attribution on the bundled Gemma 3 270M (slow): does the estimate survive a removal check?
+
+For the bundled layer-9 SAE and the two documented prompts, the top-8 features by the default
+method are removed one at a time (their decoder contribution subtracted in the unmodified model,
+measured here with a hook independent of scope's) and the measured change of the target logit is
+compared with the estimate. docs/attribution.md gives the figures these thresholds come from.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:.*hook_scale/hook_normalized")]
+
+CASES = [("The capital of France is Paris. The capital of Germany is", " Berlin"),
+         ("The capital of France is", " Paris")]
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    import scope
+
+    model = scope.load_model("bundled")
+    return model, scope.load_sae("bundled", model=model)
+
+
+def _removed(model, sae, tokens, t, p, k, a):
+    delta = torch.zeros(tokens.shape[1], sae.W_dec.shape[1])
+    delta[p] = a * sae.W_dec[k].float()
+    with torch.no_grad(), model.hooks(fwd_hooks=[(sae.cfg.hook_name, lambda x, hook: x - delta.to(
+            x.dtype))]):
+        return float(model(tokens)[0, -1, t])
+
+
+def _pearson(a, b):
+    x, y = torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
+    x, y = x - x.mean(), y - y.mean()
+    return float(x @ y / (x.norm() * y.norm()))
+
+
+@pytest.mark.parametrize(("prompt", "target"), CASES)
+def test_default_method_agrees_with_measured_removal(bundled, prompt, target):
+    import scope
+
+    model, sae = bundled
+    r = scope.attribute(model, sae, prompt, target, ablation_k=8)
+    assert r.method == "ig" and r.splice_max_rel_error <= 1e-5
+    tokens = model.to_tokens(prompt)
+    t = model.tokenizer.encode(target, add_special_tokens=False)[0]
+    with torch.no_grad():
+        clean = float(model(tokens)[0, -1, t])
+    top = r.features()[:8]
+    predicted = [-n.attribution for n in top]
+    measured = [_removed(model, sae, tokens, t, n.position, n.feature, n.activation) - clean
+                for n in top]
+    assert r.ablation_check.measured == pytest.approx(measured, abs=1e-3)
+    signs = sum((p > 0) == (m > 0) for p, m in zip(predicted, measured, strict=True))
+    assert signs >= 6
+    assert _pearson(predicted, measured) >= 0.8
+    assert r.ablation_check.agrees
+    # the site's IG sums to the exact effect of removing all its features
+    s, exact = r.extra["ig_completeness"][sae.cfg.name]
+    assert s == pytest.approx(exact, rel=0.05, abs=0.05)
+
+
+def test_bundled_multi_layer_graph_of_the_target(bundled, tmp_path):
+    """Every shipped demo SAE loads by name; the graph targets the chosen token and exports."""
+    import scope
+    from scope.attribution.inputs import expand_sae_specs
+
+    model, _ = bundled
+    specs = expand_sae_specs(["bundled/all"])
+    assert len(specs) >= 4 and specs[0] != "bundled"
+    saes = [scope.load_sae(s, model=model) for s in specs]
+    prompt = "When Mary and John went to the store, John gave a cold drink to"
+    g = scope.attribution_graph(model, saes, prompt, target=" Mary", contrast=" John",
+                                max_feature_nodes=96)
+    data = g.to_json(str(tmp_path / "g.json"))
+    assert g.stats["splice_max_rel_error"] <= 1e-5
+    assert g.logit_strings == [" Mary"] and g.contrast_string == " John"
+    assert {n["layer"] for n in data["nodes"] if n["feature_type"] == "cross layer transcoder"} \
+        <= {str(s.layer) for s in g.sites}
+    assert data["links"] and data["metadata"]["prompt_tokens"][-1] == " to"
+    assert data["metadata"]["scan"] == "gemma-3-270m"
+    assert (tmp_path / "graph-metadata.json").is_file()
+
+
+@pytest.mark.parametrize(("prompt", "target"), CASES)
+def test_transcoders_ig_signs_agree_with_measured_removal(bundled, prompt, target):
+    """The bundled transcoders (every layer): ig's top-8 signs agree (7/8 measured on both
+    prompts); its correlation does not reach 0.8 there (0.70 and 0.21, docs/attribution.md)."""
+    import scope
+    from scope.saes.loading import load_saes
+
+    model, _ = bundled
+    tcs = load_saes("bundled/transcoders", model=model)
+    assert len(tcs) == model.cfg.n_layers
+    r = scope.attribute(model, tcs, prompt, target, ablation_k=8)
+    ab = r.ablation_check
+    assert round(ab.sign_agreement * 8) >= 6
+    assert ab.measures.startswith("removing")
