@@ -274,14 +274,7 @@ DASHBOARD = Path(render.__file__).resolve().parent.parent
 PAGES = sorted([DASHBOARD / "app.py", *(DASHBOARD / "views").glob("*.py")])
 
 
-# the Attribution page belongs to another change (issue 19 item 4 names its target echo and
-# heatmap labels); strict: the mark must go when that page is fixed
-PENDING = {"attribution.py"}
-
-
-@pytest.mark.parametrize("page", [pytest.param(p, marks=pytest.mark.xfail(
-    strict=True, reason="attribution page escapes with html.escape, not render.md_text"))
-    if p.name in PENDING else p for p in PAGES], ids=[p.name for p in PAGES])
+@pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
 def test_pages_render_markdown_only_from_escaped_values(page):
     assert markdown_offences(page) == []
 

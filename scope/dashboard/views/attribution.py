@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-from urllib.parse import quote
 
 import plotly.graph_objects as go
 import streamlit as st
@@ -79,9 +78,10 @@ def _label(name: str | None, feature: int | None) -> str:
 
 
 def _feature_link(name: str | None, feature: int | None) -> str | None:
+    """The feature's page in this store (render.feature_href), or None for an SAE it lacks."""
     if name is None or feature is None or name not in store.sae_names:
         return None
-    return f"/?sae={quote(name, safe='')}&feature={int(feature)}"
+    return render.feature_href(name, int(feature))
 
 
 def _short(text: str, limit: int) -> str:
@@ -147,11 +147,11 @@ ab = res.ablation_check
 if ab is not None and ab.nodes:
     m[3].metric("Ablation agreement", "n/a" if math.isnan(ab.correlation)
                 else f"r = {ab.correlation:.2f}",
-                help=f"correlation of the estimate with the measured effect of {ab.measures} "
-                     f"for each of the top {len(ab.nodes)} features")
+                help=f"correlation of the estimate with the measured effect of "
+                     f"{render.md_text(ab.measures)} for each of the top {len(ab.nodes):d} features")
 cm = res.completeness
-st.caption(f"{render.md_text(res.metric_name)} · method {res.method}"
-           + (f" ({res.steps} steps)" if res.method == "ig" else "")
+st.caption(f"{render.md_text(res.metric_name)} · method {render.md_text(res.method)}"
+           + (f" ({res.steps:d} steps)" if res.method == "ig" else "")
            + f" · sums of attributions: features {cm['feature']:+.3f}, errors {cm['error']:+.3f}, "
            f"embeddings {cm['embedding']:+.3f} (total {cm['total']:+.3f} vs metric "
            f"{cm['metric']:+.3f})")
@@ -201,11 +201,11 @@ if ab is not None and len(ab.nodes) >= 2:
     agree = round(ab.sign_agreement * len(ab.nodes))
     r_text = "n/a" if math.isnan(ab.correlation) else f"{ab.correlation:.2f}"
     if ab.agrees:
-        st.caption(f"The estimates agree with the measured removal: r = {r_text}, signs agree "
-                   f"for {agree} of {len(ab.nodes)}.")
+        st.caption(f"The estimates agree with the measured removal: r = {render.md_text(r_text)}, "
+                   f"signs agree for {agree:d} of {len(ab.nodes):d}.")
     else:
-        st.warning(f"The estimates disagree with the measured removal (r = {r_text}, signs agree "
-                   f"for {agree} of {len(ab.nodes)}): trust the measured values, not the "
+        st.warning(f"The estimates disagree with the measured removal (r = {render.md_text(r_text)}, "
+                   f"signs agree for {agree:d} of {len(ab.nodes):d}): trust the measured values, not the "
                    "ranking" + (" — try method 'ig'." if res.method == "grad" else "."))
 
 table = []
@@ -244,7 +244,7 @@ if options:
         if out.prob_after is not None:
             c[1].metric("p(target)", f"{out.prob_after:.3f}",
                         f"{out.prob_after - out.prob_before:+.3f}")
-        c[2].caption(f"feature {n.feature} at position {n.position} × {out.factor:g}; "
+        c[2].caption(f"feature {n.feature:d} at position {n.position:d} × {out.factor:g}; "
                      f"attribution predicted {-(1 - out.factor) * n.attribution:+.3f}")
 
 # graph
@@ -348,10 +348,11 @@ if graph is not None:
         if n is None or n["feature_type"] != "cross layer transcoder":
             continue
         index = uncantor(n["feature"])[1]
-        link = _feature_link(n.get("sae"), index)
-        st.markdown(f"feature {index} at position {n['ctx_idx']} "
+        here = _feature_link(n.get("sae"), index) is not None
+        st.markdown(f"feature {index:d} at position {int(n['ctx_idx']):d} "
                     f"({render.md_text(n.get('sae'))})"
-                    + (f" · [open its page]({link})" if link else ""))
+                    + (f" · [open its page]({render.feature_href(n['sae'], index)})"
+                       if here else ""))
     st.download_button("Download graph JSON (Neuronpedia format)",
                        data=json.dumps(gj), file_name=f"{gj['metadata']['slug']}.json",
                        mime="application/json")
