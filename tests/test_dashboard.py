@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 import scope  # noqa: E402
-from scope.dashboard import data  # noqa: E402
+from scope.dashboard import data, render  # noqa: E402
 
 HTML_TEXT = '<script>alert("x")</script> <img src=x onerror=alert(1)> the cat sat on the mat.'
 NEURONPEDIA_ID = "tiny-gemma3/2-test-res-128"
@@ -240,6 +240,28 @@ def test_dead_feature_renders(store_path, monkeypatch):
     at = ok(app_for(store_path, monkeypatch, feature=int(dead[0])))
     assert at.metric[0].value == "0% (dead)"
     assert not at.get("plotly_chart")
+
+
+def test_damaged_labels_file_hides_explanations_not_the_store(store_path, tmp_path, monkeypatch):
+    """A corrupt labels.json: the page shows the feature's data and says what is wrong with the
+    labels file, never that the store is broken or must be extracted again."""
+    path = tmp_path / "store"
+    shutil.copytree(store_path, path)
+    (path / "labels.json").write_text("{not json")
+    at = ok(app_for(str(path), monkeypatch, feature=1))
+    assert at.subheader[0].value == "Feature 1"
+    assert not at.error, [e.value for e in at.error]
+    assert any("labels.json cannot be read" in w.value.replace("\\", "") for w in at.warning)
+    assert at.metric[0].value == render.format_density(scope.open_store(path).feature(
+        scope.open_store(path).sae_names[0], 1).density)
+
+
+def test_a_store_rewritten_while_open_is_not_called_broken():
+    from scope.errors import StoreChangedError, StoreCorruptError
+
+    changed = render.store_error_message(StoreChangedError("gen-000001 replaced gen-000000"))
+    assert "intact" in changed and "Reload" in changed and "Extract it again" not in changed
+    assert "Extract it again" in render.store_error_message(StoreCorruptError("x"))
 
 
 # ---------------------------------------------------------------------------------------------

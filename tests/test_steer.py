@@ -220,7 +220,7 @@ def test_relative_strengths_scale_by_the_store_max_and_refuse_another_sae(model,
         absolute = resid(model, tokens)
     assert torch.equal(relative, absolute)
     wider = random_sae(model.cfg.d_model, d_sae=64)  # same name (the hook), another SAE
-    with pytest.raises(SteeringError, match="is not this SAE"):
+    with pytest.raises(SteeringError, match="is not the SAE you loaded .d_sae"):
         with scope.steering(model, wider, {1: 1.0}, relative_to=store):
             pass
     assert count_hooks(model) == 0

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import logging
 import textwrap
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from scope.cli.common import command, say
 from scope.cli.flags import NON_NEGATIVE, SEED, TEMPERATURE, Check, feature
-from scope.errors import SteeringError
 from scope.steer import defaults as sd  # shared with the dashboard's steering page
+from scope.steer.relative import check_relative_store
 
 log = logging.getLogger("scope")
 FEATURE = Annotated[tuple[int, float], Check(feature)]
@@ -76,7 +75,7 @@ def run_steer(cfg: Steer) -> int:
     sae = load_sae(cfg.sae, model=model)
     store = open_store(cfg.relative) if cfg.relative else None
     if store is not None:
-        check_relative_store(store, sae, cfg.sae)
+        check_relative_store(store, sae, cfg.sae, flag="--relative")
     features = dict(cfg.feature)
     valid = {f: s for f, s in features.items() if 0 <= f < sae.cfg.d_sae}  # steering names the rest
     if store is None and cfg.mode == "add" and valid:  # raw strengths: say when one cannot matter
@@ -93,39 +92,3 @@ def run_steer(cfg: Steer) -> int:
     for line in side_by_side(cfg.prompt + default, cfg.prompt + steered):
         say(line)
     return 0
-
-
-def check_relative_store(store: Any, sae: Any, spec: str) -> None:
-    """`--relative STORE` must hold this very SAE (same spec, width and hook), not just its name.
-
-    Raises:
-        SteeringError: the store has no SAE of that name, or it was made from another SAE.
-    """
-    name = sae.cfg.name
-    entries: list[Mapping] = list(store.manifest.get("saes") or [])
-    entry = next((e for e in entries if e.get("name") == name), None)
-    if entry is None:
-        names = [e.get("name") for e in entries]
-        raise SteeringError(f"--relative {store.path}: the store has no SAE {name!r} (it has "
-                            f"{names}); extract a store with this --sae first")
-    problems = []
-    if entry.get("d_sae") != sae.cfg.d_sae:
-        problems.append(f"d_sae {entry.get('d_sae')} vs {sae.cfg.d_sae}")
-    if entry.get("hook_name") not in (None, sae.cfg.hook_name):
-        problems.append(f"hook {entry.get('hook_name')} vs {sae.cfg.hook_name}")
-    if not _same_spec(entry.get("spec"), getattr(sae, "scope_spec", spec), spec):
-        problems.append(f"spec {entry.get('spec')!r} vs {spec!r}")
-    if problems:
-        raise SteeringError(
-            f"--relative {store.path}: its SAE {name!r} is not the SAE you loaded "
-            f"({'; '.join(problems)}), so its max activations do not apply; pass the --sae the "
-            "store was extracted with, or a store of this SAE")
-
-
-def _same_spec(recorded: Any, resolved: str, given: str) -> bool:
-    if not isinstance(recorded, str) or not recorded:
-        return False
-    if recorded in (resolved, given):
-        return True
-    a, b = Path(recorded).expanduser(), Path(given).expanduser()
-    return a.exists() and b.exists() and a.resolve() == b.resolve()

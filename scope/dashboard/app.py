@@ -89,4 +89,6 @@ try:
     page.run()
 except Exception as exc:  # e.g. a store file that went missing or is corrupt: say so, no trace
     log.warning("dashboard: page %s failed: %s", page.title, exc, exc_info=True)
+    if data.store_changed(exc):  # rewritten while open: the next run reads the new version
+        data.forget_store()
     st.error(render.store_error_message(exc))

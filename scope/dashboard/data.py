@@ -67,6 +67,7 @@ class FeatureView:
     neuronpedia_url: str | None = None
     label: str = ""
     explanation: tuple[str, float | None, str] | None = None  # (text, score, explainer)
+    labels_problem: str | None = None  # labels.json is damaged (the store's data is intact)
     neighbours: list[tuple[int, float]] = field(default_factory=list)  # (index, cosine)
     fires_on: list[tuple[str, float]] = field(default_factory=list)  # (token, share)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -75,7 +76,7 @@ class FeatureView:
 def to_view(feat, sae: str) -> FeatureView:
     """Convert a store `Feature` (which may hold memory maps) to a plain `FeatureView`."""
     counts, edges = feat.histogram
-    exp = feat.explanation
+    exp, problem = _explanation(feat)
     return FeatureView(
         sae=sae,
         index=int(feat.index),
@@ -92,9 +93,25 @@ def to_view(feat, sae: str) -> FeatureView:
         neuronpedia_url=feat.neuronpedia_url,
         label=str(feat.label or ""),
         explanation=None if exp is None else (str(exp.text), exp.score, str(exp.explainer)),
+        labels_problem=problem,
         neighbours=[(int(i), float(c)) for i, c in feat.neighbours],
         fires_on=[(str(t), float(v)) for t, v in feat.fires_on],
     )
+
+
+def _explanation(feat) -> tuple[Any, str | None]:
+    """The feature's stored explanation, or (None, why) when only labels.json is damaged: a
+    page must not call the whole store broken (and advise re-extracting it) for that."""
+    from scope.errors import StoreChangedError, StoreCorruptError, StoreError, StoreOutsideError
+
+    try:
+        return feat.explanation, None
+    except (StoreCorruptError, StoreOutsideError, StoreChangedError):
+        raise  # the store's data itself
+    except StoreError as exc:
+        log.warning("dashboard: %s", exc)
+        return None, ("labels.json cannot be read, so explanations are not shown; the store's "
+                      "data is intact (re-import or re-run `scope explain` to rewrite it)")
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
@@ -108,6 +125,20 @@ def feature_view(path: str, sae: str, index: int, labels_mtime: int = 0) -> Feat
 def firing_counts(path: str, sae: str) -> np.ndarray:
     """Number of tokens each feature fired on, [d_sae]."""
     return np.asarray(get_store(path).firing_counts(sae), dtype=np.int64)
+
+
+def store_changed(exc: BaseException) -> bool:
+    """True for the error a reader raises when a run rewrote the store while it was open."""
+    from scope.errors import StoreChangedError
+
+    return isinstance(exc, StoreChangedError)
+
+
+def forget_store() -> None:
+    """Drop the cached store handle and slices so the next run reopens the new generation
+    (the live model stays cached)."""
+    get_store.clear()
+    st.cache_data.clear()
 
 
 def histograms_may_be_clipped(path: str) -> bool:
@@ -230,6 +261,19 @@ def live_sae(path: str, sae: str):
 def model_lock(path: str) -> threading.Lock:
     """One lock per shared model: steering hooks must not leak into another session's run."""
     return threading.Lock()
+
+
+def require_live_pair(path: str, sae: str, page: str) -> tuple[Any, Any]:
+    """The live model and SAE for a page that cannot work without them; otherwise the page
+    says why (escaped) and stops."""
+    from scope.dashboard import render
+
+    model, sae_obj, unavailable = live_pair(path, sae)
+    if unavailable:
+        st.warning(f"{render.md_text(page)} needs the model and SAE, which are unavailable: "
+                   f"{render.md_text(unavailable)}")
+        st.stop()
+    return model, sae_obj
 
 
 def live_pair(path: str, sae: str) -> tuple[Any, Any, str | None]:

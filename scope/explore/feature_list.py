@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from scope.errors import StoreError
 from scope.store import labels as L
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,11 @@ class FeatureTable:
         density = np.asarray(store.densities(sae), dtype=np.float64)
         count = np.asarray(store.firing_counts(sae), dtype=np.int64)
         fires = bulk_fires_on(store, sae)
-        exps = L.labels_for(store.path).for_sae(sae)
+        try:
+            exps = L.labels_for(store.path).for_sae(sae)
+        except StoreError as exc:  # a damaged labels.json: automatic labels stand, data is fine
+            log.warning("%s", exc)
+            exps = {}
         labels, texts, autos = [], [], []
         score = np.full(len(density), np.nan)
         for i in range(len(density)):

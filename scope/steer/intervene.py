@@ -24,6 +24,7 @@ from scope.model.hooks import attached
 from scope.model.load import hf_fast_path
 from scope.saes.sae import JumpReLUSAE
 from scope.steer.defaults import scale_by_max
+from scope.steer.relative import check_relative_store
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens.model_bridge import TransformerBridge
@@ -152,20 +153,8 @@ def _site(sae: JumpReLUSAE) -> str:
 
 
 def _relative(store, sae: JumpReLUSAE, strengths: dict[int, float]) -> dict[int, float]:
-    name = sae.cfg.name
-    if name not in store.sae_names:
-        raise SteeringError(
-            f"relative strengths need SAE {name!r} in the store; it holds {store.sae_names}"
-        )
-    # a name is not an identity: another SAE at the same hook would borrow foreign maxima
-    info = store.sae_info(name)
-    if info.get("d_sae") != sae.cfg.d_sae or info.get("hook_name") != sae.cfg.hook_name:
-        raise SteeringError(
-            f"relative strengths: the store's SAE {name!r} (d_sae {info.get('d_sae')}, "
-            f"{info.get('hook_name')}) is not this SAE (d_sae {sae.cfg.d_sae}, "
-            f"{sae.cfg.hook_name}); use a store extracted with this SAE"
-        )
-    return scale_by_max(strengths, store.max_activations(name))
+    check_relative_store(store, sae)  # a name is not an identity: same width and hook too
+    return scale_by_max(strengths, store.max_activations(sae.cfg.name))
 
 
 def _hooks(model, sae: JumpReLUSAE, strengths: dict[int, float], mode: str, from_pos: int):

@@ -51,7 +51,14 @@ def as_int(value: object, default: int = 0) -> int:
         return default
 
 def store_error_message(exc: BaseException) -> str:
-    """What the dashboard says when the store cannot be read: no traceback, no server path."""
+    """What the dashboard says when the store cannot be read: no traceback, no server path.
+
+    A store that a run rewrote while the dashboard held it is intact: say so (the app reopens
+    it), never advise extracting it again."""
+    if type(exc).__name__ == "StoreChangedError":
+        return ("The feature store was rewritten while the dashboard had it open (an extraction "
+                "or merge finished); its data is intact. Reload the page to read the new "
+                "version.")
     return ("The feature store cannot be read: it is missing, corrupt or was written by a "
             f"newer scope ({md_text(type(exc).__name__)}; the server log has the details). "
             "Extract it again with `scope extract`, or start the dashboard on another store.")

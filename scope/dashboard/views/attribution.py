@@ -28,11 +28,7 @@ sae_name = st.session_state["sae"]
 store = data.get_store(path)
 
 st.subheader("Attribution")
-model, sae_obj, unavailable = data.live_pair(path, sae_name)
-if unavailable:
-    st.warning("Attribution needs the model and SAE, which are unavailable: "
-               f"{render.md_text(unavailable)}")
-    st.stop()
+model, sae_obj = data.require_live_pair(path, sae_name, "Attribution")
 
 # measured on the bundled layer-9 SAE (docs/attribution.md): ig's top 8 agree with their
 # measured removal here (7/8 signs, r 0.89)

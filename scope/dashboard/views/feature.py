@@ -82,6 +82,8 @@ st.query_params.update({"sae": sae, "feature": str(index)})
 st.subheader(f"Feature {index:d}")
 st.markdown(f"**{render.md_text(view.label)}**")
 st.caption(f"{render.explanation_caption(view.explanation)} · SAE {render.md_text(sae)}")
+if view.labels_problem:
+    st.warning(render.md_text(view.labels_problem))
 m = st.columns(5)
 m[0].metric("Density", render.format_density(view.density))
 m[1].metric("Max activation", render.format_value(view.max_activation))

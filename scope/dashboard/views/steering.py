@@ -23,11 +23,7 @@ store = data.get_store(path)
 n = store.n_features(sae)
 
 st.subheader("Steering")
-model, sae_obj, unavailable = data.live_pair(path, sae)
-if unavailable:
-    st.warning("Steering needs the model and SAE, which are unavailable: "
-               f"{render.md_text(unavailable)}")
-    st.stop()
+model, sae_obj = data.require_live_pair(path, sae, "Steering")
 names = data.labels(path, sae)
 current = min(max(0, int(st.session_state.get("feature", 0))), n - 1)
 st.session_state.setdefault("steer_spec", "")  # never pre-filled: the user picks every feature
