@@ -80,7 +80,8 @@ def gemma_2_2b(dtype: str = "float32", device: str = "cpu", layers: int | None =
     from builders import tiny_tokenizer
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
-    from scope.model.load import _bridge, _load_tokenizer
+    from scope.model.bridge import make_bridge
+    from scope.model.load import _load_tokenizer
 
     with tempfile.TemporaryDirectory(prefix="scope-tok-") as folder:
         tiny_tokenizer().save_pretrained(folder)  # a saved tokenizer, as the bridge expects
@@ -91,7 +92,7 @@ def gemma_2_2b(dtype: str = "float32", device: str = "cpu", layers: int | None =
     torch.manual_seed(0)
     with torch.device(device):
         hf = Gemma2ForCausalLM(cfg).to(getattr(torch, dtype))
-    return _bridge(hf, tokenizer, "gemma-2-2b-random", "gemma-2-2b-random", device,
+    return make_bridge(hf, tokenizer, "gemma-2-2b-random", "gemma-2-2b-random", device,
                    "gemma-2-2b-random")
 
 
