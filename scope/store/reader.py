@@ -120,7 +120,9 @@ class Store:
         try:
             return _identity(read_manifest(self.path)) != _identity(self.info)
         except StoreError:
-            return True
+            # gone: a run is starting the store afresh; present but unreadable: damage (a
+            # run replaces the manifest atomically, so it is never seen half-written)
+            return not (Path(self.path) / S.MANIFEST).is_file()
 
     def sae_info(self, name: str) -> dict:
         """hook_name, d_in, d_sae, release, sae_id, spec, neuronpedia_id, model_name, ..."""
