@@ -180,7 +180,10 @@ def _attribute(model: ModelShape, saes: list[SAEShape], dev: DeviceInfo, n_pos: 
               "sae_weights": sum(s.params * 4 for s in saes), "edges": g.edges,
               "autograd": g.autograd, "sites": g.sites}
     B = max(1, min(batch_size, max(g.active_features, max_logits)))
-    passes = -(-max_logits // B) + -(-(g.rows - max_logits) // B)
+    # feature rows run in rounds of B per SAE, chosen by influence (attribution/build.py):
+    # each round runs every SAE's share as its own (partly filled) backward pass
+    rounds = -(-(g.rows - max_logits) // (B * max(1, len(saes))))
+    passes = -(-max_logits // B) + rounds * max(1, len(saes))
     per_tok = model.n_layers * _block_flops(model, n_pos)
     fwd = n_pos * per_tok * 3 + B * n_pos * per_tok  # clean, splice check, plain; the graph pass
     bwd = passes * 2 * B * n_pos * per_tok
