@@ -33,9 +33,8 @@ import torch
 from scope.attribution.inputs import check_saes
 from scope.errors import AttributionError
 from scope.model.activations import (
-    _raise_stop,  # the model layer's "stop after the last block" (no public name yet)
-    _Stop,
     hook_layer,
+    run_to_layer,
     site_width,
     splice_hooks,
     validate_hook_names,
@@ -193,11 +192,7 @@ def forward(model: Any, tokens: torch.Tensor, *, stop_at_final: bool = False) ->
     """
     if not stop_at_final:
         return model(tokens)
-    try:
-        with attached(model, [(final_hook(model), _raise_stop)]):
-            model(tokens)
-    except _Stop:
-        pass
+    run_to_layer(model, tokens, model.cfg.n_layers)  # the model layer's one stop rule
     return None
 
 
