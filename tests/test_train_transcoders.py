@@ -240,3 +240,17 @@ def test_recipe_is_valid():
     cfg = TrainConfig.from_flat(yaml.safe_load((REPO / "configs/train/transcoders.yaml").read_text()))
     assert cfg.transcoder.kind == "transcoder" and cfg.transcoder.layers == "all"
     assert cfg.run.out == "scope/bundled/transcoders"
+
+
+def test_recipe_parses_on_the_command_line():
+    """`scope train --config configs/train/transcoders.yaml` (the README's command) reads every
+    key of the recipe, the transcoder section included, into the same config."""
+    import yaml
+
+    from scope.cli.main import parse
+
+    path = REPO / "configs/train/transcoders.yaml"
+    cmd, configs, _ = parse(["train", "--config", str(path)])
+    got = TrainConfig(*configs)
+    assert got == TrainConfig.from_flat(yaml.safe_load(path.read_text()))
+    assert got.transcoder.kind == "transcoder" and got.transcoder.skip

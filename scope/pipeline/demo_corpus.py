@@ -21,6 +21,8 @@ make another store, never a silently different one).
 from __future__ import annotations
 
 import ast
+import dataclasses
+import functools
 import hashlib
 import logging
 import site
@@ -176,3 +178,17 @@ def demo_corpus(tokens: int | None) -> Corpus:
     """The demo corpus for a token budget, as an in-memory `Corpus` labelled "demo"."""
     docs = demo_documents(tokens)
     return Corpus(source=SOURCE, texts=tuple(d.text for d in docs))
+
+
+@functools.lru_cache(maxsize=1)
+def _all_texts() -> tuple[str, ...]:
+    return tuple(d.text for d in demo_documents(None))
+
+
+def corpus_for(spec: str, split: str = "train") -> Corpus:
+    """The corpus a config's `corpus` spec names, in one split: "demo" is the whole demo corpus
+    (every prose document, as many code documents beside them), anything else as `Corpus` reads it.
+    """
+    if spec == SOURCE:
+        return dataclasses.replace(Corpus(source=SOURCE, texts=_all_texts()), split=split)
+    return Corpus(source=spec, split=split)

@@ -54,7 +54,8 @@ class DataConfig:
     hook_name: str = "blocks.9.hook_resid_post"
     """TransformerLens hook whose activations the SAE reconstructs."""
     corpus: str = "default"
-    """Corpus spec `scope.pipeline.corpus` accepts ("default" = the standard library's source text)."""
+    """Corpus spec `scope.pipeline.corpus` accepts ("default" = the standard library's source text;
+    "demo" = the demo corpus, prose and code)."""
     ctx: int = 128
     """Tokens per window, BOS included."""
     train_tokens: int = 2_000_000

@@ -34,7 +34,8 @@ def fill_caches(cfgs: list[TrainConfig], model: Any = None) -> None:
         model: a loaded model (loaded from the first config's `model` when None).
     """
     from scope.model.activations import capture, site_width
-    from scope.pipeline.corpus import Corpus, token_windows
+    from scope.pipeline.corpus import token_windows
+    from scope.pipeline.demo_corpus import corpus_for
 
     first = cfgs[0].data
     for cfg in cfgs[1:]:
@@ -67,7 +68,7 @@ def fill_caches(cfgs: list[TrainConfig], model: Any = None) -> None:
         bar = tqdm(total=goal, initial=done, desc=f"capture {split} x{len(todo)}", unit="tok",
                    unit_scale=True, mininterval=5.0)
         t0 = time.time()
-        windows = token_windows(Corpus(source=first.corpus, split=split), model.tokenizer,
+        windows = token_windows(corpus_for(first.corpus, split), model.tokenizer,
                                 ctx=first.ctx, batch_size=first.capture_batch_size, start=start)
         have = {h: c.tokens for h, c in todo.items()}  # written + pending
         for tokens in windows:

@@ -61,10 +61,11 @@ def kept_positions(model: Any, tokens: torch.Tensor, prefix: int) -> torch.Tenso
 
 def window_batches(model: Any, cfg: TrainConfig, split: str, start: int) -> Iterator[torch.Tensor]:
     """[batch, pos] token windows of `split` from segment `start` on (capture_batch_size each)."""
-    from scope.pipeline.corpus import Corpus, token_windows
+    from scope.pipeline.corpus import token_windows
+    from scope.pipeline.demo_corpus import corpus_for
 
     d = cfg.data
-    return token_windows(Corpus(source=d.corpus, split=split), model.tokenizer, ctx=d.ctx,
+    return token_windows(corpus_for(d.corpus, split), model.tokenizer, ctx=d.ctx,
                          batch_size=d.capture_batch_size, start=start * cfg.transcoder.segment_windows)
 
 

@@ -103,7 +103,7 @@ def prepare_data(cfg: TrainConfig, model: Any = None) -> tuple[ActivationCache, 
     Returns:
         (train cache, held-out cache), both complete.
     """
-    from scope.pipeline.corpus import Corpus
+    from scope.pipeline.demo_corpus import corpus_for
 
     caches = []
     for split, n_tokens in (("train", cfg.data.train_tokens), ("heldout", cfg.data.eval_tokens)):
@@ -122,7 +122,7 @@ def prepare_data(cfg: TrainConfig, model: Any = None) -> tuple[ActivationCache, 
         cache = ActivationCache(folder, key=cache_key(cfg, split), d_in=d_in)
         if cache.complete and cache.tokens < n_tokens:
             cache.meta["complete"] = False  # asked for more than last time: extend it
-        corpus = Corpus(source=cfg.data.corpus, split=split)
+        corpus = corpus_for(cfg.data.corpus, split)
         from scope.train.capture import fill_cache
 
         caches.append(fill_cache(model, corpus, cache, hook_name=cfg.data.hook_name,
@@ -182,11 +182,12 @@ def heldout_report(sae: Any, acts: torch.Tensor, batch_size: int = 4096) -> dict
 
 def _lm_report(model: Any, sae: Any, cfg: TrainConfig) -> dict[str, float]:
     """Delta LM loss (and L0/FVU in context) on `eval_lm_windows` held-out windows."""
-    from scope.pipeline.corpus import Corpus, token_windows
+    from scope.pipeline.corpus import token_windows
+    from scope.pipeline.demo_corpus import corpus_for
     from scope.pipeline.evals import evaluate
 
     n = cfg.run.eval_lm_windows
-    windows = token_windows(Corpus(source=cfg.data.corpus, split="heldout"), model.tokenizer,
+    windows = token_windows(corpus_for(cfg.data.corpus, "heldout"), model.tokenizer,
                             ctx=cfg.data.ctx, max_tokens=n * cfg.data.ctx)
     tokens = torch.stack(list(windows))[:n]  # [batch, pos]
     model_sae = sae.to(next(model.parameters()).dtype)

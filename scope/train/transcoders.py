@@ -316,7 +316,8 @@ def _machine(cfg: TrainConfig) -> dict[str, Any]:
 def finish(model: Any, layers: list[LayerTrainer], cfg: TrainConfig, report: dict[str, Any], *,
            d_in: int, d_out: int) -> tuple[list[Any], Path, dict[str, Any]]:
     """Fold, evaluate on held-out text and save every layer; (transcoders, out folder, report)."""
-    from scope.pipeline.corpus import Corpus, token_windows
+    from scope.pipeline.corpus import token_windows
+    from scope.pipeline.demo_corpus import corpus_for
     from scope.train.tc_eval import ABLATION, evaluate_transcoders
 
     model_name = getattr(model.cfg, "model_name", "") or cfg.data.model
@@ -328,7 +329,7 @@ def finish(model: Any, layers: list[LayerTrainer], cfg: TrainConfig, report: dic
         tc.save(out / f"layer_{lt.layer}")
     d = cfg.data
     n_windows = max(1, math.ceil(d.eval_tokens / (d.ctx - cfg.transcoder.outlier_prefix)))
-    windows = torch.stack(list(token_windows(Corpus(source=d.corpus, split="heldout"),
+    windows = torch.stack(list(token_windows(corpus_for(d.corpus, "heldout"),
                                              model.tokenizer, ctx=d.ctx,
                                              max_tokens=n_windows * d.ctx)))
     t0 = time.time()
