@@ -245,3 +245,15 @@ def test_the_example_command_of_docs_cli_md_registers_and_parses(tmp_path, monke
     finally:
         COMMANDS.pop("count", None)
         sys.modules.pop("docs_cli_example", None)
+
+
+def test_attribute_defaults_to_the_bundled_transcoders_and_asks_for_sae_elsewhere():
+    from scope.cli.attribute import default_saes
+    from scope.errors import UsageError
+    from scope.saes.bundled import expand_sae_specs
+
+    specs = expand_sae_specs(default_saes("bundled"))
+    assert specs == [f"bundled/transcoders/layer_{L}" for L in range(18)]
+    with pytest.raises(UsageError, match="--sae: no default dictionaries for --model 'gemma-2-2b'"):
+        default_saes("gemma-2-2b")
+

@@ -179,6 +179,11 @@ def test_extract_and_attribute_dry_run_load_and_write_nothing(tmp_path, capsys):
                  "--target", " Paris", "--graph", str(graph), "--dry-run"]) == 0
     assert "plan: attribute gemma-3-270m" in capsys.readouterr().out
     assert not graph.exists()
+    # without --sae the bundled model is attributed over its transcoders at every layer
+    assert main(["attribute", "--prompt", "The capital of France is", "--target", " Paris",
+                 "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "plan: attribute gemma-3-270m" in out and "sae_weights 90.2 MiB" in out  # 18 x 5.0 MiB
 
 
 # -- estimates against measured runs -------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """`scope attribute`: which SAE features make the model predict a token (and the graph behind it).
 
+    scope attribute --prompt "The capital of France is" --target " Paris"   # bundled transcoders
     scope attribute --model bundled --sae bundled --prompt "The capital of France is" --target " Paris"
     scope attribute --sae bundled/all --prompt "..." --target " Paris" --vs " London" --graph g.json
 
@@ -19,6 +20,7 @@ from typing import Any, Literal
 
 from scope.cli.common import command, say
 from scope.cli.flags import FILE, FRACTION, NON_NEGATIVE, POSITIVE
+from scope.errors import UsageError
 
 
 @dataclass(kw_only=True)
@@ -29,8 +31,9 @@ class Attribute:
     model: str = "bundled"
     """model spec"""
     sae: list[str] | None = field(default=None, metadata={"metavar": "SPEC"})
-    """SAE or transcoder (repeat for several); 'bundled' = the layer-9 demo SAE,
-    'bundled/layer_N' another demo layer, 'bundled/all' every one (default: bundled)"""
+    """SAE or transcoder (repeat for several); 'bundled/transcoders' = the bundled model's
+    transcoders at every layer (the default with --model bundled), 'bundled' = the layer-9 demo
+    SAE, 'bundled/layer_N' another demo layer, 'bundled/all' every demo SAE"""
     prompt: str
     """text; the prediction after its last token"""
     target: str
@@ -70,6 +73,15 @@ class Attribute:
     """print the plan of the attribution graph (memory, time) and exit: nothing is loaded"""
 
 
+def default_saes(model: str) -> list[str]:
+    """The dictionaries `--sae` defaults to: the bundled transcoders for the bundled model (every
+    MLP replaced, as circuit tracing is meant to be done); another model needs `--sae`."""
+    if model == "bundled":
+        return ["bundled/transcoders"]
+    raise UsageError(f"--sae: no default dictionaries for --model {model!r}; pass --sae with a "
+                     "Gemma Scope release/id or a folder (see `scope saes`)")
+
+
 def _label(store: Any, sae: str | None, feature: int | None) -> str:
     if store is None or sae is None or feature is None:
         return ""
@@ -91,7 +103,7 @@ def run_attribute(args: Attribute) -> int:
     from scope.store import open_store
 
     parse_memory(args.max_memory)  # a bad size fails now, not after the attribution
-    specs = expand_sae_specs(args.sae or ["bundled"])
+    specs = expand_sae_specs(args.sae or default_saes(args.model))
     if args.dry_run:
         from scope.cli.plan import dry_run_attribute
 

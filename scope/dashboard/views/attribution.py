@@ -1,7 +1,8 @@
 """Attribution: which features make the model predict a token, and what happens if we remove one.
 
-Prompt + target token (+ an optional contrast token) -> `scope.attribute` over the selected SAE
-and any extra SAEs: a token x feature heatmap of the strongest attributions, a ranked table with
+Prompt + target token (+ an optional contrast token) -> `scope.attribute` over the dictionaries:
+by default, on the bundled model, its transcoders at every layer (`bundled/transcoders`, the
+circuit-tracing setup), else the store's selected SAE; plus any extra SAEs: a token x feature heatmap of the strongest attributions, a ranked table with
 labels and links to each feature's page, and the ablation check drawn as predicted vs measured
 removal (with a plain sentence when they disagree). Integrated gradients ("ig") is the default
 method: activation x gradient ("grad") is one backward pass but far off for large activations.
@@ -36,6 +37,7 @@ DEFAULT_PROMPT = "The capital of France is Paris. The capital of Germany is"
 DEFAULT_TARGET = " Berlin"
 NODE_COLOURS = {"feature": "#2ca02c", "error": "#7f7f7f", "token": "#9467bd", "logit": "#ff7f0e"}
 EDGE_COLOURS = {1: "rgba(31,119,180,0.45)", -1: "rgba(214,39,40,0.45)"}  # blue +, red -
+TRANSCODERS = "bundled/transcoders"
 
 
 @st.cache_resource(show_spinner="Loading the SAE…")
@@ -43,6 +45,25 @@ def _extra_sae(spec: str, _model):
     from scope.saes.loading import load_sae
 
     return load_sae(spec, model=_model)
+
+
+@st.cache_resource(show_spinner="Loading the bundled transcoders…")
+def _transcoders(_model) -> list:
+    from scope.saes.loading import load_saes
+
+    return load_saes(TRANSCODERS, model=_model)
+
+
+def _transcoders_fit() -> bool:
+    """Whether the model is the bundled one and its shipped transcoders are installed."""
+    from scope.errors import UnknownSAEError
+    from scope.saes.bundled import set_members
+
+    shape = (getattr(model.cfg, "d_model", None), getattr(model.cfg, "n_layers", None))
+    try:
+        return shape == (640, 18) and bool(set_members(TRANSCODERS))
+    except UnknownSAEError:  # not installed: the store's SAE only
+        return False
 
 
 def _extra_choices() -> dict[str, str]:
@@ -84,7 +105,14 @@ def _short(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+DICT_OPTIONS = ([f"transcoders at every layer ({TRANSCODERS})"] if _transcoders_fit() else []) + [
+    f"this store's SAE ({sae_name})"]
+
 with st.form("attr_form"):
+    dicts = st.radio("Dictionaries", DICT_OPTIONS, horizontal=True, key="attr_dicts",
+                     help="Transcoders replace every MLP (the circuit-tracing setup: the graph "
+                          "covers every layer; ig takes about 30-60 s on 2 CPU cores); the "
+                          "store's SAE gives labels and feature pages but covers one layer.")
     prompt = st.text_area("Prompt", st.session_state.get("attr_prompt", DEFAULT_PROMPT),
                           height=70, key="attr_prompt_in")
     c = st.columns([2, 2, 2, 2])
@@ -113,7 +141,8 @@ if go_button:
     from scope.attribution import attribute
 
     st.session_state.update(attr_prompt=prompt, attr_target=target, attr_contrast=contrast)
-    saes = [sae_obj] + [_load_extra(choices[e]) for e in extra]
+    base = _transcoders(model) if dicts.startswith("transcoders") else [sae_obj]
+    saes = list(base) + [_load_extra(choices[e]) for e in extra]
     use = "grad" if mode == "direct" else method
     try:
         with st.spinner("Attributing…"), data.model_lock(path):
