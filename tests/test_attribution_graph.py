@@ -204,7 +204,7 @@ def test_bad_graph_input_is_named(tmp_path):
     assert (tmp_path / "file").read_text() == "x"
 
 
-def test_max_memory_batches_and_chunks_without_changing_edges():
+def test_max_memory_batches_without_changing_edges():
     model = tiny_hooked_model("gemma3")
     saes = transcoders(model)
     ref = attribution_graph(model, saes, PROMPT, batch_size=16, max_feature_nodes=40)
@@ -215,7 +215,7 @@ def test_max_memory_batches_and_chunks_without_changing_edges():
     edge_bytes = ref.edges.numel() * 4
     tight = attribution_graph(model, saes, PROMPT, batch_size=16, max_feature_nodes=40,
                               max_memory=edge_bytes + int(3.5 * per / 0.75))
-    assert tight.stats["batch_size"] == 3 and tight.stats["feature_chunk"] >= 1
+    assert tight.stats["batch_size"] == 3
     assert tight.stats["backward_passes"] > ref.stats["backward_passes"]
     # smaller batches make other rounds (influence is recomputed per round), so the chosen rows
     # may differ a little; where both computed a row it is the same row

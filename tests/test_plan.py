@@ -255,9 +255,6 @@ def test_attribution_graph_memory_within_25_percent(graph_run):
     _within(graph_run["plan"]["peak_memory_bytes"], graph_run["peak_rss_bytes"], "peak memory")
 
 
-@pytest.mark.xfail(strict=False, reason="the graph-time model predates rows chosen by influence "
-                   "in rounds (attribution/build.py): planned/measured 0.40-0.52 since; open "
-                   "work in the scale issue")
 def test_attribution_graph_seconds_within_25_percent(graph_run):
     _within(graph_run["plan"]["seconds"], graph_run["cpu_seconds"], "seconds")
 

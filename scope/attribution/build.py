@@ -136,10 +136,9 @@ def attribution_graph(model: Any, saes: Any, prompt: str | torch.Tensor, *,
             reconstruction) or "zero" (circuit-tracer's convention: features and errors there
             are zero, only the token embedding remains; scores comparable with Neuronpedia's).
         require_all_layers: with transcoders only, refuse a set that misses a layer.
-        max_memory: a budget (bytes, or "8GB") for the edge rows, the batched forward pass
-            (its measured size per copy sets the batch) and the temporaries of the edge
-            computation (done in chunks of features); None = `batch_size` copies and 256 MB
-            temporaries. A budget below what one copy needs is refused by name.
+        max_memory: a budget (bytes, or "8GB") for the edge rows and the batched forward pass
+            (its measured size per copy sets the batch, with 25% headroom); None =
+            `batch_size` copies. A budget below what one copy needs is refused by name.
         store: an open feature store; feature labels are read from it when it has them.
 
     Returns:
@@ -201,19 +200,21 @@ def attribution_graph(model: Any, saes: Any, prompt: str | torch.Tensor, *,
     B = max(1, min(batch_size, max(n_f, len(logit_ids))))
     budget = parse_memory(max_memory)
     per_copy = 0 if budget is None else saved_bytes_per_copy(model, sites, clean, freezer, tokens)
-    d_out = max(s.error.shape[-1] for s in sites)
-    B, chunk = memory_plan(budget, B, per_copy, graph.edges.numel() * 4, d_out)
+    B = memory_plan(budget, B, per_copy, graph.edges.numel() * 4)
     gp = GraphPass(model, sites, clean, freezer, tokens, B)
     sources = Sources(graph, sites, clean, features, activations, bos)
     passes = run_rows(graph, gp, sites, sources, [("logit", k) for k in range(len(logit_ids))],
-                       v_logit, B, chunk)
+                       v_logit, B)
     # feature rows by influence on the logits, recomputed after every round; a round takes the
     # top B per SAE and runs them SAE by SAE (a batch of one SAE's rows runs backward only to
     # the splice before it, a mixed batch through every layer)
     n_rows_f = n_f if max_feature_nodes is None else min(max_feature_nodes, n_f)
     done = torch.zeros(n_f, dtype=torch.bool)
+    normalized = torch.empty_like(graph.edges) if n_rows_f else None  # rows, as they are filled
+    n_normalized = 0
     while int(done.sum()) < n_rows_f:
-        infl = graph.node_influence()[:n_f].clone()
+        infl, n_normalized = graph.influence_so_far(normalized, n_normalized)
+        infl = infl[:n_f].clone()
         infl[done] = -1.0
         take = min(B * len(sites), n_rows_f - int(done.sum()))
         order = torch.argsort(infl, descending=True)[:take]
@@ -225,10 +226,11 @@ def attribution_graph(model: Any, saes: Any, prompt: str | torch.Tensor, *,
             group = order[features[order, 0] == si]
             if len(group):
                 passes += run_rows(graph, gp, sites, sources,
-                                   [("feature", int(i)) for i in group], v_logit, B, chunk)
+                                   [("feature", int(i)) for i in group], v_logit, B)
+    del normalized
     graph.stats = {"backward_passes": passes, "batch_size": B, "seconds": time.time() - t0,
                    "feature_rows": int(graph.rows_done[:n_f].sum()), "active_features": n_f,
-                   "max_feature_nodes": max_feature_nodes, "bos": bos, "feature_chunk": chunk,
+                   "max_feature_nodes": max_feature_nodes, "bos": bos,
                    "forward_bytes_per_copy": per_copy,
                    "splice_max_rel_error": float(
                        (clean["logits"][-1] - _plain_logits(model, tokens)).abs().max()

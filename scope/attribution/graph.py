@@ -139,7 +139,23 @@ class AttributionGraph:
     def _rows(self, edges: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         used = self.row_nodes >= 0
         E = self.edges if edges is None else edges
+        n = int(used.sum())
+        if bool(used[:n].all()):  # rows are filled in order: a view, not a copy
+            return E[:n], self.row_nodes[:n]
         return E[used], self.row_nodes[used]
+
+    def influence_so_far(self, normalized: torch.Tensor, done: int) -> tuple[torch.Tensor, int]:
+        """`node_influence` while rows are filled in order (the build's rounds), reusing the
+        caller's buffer `normalized` [n_rows, n_nodes] whose first `done` rows are already
+        normalised (a row is final once filled): only new rows are normalised.
+
+        Returns:
+            (influence of every node, rows normalised now: pass it as `done` next time).
+        """
+        n = int((self.row_nodes >= 0).sum())
+        if n > done:
+            normalized[done:n] = normalize_rows(self.edges[done:n])
+        return row_influence(normalized[:n], self.row_nodes[:n], self.logit_weights()), n
 
     def logit_weights(self) -> torch.Tensor:
         w = torch.zeros(self.n_nodes, dtype=torch.float32)
@@ -218,7 +234,7 @@ class Pruned:
 def normalize_rows(A: torch.Tensor) -> torch.Tensor:
     """|A| with each row scaled to sum to 1 (rows of zeros stay zero)."""
     B = A.abs()
-    return B / B.sum(1, keepdim=True).clamp_min(1e-30)
+    return B.div_(B.sum(1, keepdim=True).clamp_min(1e-30))  # in place: one copy of A, not two
 
 
 def influence(A: torch.Tensor, w: torch.Tensor, max_iter: int = 10_000) -> torch.Tensor:

@@ -3,9 +3,9 @@
 The prompt runs once as `batch` copies with every write site a leaf tensor (`GraphPass`); one
 `torch.autograd.grad` call per batch of target rows injects a different target's read
 direction in each copy (`run_rows`). Memory: the pass keeps `batch` copies of the prompt's
-activations for the backward passes, and the edges into a batch of rows from one SAE's active
-features are computed in chunks of features (`chunk`), so no `[batch, n_active, d_model]`
-temporary outgrows the budget (`memory_plan`).
+activations for the backward passes (`memory_plan` sizes the batch); the edges into a batch of
+rows from one SAE's active features are one `[batch, d] @ [d, n_p]` product per position (the
+features are kept sorted by position), so no temporary is larger than a row block.
 """
 
 from __future__ import annotations
@@ -74,11 +74,16 @@ class Sources:
 
     def __init__(self, graph: AttributionGraph, sites: list[Site], clean: dict[str, torch.Tensor],
                  features: torch.Tensor, activations: torch.Tensor, bos: str) -> None:
-        self.per_site = []
+        self.per_site = []  # (node index, a_u W_dec[u] [n_active, d_out], offsets [pos + 1])
         for si, s in enumerate(sites):
             idx = torch.nonzero(features[:, 0] == si).flatten()
-            dec = s.sae.W_dec[features[idx, 2]].float()  # [n_active, d_out]
-            self.per_site.append((idx, features[idx, 1], dec * activations[idx, None]))
+            pos = features[idx, 1]
+            order = torch.argsort(pos, stable=True)  # by position: one product per position
+            idx, pos = idx[order], pos[order]
+            dec = s.sae.W_dec[features[idx, 2]].float() * activations[idx, None]
+            counts = torch.bincount(pos, minlength=graph.n_pos)
+            offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)])
+            self.per_site.append((idx, dec, offsets.tolist()))
         self.errors = [s.error for s in sites]
         if bos == "zero":  # circuit-tracer: no error node at the outlier positions
             self.errors = [_zero_rows(e, outlier_prefix(s.sae.cfg)) for e, s in zip(
@@ -93,8 +98,7 @@ def _zero_rows(x: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def run_rows(graph: AttributionGraph, gp: GraphPass, sites: list[Site], src: Sources,
-              rows: list[tuple[str, int]], v_logit: torch.Tensor, B: int,
-              feature_chunk: int = 1 << 30) -> int:
+             rows: list[tuple[str, int]], v_logit: torch.Tensor, B: int) -> int:
     """Fill adjacency rows for `rows` in batches of B; returns the number of backward passes."""
     passes = 0
     for start in range(0, len(rows), B):
@@ -120,31 +124,27 @@ def run_rows(graph: AttributionGraph, gp: GraphPass, sites: list[Site], src: Sou
         passes += 1
         n = len(chunk)
         rows_t = torch.tensor(targets)
-        free = int((graph.row_nodes >= 0).sum())
-        slots = torch.arange(free, free + n)
-        graph.row_nodes[slots] = rows_t
-        A = graph.edges
+        free = int((graph.row_nodes >= 0).sum())  # rows are filled in order
+        graph.row_nodes[free:free + n] = rows_t
+        A = graph.edges[free:free + n]  # a view: [n, n_nodes]
         g_emb = grads[0]
         if g_emb is not None:
-            A[slots, graph.token_start:graph.logit_start] = (
-                g_emb[:n].float() * src.embed).sum(-1)
+            A[:, graph.token_start:graph.logit_start] = (g_emb[:n].float() * src.embed).sum(-1)
         for si, g in enumerate(grads[1:]):
             if g is None:
                 continue
             g = g[:n].float()  # [n, pos, d_out]
             err_cols = graph.error_start + si * graph.n_pos
-            A[slots, err_cols:err_cols + graph.n_pos] = (g * src.errors[si]).sum(-1)
-            idx, pos, dec = src.per_site[si]
-            for lo in range(0, len(idx), feature_chunk):  # [n, chunk]: g[b, pos_u] . a_u W_dec[u]
-                hi = lo + feature_chunk
-                A[slots[:, None], idx[None, lo:hi]] = torch.einsum("bnd,nd->bn", g[:, pos[lo:hi]],
-                                                                     dec[lo:hi])
+            A[:, err_cols:err_cols + graph.n_pos] = (g * src.errors[si]).sum(-1)
+            idx, dec, offsets = src.per_site[si]
+            for p in range(graph.n_pos):  # [n, n_p] = g[:, p] @ (a_u W_dec[u])^T
+                lo, hi = offsets[p], offsets[p + 1]
+                if hi > lo:
+                    A.index_copy_(1, idx[lo:hi], g[:, p] @ dec[lo:hi].T)
     return passes
 
 
 
-
-DEFAULT_TEMP_BYTES = 256 << 20
 
 
 def parse_memory(value: int | str | None) -> int | None:
@@ -183,11 +183,10 @@ def saved_bytes_per_copy(model: Any, sites: list[Site], clean: dict[str, torch.T
     return sum(seen.values())
 
 
-def memory_plan(budget: int | None, batch: int, per_copy: int, edge_bytes: int, d_out: int
-                ) -> tuple[int, int]:
-    """(batch, feature chunk) so the pass, the edge rows and the temporaries fit `budget`."""
+def memory_plan(budget: int | None, batch: int, per_copy: int, edge_bytes: int) -> int:
+    """The batch (copies of the prompt) so the pass and the edge rows fit `budget`."""
     if budget is None:
-        return batch, max(1, DEFAULT_TEMP_BYTES // (4 * batch * d_out))
+        return batch
     left = budget - edge_bytes
     if left <= 0:
         raise AttributionError(
@@ -200,6 +199,4 @@ def memory_plan(budget: int | None, batch: int, per_copy: int, edge_bytes: int, 
             f"max_memory {budget / 2**30:.2f} GiB leaves {left / 2**30:.2f} GiB after the edge "
             f"rows, less than one copy of the prompt's forward pass ({per_copy / 2**30:.2f} "
             "GiB) and 25% headroom: raise max_memory or shorten the prompt")
-    batch = max(1, min(batch, fit))
-    temp = max(left - batch * per_copy, 4 * batch * d_out)
-    return batch, max(1, min(temp, DEFAULT_TEMP_BYTES) // (4 * batch * d_out))
+    return max(1, min(batch, fit))

@@ -22,6 +22,7 @@ from scope.errors import DeviceError
 PROBE_N = 1024  # side of the probe matmul (2 GFLOP)
 PROBE_ELEMENTS = 2048 * 4096  # a [tokens, d_sae]-like float32 tensor (32 MiB) per op
 PROBE_TOPK = 2048  # side of the [block, block] cosine tile decoder_neighbours ranks
+PROBE_MATVEC_ROWS = 2048  # the probe tensor as a [2048, 4096] matrix times a vector
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class DeviceInfo:
     compare-and-multiply, measured: allocation and page faults included)."""
     topk_s: float
     """Seconds per element of a row-wise top-16 (the neighbour tables' ranking)."""
+    matvec_s: float
+    """Seconds per matrix element of a vector-matrix product (the graph's influence ranking)."""
     host_memory_bytes: int
     threads: int
 
@@ -109,7 +112,7 @@ def _best_of(fn, dev: torch.device, reps: int = 5) -> float:
 
 
 @functools.lru_cache(maxsize=8)
-def _probe(device: str, dtype: str, threads: int) -> tuple[float, float, float]:
+def _probe(device: str, dtype: str, threads: int) -> tuple[float, float, float, float]:
     dev = torch.device(device)
     dt = getattr(torch, dtype)
     g = torch.Generator(device=dev).manual_seed(0)
@@ -123,7 +126,10 @@ def _probe(device: str, dtype: str, threads: int) -> tuple[float, float, float]:
     # decoder_neighbours ranks each tile by rows and by columns (the transposed view)
     topk = _best_of(lambda: (tile.topk(16, dim=1), tile.T.topk(16, dim=1)), dev) / (
         2 * PROBE_TOPK**2)
-    return flops, elementwise, topk
+    m = x.reshape(PROBE_MATVEC_ROWS, -1)
+    v = torch.randn(PROBE_MATVEC_ROWS, device=dev, generator=g)
+    matvec = _best_of(lambda: v @ m, dev) / m.numel()
+    return flops, elementwise, topk, matvec
 
 
 def device_info(device: str | torch.device = "cpu", dtype: str = "float32") -> DeviceInfo:
@@ -136,7 +142,8 @@ def device_info(device: str | torch.device = "cpu", dtype: str = "float32") -> D
         memory = torch.cuda.mem_get_info(index)[0]
     else:
         memory = host
-    flops, elementwise, topk = _probe(str(dev), dtype, torch.get_num_threads())
+    flops, elementwise, topk, matvec = _probe(str(dev), dtype, torch.get_num_threads())
     return DeviceInfo(device=str(dev), memory_bytes=int(memory), flops=flops,
-                      elementwise_s=elementwise, topk_s=topk, host_memory_bytes=int(host),
+                      elementwise_s=elementwise, topk_s=topk, matvec_s=matvec,
+                      host_memory_bytes=int(host),
                       threads=torch.get_num_threads())

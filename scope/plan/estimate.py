@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 TASKS = ("extract", "attribute")
 #: seconds of Python per block per forward pass (bridge hook points, norms, eager attention)
 LAYER_OVERHEAD_S = 1.5e-3
+#: seconds of Python per (position, SAE) product when a batch of graph rows is filled
+PRODUCT_OVERHEAD_S = 5e-6
 #: seconds per batch outside the blocks (tokenising, the accumulator's ~40 small kernels, tqdm)
 BATCH_OVERHEAD_S = 0.02
 #: elementwise passes (in units of the device's measured `elementwise_s`) over the batch's
@@ -117,6 +119,13 @@ def _stop_layers(model: ModelShape, saes: Sequence[SAEShape]) -> int:
     return min(model.n_layers, max(s.layer for s in saes) + 1)
 
 
+def _backward_blocks(sae: SAEShape, saes: Sequence[SAEShape]) -> int:
+    """Blocks a feature row of `sae` runs backward through: down to the nearest shallower SAE
+    that rewrites the residual stream (its write is a leaf), else to the embedding."""
+    below = [s.layer for s in saes if s.residual and s.layer < sae.layer]
+    return sae.layer - max(below, default=-1)
+
+
 def _check_saes(model: ModelShape, saes: Sequence[SAEShape]) -> None:
     widths = {model.d_model, model.d_mlp, model.n_heads * model.d_head}
     for s in saes:
@@ -181,16 +190,26 @@ def _attribute(model: ModelShape, saes: list[SAEShape], dev: DeviceInfo, n_pos: 
               "autograd": g.autograd, "sites": g.sites}
     B = max(1, min(batch_size, max(g.active_features, max_logits)))
     # feature rows run in rounds of B per SAE, chosen by influence (attribution/build.py):
-    # each round runs every SAE's share as its own (partly filled) backward pass
+    # each round runs every SAE's share as its own (partly filled) backward pass, which crosses
+    # only the blocks below that SAE's read site; the logit rows cross every block
     rounds = -(-(g.rows - max_logits) // (B * max(1, len(saes))))
     passes = -(-max_logits // B) + rounds * max(1, len(saes))
+    depth = sum(_backward_blocks(s, saes) / model.n_layers for s in saes)
+    full = -(-max_logits // B) + rounds * depth  # backward passes, in whole-model units
     per_tok = model.n_layers * _block_flops(model, n_pos)
     fwd = n_pos * per_tok * 3 + B * n_pos * per_tok  # clean, splice check, plain; the graph pass
-    bwd = passes * 2 * B * n_pos * per_tok
+    bwd = full * 2 * B * n_pos * per_tok
     fill = passes * B * g.active_features * 2 * max(s.d_out or s.d_in for s in saes)
+    # ranking before each round: (distinct layers + 1) products of the influence vector with the
+    # rows filled so far (on average half the feature rows), and each row normalised once (|.|
+    # into a fresh row, then divided in place)
+    iters = len({s.layer for s in saes}) + 1
+    ranked = rounds * iters * (max_logits + (g.rows - max_logits) / 2) * g.nodes
     t = {"forward": fwd / dev.flops, "backward": bwd / dev.flops, "edges": fill / dev.flops
-         + passes * B * g.nodes * 4 * dev.elementwise_s,
-         "overhead": (3 + passes * 3) * model.n_layers * LAYER_OVERHEAD_S}
+         + passes * B * g.active_features * dev.elementwise_s
+         + passes * len(saes) * n_pos * PRODUCT_OVERHEAD_S,
+         "influence": ranked * dev.matvec_s + g.rows * g.nodes * 2 * dev.elementwise_s,
+         "overhead": (3 * model.n_layers + full * 3 * model.n_layers) * LAYER_OVERHEAD_S}
     return memory, t, fwd + bwd + fill, g
 
 

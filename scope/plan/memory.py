@@ -50,9 +50,9 @@ GRAD_D_MODEL_COPIES = 14
 GRAD_D_MLP_COPIES = 5
 GRAD_ATTN_COPIES = 10  # at n_heads * d_head
 GRAD_SCORE_COPIES = 4  # at n_heads * pos (scores, capped scores, probabilities, mask)
-#: the edge matrix plus the normalised copy and its temporaries `node_influence` makes each
-#: time the feature rows are ranked
-EDGE_COPIES = 3
+#: the edge matrix plus one normalised copy (the build ranks rows on a buffer it fills row by
+#: row; scores and pruning normalise in place)
+EDGE_COPIES = 2
 #: bytes per token string in vocab.json (JSON-escaped strings of Gemma's vocabulary, measured)
 VOCAB_JSON_BYTES = 11
 #: safetensors header bytes per array (name, dtype, shape, offsets)

@@ -103,6 +103,9 @@ class SAEShape:
     """Features active per token (the registry's figure where it has one)."""
     d_out: int | None = None
     dtype: str = "float32"
+    residual: bool = True
+    """Whether it reads (and so rewrites) the residual stream: a graph's backward pass stops at
+    its site; a transcoder's MLP output leaves the stream running through."""
 
     @property
     def params(self) -> int:
@@ -215,6 +218,11 @@ def _layer_of(hook: str | None, default: int) -> int:
     return -1 if layer is None else layer
 
 
+def _residual(hook: str | None) -> bool:
+    """A site on the residual stream (no hook name: a residual SAE, the common case)."""
+    return hook is None or "resid" in str(hook)
+
+
 def _from_cfg_json(path: Path) -> SAEShape:
     raw = json.loads(path.read_text())
     c = raw.get("scope", raw)
@@ -222,7 +230,7 @@ def _from_cfg_json(path: Path) -> SAEShape:
     hook = c.get("hook_name") or meta.get("hook_name")
     return SAEShape(name=str(path.parent), d_in=int(c["d_in"]), d_sae=int(c["d_sae"]),
                     layer=_layer_of(hook, 0), d_out=c.get("d_out"),
-                    dtype=str(c.get("dtype", "float32")))
+                    dtype=str(c.get("dtype", "float32")), residual=_residual(hook))
 
 
 def sae_shape(sae: Any, dtype: str = "float32") -> SAEShape:
@@ -246,7 +254,8 @@ def sae_shape(sae: Any, dtype: str = "float32") -> SAEShape:
                             layer=int(sae["layer"]) if "layer" in sae
                             else _layer_of(sae.get("hook_name"), 0),
                             l0=float(sae.get("l0", DEFAULT_L0)), d_out=sae.get("d_out"),
-                            dtype=str(sae.get("dtype", dtype)))
+                            dtype=str(sae.get("dtype", dtype)),
+                            residual=_residual(sae.get("hook_name")))
         except KeyError as exc:
             raise ConfigError(f"SAE config {dict(sae)!r} needs {exc}; e.g. {{'d_in': 2304, "
                               "'d_sae': 65536, 'layer': 12, 'l0': 70}") from None
@@ -255,7 +264,8 @@ def sae_shape(sae: Any, dtype: str = "float32") -> SAEShape:
         return SAEShape(name=cfg.name, d_in=cfg.d_in, d_sae=cfg.d_sae,
                         layer=_layer_of(cfg.hook_name, 0), d_out=cfg.d_out,
                         l0=float(cfg.extra.get("l0", DEFAULT_L0) or DEFAULT_L0),
-                        dtype=str(sae.W_enc.dtype).removeprefix("torch."))
+                        dtype=str(sae.W_enc.dtype).removeprefix("torch."),
+                        residual=_residual(cfg.hook_name))
     text = os.fspath(sae)
     if text == BUNDLED or text.startswith(BUNDLED + "/"):
         from scope.saes.loading import BUNDLED_DIR, BUNDLED_ROOT
@@ -281,4 +291,5 @@ def sae_shape(sae: Any, dtype: str = "float32") -> SAEShape:
     info = entry.info
     return SAEShape(name=text, d_in=int(info["d_in"]), d_sae=int(info["d_sae"]),
                     layer=_layer_of(info.get("hook_name"), int(info.get("layer") or 0)),
-                    l0=float(info.get("l0") or DEFAULT_L0), d_out=info.get("d_out"), dtype=dtype)
+                    l0=float(info.get("l0") or DEFAULT_L0), d_out=info.get("d_out"), dtype=dtype,
+                    residual=_residual(info.get("hook_name")))
