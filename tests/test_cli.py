@@ -172,7 +172,7 @@ def test_config_flag_values_and_dashes(tmp_path):
     _, (e,), _ = cli.parse(["extract", "--top-k", "3", "--sae", "y", "--config",
                             str(tmp_path / "c.yaml")])
     assert (e.top_k, e.sae) == (3, ["y"])  # the command line wins, before --config too
-    _, (_, _, run), _ = cli.parse(["train", "--no-resume"])
+    _, (_, _, run, _), _ = cli.parse(["train", "--no-resume"])
     assert run.resume is False
 
 
