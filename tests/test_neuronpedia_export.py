@@ -294,3 +294,48 @@ def test_partial_and_non_finite_stores_are_refused(store_path, tmp_path):
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ExportError, match="partial"):
         export_neuronpedia(scope.open_store(path), tmp_path / "o", progress=False)
+
+
+def test_hook_z_logit_effects_go_through_that_layers_W_O():
+    """An attention SAE's logit histogram: z -> layer L's W_O -> residual -> final norm gain ->
+    unembed (SAEDashboard's rule), against Hugging Face's own o_proj, norm and lm_head."""
+    import torch
+    from builders import tiny_hooked_model
+
+    from scope.explore.np_export import residual_logits
+    from scope.saes.sae import JumpReLUSAE, SAEConfig
+
+    model = tiny_hooked_model()
+    cfg = model.cfg
+    d_z = cfg.n_heads * cfg.d_head
+    g = torch.Generator().manual_seed(5)
+    W_dec = torch.randn(12, d_z, generator=g)
+    sae = JumpReLUSAE(SAEConfig(d_in=d_z, d_sae=12, hook_name="blocks.1.attn.hook_z"),
+                      W_dec.T.clone(), W_dec, torch.zeros(12), torch.zeros(d_z),
+                      torch.full((12,), 0.1))
+    feats = [0, 3, 11]
+    got = residual_logits(model, sae, feats)
+    hf = model.original_model
+
+    def weight(mod):
+        return getattr(mod, "original_component", mod).weight.detach()
+
+    with torch.no_grad():
+        resid = W_dec[feats] @ weight(hf.model.layers[1].self_attn.o_proj).T  # [3, d_model]
+        norm = getattr(hf.model.norm, "original_component", hf.model.norm)
+        gain = norm(torch.ones(1, cfg.d_model))[0]  # RMSNorm of ones: its gain, any convention
+        want = ((resid * gain) @ weight(hf.lm_head).T)[:, : len(model.tokenizer)].numpy()
+    assert got.shape == want.shape == (3, len(model.tokenizer))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
+    # and the histogram the export writes from it: 50 equal bins over every logit
+    vals, heights = F.hist_equal_width(got[1])
+    assert sum(heights) == got.shape[1] and len(vals) == 50
+    lo, hi = float(got[1].min()), float(got[1].max())
+    assert vals[0] == pytest.approx(lo + (hi - lo) / 100, abs=1e-3)
+    # a site that is neither the residual stream nor hook_z has no logit effect: None
+    other = JumpReLUSAE(SAEConfig(d_in=cfg.d_model, d_sae=4, hook_name="blocks.1.hook_resid_post",
+                                  hook_name_out="blocks.1.hook_mlp_in", d_out=7,
+                                  kind="transcoder"),
+                        torch.zeros(cfg.d_model, 4), torch.zeros(4, 7), torch.zeros(4),
+                        torch.zeros(7), torch.zeros(4))
+    assert residual_logits(model, other, [0]) is None

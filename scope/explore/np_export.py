@@ -66,27 +66,67 @@ def _own_folder(folder: Path) -> None:
                           "replace it: choose another --out or move it away")
 
 
-def _logit_hists(store, name: str, features, enabled: bool):
-    """{feature: (bar_values, bar_heights)} of the decoder's logit effects (50 equal bins)."""
+def residual_logits(model, sae, features: list[int]) -> np.ndarray | None:
+    """Each feature's effect on every vocabulary logit, as SAEDashboard computes it.
+
+    A decoder that writes to the residual stream: `W_dec[f] @ diag(gain) @ W_U` (the store's
+    logit tables' product). An attention SAE on `blocks.L.attn.hook_z`: its direction (all
+    heads' `z`, flattened) is first mapped to the residual stream through layer L's `W_O`,
+    `sum_h z_h @ W_O[h]`. Any other site: None (the export then says why the histogram is
+    empty).
+
+    Returns:
+        `[len(features), d_vocab]` float32, or None.
+    """
+    import torch
+
+    from scope.explore.replay import logit_vectors
+    from scope.pipeline.decoder_tables import final_norm_gain
+
+    cfg = model.cfg
+    hook = sae.cfg.hook_name_out or sae.cfg.hook_name
+    W_dec = sae.W_dec.detach()
+    if not (hook.endswith("attn.hook_z") and W_dec.shape[1] == cfg.n_heads * cfg.d_head):
+        return logit_vectors(model, sae, features)
+    W_O = model.blocks[int(hook.split(".")[1])].attn.W_O.detach()  # [n_heads, d_head, d_model]
+    W_U = model.W_U.detach()
+    W_U = W_U[:, : min(W_U.shape[1], len(model.tokenizer))]
+    z = W_dec[torch.as_tensor(features, dtype=torch.long)].to(W_O.device, W_O.dtype)
+    d = torch.einsum("fhd,hdm->fm", z.view(len(z), cfg.n_heads, cfg.d_head), W_O)
+    gain = final_norm_gain(model)
+    if gain is not None:
+        d = d * gain.to(d.device, d.dtype)
+    return (d.to(W_U.dtype) @ W_U).float().cpu().numpy()
+
+
+def _logit_hists(store, name: str, features, enabled: bool) -> tuple[dict | None, str]:
+    """({feature: (bar_values, bar_heights)} of the logit effects (50 equal bins), or None;
+    and why they are absent, "" when present)."""
     if not enabled:
-        return None
-    from scope.explore.replay import load_store_model, logit_vectors
+        return None, "not computed: logit_histograms=False (--no-logit-histograms)"
+    from scope.explore.replay import load_store_model
 
     try:
         model, sae = load_store_model(store, name)
     except Exception as exc:  # noqa: BLE001 - an optional extra; the export says what it lacks
         log.warning("%s: no logit histograms (cannot load the store's model and SAE: %s)",
                     name, exc)
-        return None
+        return None, f"not computed: the store's model and SAE could not be loaded ({exc})"
+    import torch
+
     out = {}
-    for start in range(0, len(features), 256):
-        chunk = [int(i) for i in features[start:start + 256]]
-        vec = logit_vectors(model, sae, chunk)
-        if vec is None:
-            return None
-        for i, row in zip(chunk, vec, strict=True):
-            out[i] = F.hist_equal_width(row)
-    return out
+    with torch.no_grad():
+        for start in range(0, len(features), 256):
+            chunk = [int(i) for i in features[start:start + 256]]
+            vec = residual_logits(model, sae, chunk)
+            if vec is None:
+                hook = sae.cfg.hook_name_out or sae.cfg.hook_name
+                return None, (f"absent: the SAE's output site {hook} is not in the residual "
+                              "stream (nor attn.hook_z, which is mapped through W_O), so its "
+                              "directions have no logit effect")
+            for i, row in zip(chunk, vec, strict=True):
+                out[i] = F.hist_equal_width(row)
+    return out, ""
 
 
 def export_neuronpedia(store, out: str | os.PathLike, *, sae: str | None = None,
@@ -153,7 +193,8 @@ def _export(store, out, names, format, batch_size, logit_histograms, progress, c
                                      suffix)
         _own_folder(folder)
         features = np.arange(d_sae)
-        hists = _logit_hists(store, name, features, logit_histograms) or {}
+        hists, why = _logit_hists(store, name, features, logit_histograms)
+        hists = hists or {}
         bar = tqdm(total=d_sae, desc=f"export {name}", unit="feature", disable=not progress)
         files = []
         with atomic_folder(folder, replace=True) as tmp:
@@ -179,7 +220,7 @@ def _export(store, out, names, format, batch_size, logit_histograms, progress, c
                        "log_sparsity": F.SPARSITY_THRESHOLD, "skipped_indexes": []},
                       tmp / F.SKIPPED_FILE)
             _dump(_run_settings(store, name, info, model_id, layer, sae_set, suffix, folder,
-                                ctx, n_prompts, dataset, batch_size, format, bool(hists)),
+                                ctx, n_prompts, dataset, batch_size, format, why),
                   tmp / F.RUN_SETTINGS_FILE)
         bar.close()
         written += files
@@ -193,7 +234,7 @@ def _explanations(store, name: str) -> dict:
 
 
 def _run_settings(store, name, info, model_id, layer, sae_set, suffix, folder, ctx, n_prompts,
-                  dataset, batch_size, format, logit_hists) -> dict:
+                  dataset, batch_size, format, why_no_logits) -> dict:
     """SAEDashboard's `NeuronpediaRunnerConfig` fields with this export's values, plus ours."""
     return {
         "sae_set": sae_set, "sae_path": info.get("spec") or "", "outputs_dir": str(folder),
@@ -217,7 +258,8 @@ def _run_settings(store, name, info, model_id, layer, sae_set, suffix, folder, c
         "sae_converter_name": None,
         F.MARKER: {"tool_version": __version__, "store": str(store.path), "sae": name,
                    "format": format, "store_status": store.manifest.get("status"),
-                   "logit_histograms": logit_hists,
+                   "logit_histograms": not why_no_logits,
+                   "logit_histograms_absent": why_no_logits or None,
                    "approximations": [
                        "freq_hist rebinned from the store's log-binned counts",
                        "interval bin_contains from the same counts",
