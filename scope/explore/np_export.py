@@ -4,7 +4,9 @@
 (`scope.explore.np_format` spells it): every feature `0..d_sae-1`, dead ones included, in
 `batch-N.json` files of 128, plus `skipped_indexes.json` (empty: nothing is skipped) and
 `run_settings.json`. That folder is what Neuronpedia's `convert-saedashboard-to-neuronpedia-
-export.py` reads. With `format="upload"` it writes instead `upload-N.json` files, each the JSON
+export.py` reads (`run_settings.json`'s `scope_export.converter_args` holds the options it needs
+to match); the store's explanations go beside it in `explanations/batch-N.jsonl.gz`, Neuronpedia's
+own explanation rows, which its importer reads next to the converter's output. With `format="upload"` it writes instead `upload-N.json` files, each the JSON
 body the `neuronpedia` client's `Source.upload_batch` posts (camelCase, at most 128 features), so
 a user with a key can push them.
 
@@ -187,7 +189,10 @@ def _export(store, out, names, format, batch_size, logit_histograms, progress, c
     written = []
     for name in names:
         info = store.sae_info(name)
-        model_id, layer, sae_set, suffix = F.source_parts(info, name)
+        # an SAE saved without its model's name takes the store's model
+        model_id, layer, sae_set, suffix = F.source_parts(
+            {**info, "model_name": info.get("model_name") or (
+                store.manifest.get("model") or {}).get("name")}, name)
         d_sae = store.n_features(name)
         folder = out / F.folder_name(model_id, sae_set, str(info.get("hook_name", "")), d_sae,
                                      suffix)
@@ -215,16 +220,40 @@ def _export(store, out, names, format, batch_size, logit_histograms, progress, c
                 _dump(body, tmp / fname)
                 files.append(folder / fname)
                 bar.update(len(feats))
+            n_expl = 0
             if format == "saedashboard":
                 _dump({"model_id": model_id, "layer": str(layer), "sae_set": sae_set,
                        "log_sparsity": F.SPARSITY_THRESHOLD, "skipped_indexes": []},
                       tmp / F.SKIPPED_FILE)
+                n_expl = _write_explanations(tmp, _explanations(store, name), model_id,
+                                             F.source_id(layer, sae_set, suffix))
             _dump(_run_settings(store, name, info, model_id, layer, sae_set, suffix, folder,
-                                ctx, n_prompts, dataset, batch_size, format, why),
+                                ctx, n_prompts, dataset, batch_size, format, why, n_expl),
                   tmp / F.RUN_SETTINGS_FILE)
         bar.close()
         written += files
     return written
+
+
+def _write_explanations(folder: Path, explanations: dict, model_id: str, source: str) -> int:
+    """`explanations/batch-N.jsonl.gz` in Neuronpedia's `Explanation` rows (what its importer
+    reads beside the converter's features/ and activations/); the converter itself ignores
+    them (it reads only `batch-*`), so copy the folder into its output. Returns the rows."""
+    import gzip
+    from datetime import datetime, timezone
+
+    if not explanations:
+        return 0
+    creator = os.environ.get("DEFAULT_CREATOR_ID") or F.SEED_CREATOR_ID
+    now = datetime.now(timezone.utc).isoformat()
+    rows = F.explanation_rows(explanations, model_id, source, creator, now)
+    (folder / F.EXPLANATIONS_DIR).mkdir()
+    for b, start in enumerate(range(0, len(rows), F.N_EXPLANATIONS_PER_BATCH)):
+        lines = "".join(json.dumps(r, allow_nan=False, ensure_ascii=False) + "\n"
+                        for r in rows[start:start + F.N_EXPLANATIONS_PER_BATCH])
+        (folder / F.EXPLANATIONS_DIR / F.EXPLANATION_BATCH.format(b)).write_bytes(
+            gzip.compress(lines.encode("utf-8"), mtime=0))
+    return len(rows)
 
 
 def _explanations(store, name: str) -> dict:
@@ -234,7 +263,7 @@ def _explanations(store, name: str) -> dict:
 
 
 def _run_settings(store, name, info, model_id, layer, sae_set, suffix, folder, ctx, n_prompts,
-                  dataset, batch_size, format, why_no_logits) -> dict:
+                  dataset, batch_size, format, why_no_logits, n_explanations) -> dict:
     """SAEDashboard's `NeuronpediaRunnerConfig` fields with this export's values, plus ours."""
     return {
         "sae_set": sae_set, "sae_path": info.get("spec") or "", "outputs_dir": str(folder),
@@ -260,6 +289,10 @@ def _run_settings(store, name, info, model_id, layer, sae_set, suffix, folder, c
                    "format": format, "store_status": store.manifest.get("status"),
                    "logit_histograms": not why_no_logits,
                    "logit_histograms_absent": why_no_logits or None,
+                   "explanations": n_explanations,
+                   "converter_args": F.converter_args(
+                       model_id, layer, sae_set, str(info.get("hook_name", "")), dataset,
+                       n_prompts, ctx),
                    "approximations": [
                        "freq_hist rebinned from the store's log-binned counts",
                        "interval bin_contains from the same counts",

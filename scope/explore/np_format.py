@@ -217,3 +217,55 @@ def feature_record(feat, *, n_prompts: int, ctx: int, dataset: str, total_tokens
         "n_prompts_total": int(n_prompts), "n_tokens_in_prompt": int(ctx), "dataset": dataset,
         "decoder_weights_dist": [], "activations": acts, "vector": [],
     }
+
+
+#: Neuronpedia's explanation batches: `explanations/batch-N.jsonl.gz`, 1,024 rows each
+EXPLANATIONS_DIR = "explanations"
+EXPLANATION_BATCH = "batch-{}.jsonl.gz"
+N_EXPLANATIONS_PER_BATCH = 1024
+#: the user Neuronpedia's seed creates (apps/webapp/lib/env.ts DEFAULT_CREATOR_USER_ID)
+SEED_CREATOR_ID = "clkht01d40000jv08hvalcvly"
+
+
+def source_id(layer: int, sae_set: str, suffix: str | None) -> str:
+    """Neuronpedia's source id, as the converter builds it: `<layer>-<set>[__<suffix>]`."""
+    return f"{layer}-{sae_set}" + (f"__{suffix}" if suffix else "")
+
+
+def explanation_rows(explanations: dict, model_id: str, source: str, creator_id: str,
+                     created_at: str) -> list[dict]:
+    """Rows of Neuronpedia's `Explanation` table (its importer reads `explanations/*.jsonl.gz`
+    of these): `index` a string, as Neuronpedia writes it. `typeName` and
+    `explanationModelName` reference Neuronpedia's own tables, so they stay null and scope's
+    explainer and scores go in `notes`."""
+    rows = []
+    for i in sorted(explanations):
+        e = explanations[i]
+        notes = [f"{e.source or 'scope'}", f"explainer {e.explainer}" if e.explainer else ""]
+        if e.score is not None:
+            notes.append(f"detection {e.score:.3f}")
+        if e.fuzz_score is not None:
+            notes.append(f"fuzzing {e.fuzz_score:.3f}")
+        rows.append({"id": f"scope-{model_id}-{source}-{int(i)}", "modelId": model_id,
+                     "layer": source, "index": str(int(i)), "description": e.text,
+                     "authorId": creator_id, "embedding": None, "triggeredById": None,
+                     "typeName": None, "explanationModelName": None,
+                     "notes": "scope: " + ", ".join(n for n in notes if n),
+                     "createdAt": created_at})
+    return rows
+
+
+def converter_hook_point(hook: str) -> str:
+    """The converter's `--hook-point` choice of a TransformerLens hook name
+    (`blocks.20.attn.hook_z` -> `hook_z`)."""
+    return str(hook).rsplit(".", 1)[-1]
+
+
+def converter_args(model_id: str, layer: int, sae_set: str, hook: str, dataset: str,
+                   n_prompts: int, ctx: int) -> dict:
+    """The options of Neuronpedia's `convert-saedashboard-to-neuronpedia-export.py` that this
+    export fixes (the rest, such as the release and the creator, are the user's)."""
+    return {"model-name": model_id, "neuronpedia-source-set-id": sae_set, "layer-num": layer,
+            "hook-point": converter_hook_point(hook),
+            "prompts-huggingface-dataset-path": dataset, "n-prompts-total": n_prompts,
+            "n-tokens-in-prompt": ctx}
