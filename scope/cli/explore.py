@@ -123,7 +123,7 @@ class Export:
     """saedashboard: SAEDashboard 0.8.0 batch folders, for Neuronpedia's converter; upload: the
     bodies the neuronpedia client's upload_batch posts"""
     no_logit_histograms: bool = False
-    """do not load the store's model to compute the logit histograms"""
+    """do not load the store's model (no logit histograms nor neuron alignment tables)"""
     allow_partial: bool = False
     """export a store whose extraction has not finished"""
 

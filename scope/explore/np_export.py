@@ -101,34 +101,41 @@ def residual_logits(model, sae, features: list[int]) -> np.ndarray | None:
     return (d.to(W_U.dtype) @ W_U).float().cpu().numpy()
 
 
-def _logit_hists(store, name: str, features, enabled: bool) -> tuple[dict | None, str]:
-    """({feature: (bar_values, bar_heights)} of the logit effects (50 equal bins), or None;
-    and why they are absent, "" when present)."""
-    if not enabled:
-        return None, "not computed: logit_histograms=False (--no-logit-histograms)"
+def _weight_tables(store, name: str, features, logits: bool) -> tuple[dict, dict, str]:
+    """What the SAE's weights give each feature: ({feature: (bar_values, bar_heights)} of the
+    logit effects (50 equal bins), {feature: neuron alignment [+ decoder_weights_dist]}, and
+    why the logit histograms are absent, "" when present). Nothing without `logits`: that
+    skips loading the model."""
     from scope.explore.replay import load_store_model
 
+    if not logits:
+        return {}, {}, "not computed: --no-logit-histograms (the model was not loaded)"
     try:
         model, sae = load_store_model(store, name)
     except Exception as exc:  # noqa: BLE001 - an optional extra; the export says what it lacks
-        log.warning("%s: no logit histograms (cannot load the store's model and SAE: %s)",
-                    name, exc)
-        return None, f"not computed: the store's model and SAE could not be loaded ({exc})"
+        log.warning("%s: no logit histograms nor neuron alignment (cannot load the store's "
+                    "model and SAE: %s)", name, exc)
+        return {}, {}, f"not computed: the store's model and SAE could not be loaded ({exc})"
     import torch
 
-    out = {}
+    hists, weights = {}, {}
+    hook = sae.cfg.hook_name_out or sae.cfg.hook_name
+    heads = model.cfg.n_heads if hook.endswith("attn.hook_z") else 0
     with torch.no_grad():
+        W_dec = sae.W_dec.detach().float().cpu().numpy()
+        for i in features:
+            weights[int(i)] = F.neuron_alignment(W_dec[int(i)]) | (
+                {"decoder_weights_dist": F.head_allocation(W_dec[int(i)], heads)} if heads else {})
         for start in range(0, len(features), 256):
             chunk = [int(i) for i in features[start:start + 256]]
             vec = residual_logits(model, sae, chunk)
             if vec is None:
-                hook = sae.cfg.hook_name_out or sae.cfg.hook_name
-                return None, (f"absent: the SAE's output site {hook} is not in the residual "
-                              "stream (nor attn.hook_z, which is mapped through W_O), so its "
-                              "directions have no logit effect")
+                return {}, weights, (f"absent: the SAE's output site {hook} is not in the "
+                                     "residual stream (nor attn.hook_z, which is mapped through "
+                                     "W_O), so its directions have no logit effect")
             for i, row in zip(chunk, vec, strict=True):
-                out[i] = F.hist_equal_width(row)
-    return out, ""
+                hists[i] = F.hist_equal_width(row)
+    return hists, weights, ""
 
 
 def export_neuronpedia(store, out: str | os.PathLike, *, sae: str | None = None,
@@ -145,7 +152,8 @@ def export_neuronpedia(store, out: str | os.PathLike, *, sae: str | None = None,
         format: "saedashboard" (batch-N.json, for Neuronpedia's converter) or "upload"
             (upload-N.json bodies of the client's `upload_batch`).
         batch_size: features per file (1-128 for uploads).
-        logit_histograms: load the store's model and SAE to compute them (else left empty).
+        logit_histograms: load the store's model and SAE to compute the logit histograms and
+            the neuron alignment tables (else both are left empty).
         allow_partial: export a store whose extraction has not finished.
         progress: show a progress bar.
 
@@ -198,15 +206,15 @@ def _export(store, out, names, format, batch_size, logit_histograms, progress, c
                                      suffix)
         _own_folder(folder)
         features = np.arange(d_sae)
-        hists, why = _logit_hists(store, name, features, logit_histograms)
-        hists = hists or {}
+        hists, weights, why = _weight_tables(store, name, features, logit_histograms)
         bar = tqdm(total=d_sae, desc=f"export {name}", unit="feature", disable=not progress)
         files = []
         with atomic_folder(folder, replace=True) as tmp:
             for b, start in enumerate(range(0, d_sae, batch_size)):
                 feats = [F.feature_record(store.feature(name, int(i)), n_prompts=n_prompts,
                                           ctx=ctx, dataset=dataset, total_tokens=total_tokens,
-                                          logit_hist=hists.get(int(i)))
+                                          logit_hist=hists.get(int(i)),
+                                          weights=weights.get(int(i)))
                          for i in features[start:start + batch_size]]
                 if format == "upload":
                     body = upload_payload(model_id, f"{layer}-{sae_set}"

@@ -34,6 +34,8 @@ N_QUANTILES = 5
 QUANTILE_GROUP_SIZE = 5
 TOP_GROUP_SIZE = 20
 HIST_BINS = 50
+#: SAEDashboard's NeuronpediaRunner: `FeatureTablesConfig(n_rows=3)`
+NEURON_ROWS = 3
 #: SAEDashboard's default `sparsity_threshold` (written to skipped_indexes.json)
 SPARSITY_THRESHOLD = -6
 BATCH_NAME = "batch-{}.json"
@@ -136,6 +138,25 @@ def hist_equal_width(values: np.ndarray, n_bins: int = HIST_BINS) -> tuple[list[
     return r3(lo + step * (k + 0.5) for k in range(n_bins)), heights.tolist()
 
 
+def neuron_alignment(w_dec_row, n_rows: int = NEURON_ROWS) -> dict:
+    """SAEDashboard's `add_neuron_alignment_data` for one feature: the `n_rows` largest (signed)
+    entries of its decoder row, their values and each one's share of the row's L1 norm."""
+    w = np.asarray(w_dec_row, dtype=np.float64)
+    idx = np.argsort(-w, kind="stable")[:n_rows]
+    l1 = float(np.abs(w).sum())
+    return {"neuron_alignment_indices": [int(i) for i in idx],
+            "neuron_alignment_values": r3(w[idx]),
+            "neuron_alignment_l1": r3(np.abs(w[idx]) / l1 if l1 > 0 else np.zeros(len(idx)))}
+
+
+def head_allocation(w_dec_row, n_heads: int) -> list[float]:
+    """SAEDashboard's `get_decoder_weights_distribution` of an attn.hook_z feature: each head's
+    share of the summed per-head norms of its decoder row (`decoder_weights_dist`)."""
+    norms = np.linalg.norm(np.asarray(w_dec_row, dtype=np.float64).reshape(n_heads, -1), axis=1)
+    total = float(norms.sum())
+    return [float(x) for x in (norms / total if total > 0 else norms)]
+
+
 def _activation(ex, bin_min: float, bin_max: float, bin_contains: float, q: int) -> dict:
     acts = np.asarray(ex.activations, dtype=np.float64)
     if not np.isfinite(acts).all():
@@ -190,8 +211,9 @@ def _finite_or_fail(value: float, what: str, where: str) -> float:
 
 
 def feature_record(feat, *, n_prompts: int, ctx: int, dataset: str, total_tokens: int,
-                   logit_hist: tuple[list, list] | None) -> dict:
-    """One feature as SAEDashboard's `NeuronpediaDashboardFeature.to_dict` writes it."""
+                   logit_hist: tuple[list, list] | None, weights: dict | None = None) -> dict:
+    """One feature as SAEDashboard's `NeuronpediaDashboardFeature.to_dict` writes it; `weights`
+    holds what comes from the SAE's weights (`neuron_alignment_*`, `decoder_weights_dist`)."""
     where = f"feature {feat.index} of {feat.sae_name}"
     dead = int(feat.firing_count) <= 0
     mx = 0.0 if dead else _finite_or_fail(feat.max_activation, "max activation", where)
@@ -216,7 +238,7 @@ def feature_record(feat, *, n_prompts: int, ctx: int, dataset: str, total_tokens
         "logits_hist_data_bar_heights": lh_heights, "logits_hist_data_bar_values": lh_values,
         "n_prompts_total": int(n_prompts), "n_tokens_in_prompt": int(ctx), "dataset": dataset,
         "decoder_weights_dist": [], "activations": acts, "vector": [],
-    }
+    } | (weights or {})
 
 
 #: Neuronpedia's explanation batches: `explanations/batch-N.jsonl.gz`, 1,024 rows each
