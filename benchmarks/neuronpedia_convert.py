@@ -6,9 +6,10 @@ a few explanations) and exports it with `scope export neuronpedia`; the shell sc
 Neuronpedia's unchanged `convert-saedashboard-to-neuronpedia-export.py` on each SAE folder;
 `check WORK` reads what the converter wrote (`features/`, `activations/` JSONL.gz) and compares
 every row with the store read through its own API, then imports the exported explanations back
-into a copy of the store. Prints what it converted; exits 1 on any mismatch.
+into a copy of the store. Prints what it converted; exits 1 on any mismatch. With DEMO_TOKENS
+the store is instead the one `scope demo` builds, that many tokens long.
 
-    python benchmarks/neuronpedia_convert.py build /tmp/npc
+    python benchmarks/neuronpedia_convert.py build /tmp/npc [DEMO_TOKENS]
     python benchmarks/neuronpedia_convert.py check /tmp/npc
 """
 
@@ -27,17 +28,24 @@ RESID, ATTN = "blocks.2.hook_resid_post", "blocks.1.attn.hook_z"
 D_SAE = 96
 
 
-def build(work: Path) -> None:
+def build_demo(work: Path, tokens: int):
+    """The store `scope demo` builds (bundled Gemma 3 270M + the demo SAE), `tokens` long."""
+    from scope.cli.dashboard import build_demo_store
+
+    shutil.rmtree(work / "store", ignore_errors=True)
+    return build_demo_store(work / "store", tokens=tokens, device="cpu")
+
+
+def build_tiny(work: Path):
+    """Tiny random Gemma 3; a residual SAE with a Neuronpedia id, an attn.hook_z one without."""
     import torch
     from builders import tiny_gemma3_dir
     from explorer_helpers import corpus_texts
     from sae_builders import jumprelu_weights
 
     import scope
-    from scope.explore.neuronpedia import export_neuronpedia
     from scope.pipeline.corpus import Corpus
     from scope.saes.sae import JumpReLUSAE, SAEConfig
-    from scope.store import labels as L
 
     model = scope.load_model(str(tiny_gemma3_dir(work / "tiny-gemma3")), device="cpu",
                              dtype=torch.float32)
@@ -51,18 +59,27 @@ def build(work: Path) -> None:
         JumpReLUSAE(cfg, **{n: torch.tensor(v) for n, v in w.items()}).save(work / f"sae{k}")
         saes.append(scope.load_sae(str(work / f"sae{k}"), model=model))
         specs.append(str(work / f"sae{k}"))
-    store = scope.extract(model, saes, Corpus(texts=corpus_texts()), str(work / "store"),
-                          tokens=3072, ctx=32, batch_size=8, progress=False, sae_specs=specs)
+    return scope.extract(model, saes, Corpus(texts=corpus_texts()), str(work / "store"),
+                         tokens=3072, ctx=32, batch_size=8, progress=False, sae_specs=specs)
+
+
+def build(work: Path, demo_tokens: int = 0) -> None:
+    """Build the store (tiny, or the demo's), give it a few explanations, export it."""
+    import scope
+    from scope.explore.neuronpedia import export_neuronpedia
+    from scope.store import labels as L
+
+    for old in ("store", "export", "tiny-gemma3", "sae0", "sae1"):
+        shutil.rmtree(work / old, ignore_errors=True)  # a rerun starts afresh
+    store = build_demo(work, demo_tokens) if demo_tokens else build_tiny(work)
     labels = L.Labels(store.path)
     for name in store.sae_names:
         labels.update(name, {i: L.Explanation(f"{name} feature {i} <b>&", 0.5 + i / 200,
                                               "tiny-explainer", "v2") for i in (0, 5, 17)})
     labels.save()
-    out = work / "export"
-    if out.exists():
-        shutil.rmtree(out)
-    export_neuronpedia(scope.open_store(store.path), out, batch_size=32, progress=False)
-    for folder in sorted(out.iterdir()):
+    export_neuronpedia(scope.open_store(store.path), work / "export", batch_size=128,
+                       progress=False)
+    for folder in sorted((work / "export").iterdir()):
         print(folder)  # the shell script reads these lines
 
 
@@ -91,6 +108,12 @@ def check_sae(store, folder: Path, converted: Path) -> list[str]:
     by_index: dict[int, list] = {}
     for a in acts:
         by_index.setdefault(int(a["index"]), []).append(a)
+    from safetensors.numpy import load_file
+
+    spec = Path(store.sae_info(name)["spec"])
+    spec = spec if spec.is_dir() else ROOT / "scope" / "bundled" / "demo_sae"  # "bundled"
+    W_dec = load_file(spec / "sae_weights.safetensors")["W_dec"].astype("float32")
+    heads = W_dec.shape[1] // 16 if args["hook-point"] == "hook_z" else 0  # tiny Gemma: d_head 16
     worst = 0.0
     for i, f in feats.items():
         feat = store.feature(name, i)
@@ -110,6 +133,15 @@ def check_sae(store, folder: Path, converted: Path) -> list[str]:
         if f["pos_str"] != [t for t, _ in feat.top_logits] or not _close(
                 f["pos_values"], [v for _, v in feat.top_logits], 6e-4):
             bad.append(f"{where}: top logits differ")
+        w = W_dec[i].astype("float64")
+        top = sorted(range(len(w)), key=lambda k: -w[k])[:3]
+        if f["neuron_alignment_indices"] != top or not _close(f["neuron_alignment_values"],
+                                                              list(w[top]), 6e-4):
+            bad.append(f"{where}: neuron alignment differs from the SAE's decoder row")
+        if heads:
+            norms = [float((w[h * 16:(h + 1) * 16] ** 2).sum() ** 0.5) for h in range(heads)]
+            if not _close(f["decoder_weights_dist"], [x / sum(norms) for x in norms], 1e-6):
+                bad.append(f"{where}: decoder_weights_dist differs from the per-head norms")
         if f["hookName"] != f"blocks.{args['layer-num']}.{args['hook-point']}":
             bad.append(f"{where}: hookName {f['hookName']}")
         rows = by_index.get(i, [])
@@ -171,8 +203,9 @@ def check(work: Path) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] not in ("build", "check"):
+    if len(sys.argv) not in (3, 4) or sys.argv[1] not in ("build", "check"):
         sys.exit(__doc__)
     w = Path(sys.argv[2])
     w.mkdir(parents=True, exist_ok=True)
-    sys.exit(build(w) if sys.argv[1] == "build" else check(w))
+    sys.exit(build(w, int(sys.argv[3]) if len(sys.argv) == 4 else 0) if sys.argv[1] == "build"
+             else check(w))

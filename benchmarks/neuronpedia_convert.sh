@@ -13,7 +13,9 @@
 #    output in $WORK/converted/exports, the export's explanations/ copied beside it (where
 #    Neuronpedia's importer reads them);
 # 5. every converted row compared with the store (benchmarks/neuronpedia_convert.py check).
-# Env: SCOPE_PYTHON (default: the repo's .venv or python3). Exits non-zero on any failure.
+# Env: SCOPE_PYTHON (default: the repo's .venv or python3); NP_DEMO_TOKENS=N exports the
+# store `scope demo` builds (bundled Gemma 3 270M + demo SAE, N tokens) instead of the tiny one.
+# Exits non-zero on any failure.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"
@@ -45,7 +47,8 @@ fi
 CONVERTER="$UTILS/neuronpedia_utils/convert-saedashboard-to-neuronpedia-export.py"
 echo "converter: $CONVERTER (sha256 $(sha256sum "$CONVERTER" | cut -c1-12))"
 
-mapfile -t FOLDERS < <("$PY" "$HERE/neuronpedia_convert.py" build "$WORK" | grep -v '^\s*$')
+"$PY" "$HERE/neuronpedia_convert.py" build "$WORK" ${NP_DEMO_TOKENS:-} > "$WORK/folders.txt"
+mapfile -t FOLDERS < "$WORK/folders.txt"
 rm -rf "$WORK/converted" && mkdir -p "$WORK/converted"
 for folder in "${FOLDERS[@]}"; do
   # the options the export fixes (model, source set, layer, hook point, prompts) + the user's
