@@ -32,8 +32,7 @@ def build_demo(work: Path, tokens: int):
     """The store `scope demo` builds (bundled Gemma 3 270M + the demo SAE), `tokens` long."""
     from scope.cli.dashboard import build_demo_store
 
-    shutil.rmtree(work / "store", ignore_errors=True)
-    return build_demo_store(work / "store", tokens=tokens, device="cpu")
+    return build_demo_store(work / "store", tokens=tokens, device="cpu")  # reused when complete
 
 
 def build_tiny(work: Path):
@@ -69,7 +68,7 @@ def build(work: Path, demo_tokens: int = 0) -> None:
     from scope.explore.neuronpedia import export_neuronpedia
     from scope.store import labels as L
 
-    for old in ("store", "export", "tiny-gemma3", "sae0", "sae1"):
+    for old in ("export", "tiny-gemma3", "sae0", "sae1") + (() if demo_tokens else ("store",)):
         shutil.rmtree(work / old, ignore_errors=True)  # a rerun starts afresh
     store = build_demo(work, demo_tokens) if demo_tokens else build_tiny(work)
     labels = L.Labels(store.path)
@@ -80,7 +79,7 @@ def build(work: Path, demo_tokens: int = 0) -> None:
     export_neuronpedia(scope.open_store(store.path), work / "export", batch_size=128,
                        progress=False)
     for folder in sorted((work / "export").iterdir()):
-        print(folder)  # the shell script reads these lines
+        print("EXPORT", folder)  # the shell script reads these lines
 
 
 def _jsonl_gz(folder: Path) -> list[dict]:
@@ -188,6 +187,32 @@ def check_explanations(store, folder: Path, work: Path) -> list[str]:
         f"{name}: explanations differ after the round trip"]
 
 
+def _strip(row: dict) -> dict:
+    """A row without what differs run to run (`id`, `createdAt`) or between the two tools by
+    their own choice: without a vector, Neuronpedia's script sets `vectorDefaultSteerStrength`
+    to maxActApprox whenever the key `vector` exists, SAEDashboard's only when it is non-empty."""
+    skip = {"id", "createdAt"} | (set() if row.get("hasVector") else {
+        "vectorDefaultSteerStrength"})
+    return {k: v for k, v in row.items() if k not in skip}
+
+
+def check_same(work: Path) -> list[str]:
+    """SAEDashboard's in-process exporter, where it ran, wrote the rows Neuronpedia's did."""
+    other = work / "converted-saedashboard" / "exports"
+    if not other.is_dir():
+        return []
+    bad = []
+    for src in sorted(p for p in (work / "converted" / "exports").glob("*/*") if p.is_dir()):
+        twin = other / src.relative_to(work / "converted" / "exports")
+        differ = [kind for kind in ("features", "activations")
+                  if [_strip(r) for r in _jsonl_gz(src / kind)]
+                  != [_strip(r) for r in _jsonl_gz(twin / kind)]]
+        bad += [f"{src.name}: SAEDashboard's exporter wrote other {kind} rows" for kind in differ]
+        print(f"  {src.name}: SAEDashboard's export_neuronpedia_dashboards wrote "
+              + (f"other {', '.join(differ)} rows" if differ else "the same rows"))
+    return bad
+
+
 def check(work: Path) -> int:
     from scope.store import open_store
 
@@ -196,6 +221,7 @@ def check(work: Path) -> int:
     for folder in sorted((work / "export").iterdir()):
         bad += check_sae(store, folder, work / "converted" / "exports")
         bad += check_explanations(store, folder, work)
+    bad += check_same(work)
     for line in bad[:20]:
         print("MISMATCH", line)
     print("converter output matches the store" if not bad else f"{len(bad)} mismatches")
