@@ -4,11 +4,12 @@
 (`scope.explore.np_format` spells it): every feature `0..d_sae-1`, dead ones included, in
 `batch-N.json` files of 128, plus `skipped_indexes.json` (empty: nothing is skipped) and
 `run_settings.json`. That folder is what Neuronpedia's `convert-saedashboard-to-neuronpedia-
-export.py` reads (`run_settings.json`'s `scope_export.converter_args` holds the options it needs
-to match); the store's explanations go beside it in `explanations/batch-N.jsonl.gz`, Neuronpedia's
-own explanation rows, which its importer reads next to the converter's output. With `format="upload"` it writes instead `upload-N.json` files, each the JSON
-body the `neuronpedia` client's `Source.upload_batch` posts (camelCase, at most 128 features), so
-a user with a key can push them.
+export.py` reads (`run_settings.json`'s `scope_export.converter_args` holds the options it
+needs to match); the store's explanations go beside it in `explanations/batch-N.jsonl.gz`,
+Neuronpedia's own explanation rows, which its importer reads next to the converter's output.
+With `format="upload"` it writes instead `upload-N.json` files, each the JSON body the
+`neuronpedia` client's `Source.upload_batch` posts (camelCase, at most 128 features), so a user
+with a key can push them.
 
 Each SAE folder is built beside its target and renamed into place, so a re-export with another
 batch size leaves no stale batch file, and an interrupted one leaves the old folder. `--out`
