@@ -212,6 +212,49 @@ def test_labels_import_cli(store_path, tmp_path, capsys):
     assert scope.open_store(path).feature(scope.open_store(path).sae_names[0], 2).label == "numbers"
 
 
+def test_a_batch_imports_onto_an_sae_without_a_neuronpedia_id(store_path, tmp_path, capsys):
+    """The demo's SAE has no Neuronpedia id: the refusal names the flag, and the flag works."""
+    import gzip
+
+    from scope.cli.main import main
+    from scope.errors import ExplanationImportError
+    from scope.explore.neuronpedia import import_explanations
+
+    path = _fresh(store_path, tmp_path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["saes"][0]["neuronpedia_id"] = None
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    rows = [_np_entry(i, f"feature {i} text", layer="5-gemmascope-2-res-16k",
+                      model="gemma-3-270m") for i in range(0, 1024, 11)]
+    batch = tmp_path / "batch-0.jsonl.gz"
+    batch.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    store = scope.open_store(path)
+    sae = store.sae_names[0]
+    with pytest.raises(ExplanationImportError,
+                       match=f"SAE {sae} has no Neuronpedia id.*pass --neuronpedia-id "
+                             "gemma-3-270m/5-gemmascope-2-res-16k"):
+        import_explanations(batch, store)
+    assert not (path / L.LABELS_FILE).exists()
+    assert main(["labels", "import", str(batch), str(path),
+                 "--neuronpedia-id", "gemma-3-270m/5-gemmascope-2-res-16k"]) == 0
+    out = capsys.readouterr().out
+    d_sae = store.n_features(sae)
+    fit = [i for i in range(0, 1024, 11) if i < d_sae]
+    assert f"imported {len(fit)} explanations for {sae}" in out
+    assert f"skipped {len(rows) - len(fit)} explanations of features past" in out
+    store = scope.open_store(path)
+    for i in range(d_sae):
+        e = store.feature(sae, i).explanation
+        assert (e.text if e else None) == (f"feature {i} text" if i in fit else None)
+    for bad, msg in (("gemma-3-270m", "MODEL/SOURCE"), ("a/b/c", "MODEL/SOURCE")):
+        with pytest.raises(ExplanationImportError, match=msg):
+            import_explanations(batch, store, neuronpedia_id=bad)
+    with pytest.raises(ExplanationImportError, match="give --neuronpedia-id"):
+        import_explanations(batch, store, sae=sae)
+    with pytest.raises(StoreError):
+        import_explanations(batch, store, neuronpedia_id="m/s", sae="no-such-sae")
+
+
 # ---------------------------------------------------------------------------------------------
 # feature list
 # ---------------------------------------------------------------------------------------------

@@ -76,7 +76,8 @@ def converter_check(folder: Path, source_set: str, model_name: str) -> tuple[lis
         for fd in batch["features"]:
             row = {k: fd[k] for k in CONVERTER_FEATURE_READS if k != "activations"}
             row.update(modelId=model_name, layer=source_id, index=fd["feature_index"],
-                       hasVector="vector" in fd and len(fd["vector"]) > 0)
+                       hasVector="vector" in fd and len(fd["vector"]) > 0,
+                       hookName=f"blocks.{batch['layer']}.<hook>" if "vector" in fd else None)
             max_act = 0
             for a in fd["activations"]:
                 assert all(k in a for k in CONVERTER_ACTIVATION_READS)
@@ -294,3 +295,169 @@ def test_partial_and_non_finite_stores_are_refused(store_path, tmp_path):
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ExportError, match="partial"):
         export_neuronpedia(scope.open_store(path), tmp_path / "o", progress=False)
+
+
+def test_hook_z_logit_effects_go_through_that_layers_W_O():
+    """An attention SAE's logit histogram: z -> layer L's W_O -> residual -> final norm gain ->
+    unembed (SAEDashboard's rule), against Hugging Face's own o_proj, norm and lm_head."""
+    import torch
+    from builders import tiny_hooked_model
+
+    from scope.explore.np_export import residual_logits
+    from scope.saes.sae import JumpReLUSAE, SAEConfig
+
+    model = tiny_hooked_model()
+    cfg = model.cfg
+    d_z = cfg.n_heads * cfg.d_head
+    g = torch.Generator().manual_seed(5)
+    W_dec = torch.randn(12, d_z, generator=g)
+    sae = JumpReLUSAE(SAEConfig(d_in=d_z, d_sae=12, hook_name="blocks.1.attn.hook_z"),
+                      W_dec.T.clone(), W_dec, torch.zeros(12), torch.zeros(d_z),
+                      torch.full((12,), 0.1))
+    feats = [0, 3, 11]
+    got = residual_logits(model, sae, feats)
+    hf = model.original_model
+
+    def weight(mod):
+        return getattr(mod, "original_component", mod).weight.detach()
+
+    with torch.no_grad():
+        resid = W_dec[feats] @ weight(hf.model.layers[1].self_attn.o_proj).T  # [3, d_model]
+        norm = getattr(hf.model.norm, "original_component", hf.model.norm)
+        gain = norm(torch.ones(1, cfg.d_model))[0]  # RMSNorm of ones: its gain, any convention
+        want = ((resid * gain) @ weight(hf.lm_head).T)[:, : len(model.tokenizer)].numpy()
+    assert got.shape == want.shape == (3, len(model.tokenizer))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
+    # and the histogram the export writes from it: 50 equal bins over every logit
+    vals, heights = F.hist_equal_width(got[1])
+    assert sum(heights) == got.shape[1] and len(vals) == 50
+    lo, hi = float(got[1].min()), float(got[1].max())
+    assert vals[0] == pytest.approx(lo + (hi - lo) / 100, abs=1e-3)
+    # a site that is neither the residual stream nor hook_z has no logit effect: None
+    other = JumpReLUSAE(SAEConfig(d_in=cfg.d_model, d_sae=4, hook_name="blocks.1.hook_resid_post",
+                                  hook_name_out="blocks.1.hook_mlp_in", d_out=7,
+                                  kind="transcoder"),
+                        torch.zeros(cfg.d_model, 4), torch.zeros(4, 7), torch.zeros(4),
+                        torch.zeros(7), torch.zeros(4))
+    assert residual_logits(model, other, [0]) is None
+
+
+# the converter's `--hook-point` choices (HOOK_POINT_TYPE_CHOICES) and Neuronpedia's Explanation
+# row (utils/neuronpedia-utils/neuronpedia_utils/db_models/explanation.py)
+HOOK_POINTS = {"hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_mlp_in",
+               "hook_mlp_out", "hook_attn_in", "hook_attn_out", "hook_z"}
+EXPLANATION_KEYS = {"id", "modelId", "layer", "index", "description", "authorId", "embedding",
+                    "triggeredById", "typeName", "explanationModelName", "notes", "createdAt"}
+
+
+def _num(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def test_every_field_the_converter_reads_has_its_type_and_shape(store_path, exported):
+    """Types and lengths the converter (and the Feature/Activation tables it fills) rely on,
+    and the SAE-weight tables against the SAE file read with numpy."""
+    from safetensors.numpy import load_file
+
+    store = scope.open_store(store_path)
+    sae = store.sae_names[0]
+    W_dec = load_file(store_path.parent / "sae" / "sae_weights.safetensors")["W_dec"]
+    for i, f in read_export(_folder(exported)).items():
+        assert isinstance(f["feature_index"], int) and not isinstance(f["feature_index"], bool)
+        for key in ("neg_str", "pos_str"):
+            assert all(isinstance(t, str) for t in f[key])
+        for key in ("neg_values", "pos_values", "freq_hist_data_bar_values",
+                    "logits_hist_data_bar_values", "neuron_alignment_values",
+                    "neuron_alignment_l1", "decoder_weights_dist"):
+            assert isinstance(f[key], list) and all(_num(x) for x in f[key]), key
+        for key in ("freq_hist_data_bar_heights", "logits_hist_data_bar_heights",
+                    "neuron_alignment_indices"):
+            assert all(isinstance(x, int) for x in f[key]), key
+        assert len(f["neg_str"]) == len(f["neg_values"]) and len(f["pos_str"]) == len(
+            f["pos_values"])
+        assert len(f["freq_hist_data_bar_values"]) == len(f["freq_hist_data_bar_heights"])
+        assert len(f["logits_hist_data_bar_values"]) == len(f["logits_hist_data_bar_heights"])
+        assert _num(f["frac_nonzero"]) and 0 <= f["frac_nonzero"] <= 1
+        assert f["vector"] == [] and f["decoder_weights_dist"] == []  # residual SAE: no heads
+        for key in ("correlated_neurons_indices", "correlated_features_indices"):
+            assert f[key] == []  # the store keeps no co-activations (docs/explore.md)
+        # neuron alignment: top 3 signed decoder entries, their share of the row's L1 norm
+        w = W_dec[i].astype(np.float64)
+        top = sorted(range(len(w)), key=lambda k: -w[k])[:3]
+        assert f["neuron_alignment_indices"] == top
+        assert f["neuron_alignment_values"] == pytest.approx(w[top], abs=6e-4)
+        assert f["neuron_alignment_l1"] == pytest.approx(np.abs(w[top]) / np.abs(w).sum(),
+                                                         abs=6e-4)
+        for a in f["activations"]:
+            assert len(a["tokens"]) == len(a["values"]) == 31 and a["values"]
+            assert all(isinstance(t, str) for t in a["tokens"])
+            assert all(_num(v) for v in a["values"])
+            assert all(_num(a[k]) for k in ("bin_min", "bin_max", "bin_contains"))
+            q = a["qualifying_token_index"]
+            assert isinstance(q, int) and 0 <= q < len(a["values"])
+            if a["bin_min"] == -1:  # top contexts: the qualifying token is the peak
+                assert a["values"][q] == max(a["values"])
+        if f["activations"]:  # the converter's maxActApprox: the first context's peak
+            assert max(f["activations"][0]["values"]) == pytest.approx(
+                store.feature(sae, i).max_activation, abs=6e-4)
+    settings = json.loads((_folder(exported) / F.RUN_SETTINGS_FILE).read_text())
+    args = settings[F.MARKER]["converter_args"]
+    assert args == {"model-name": "tiny-gemma3", "neuronpedia-source-set-id": "test-res-96",
+                    "layer-num": 2, "hook-point": "hook_resid_post",
+                    "prompts-huggingface-dataset-path": args["prompts-huggingface-dataset-path"],
+                    "n-prompts-total": int(store.manifest["tokens"]) // 32,
+                    "n-tokens-in-prompt": 32}
+    assert args["hook-point"] in HOOK_POINTS
+    assert settings[F.MARKER]["logit_histograms"] is True
+
+
+def test_head_allocation_is_each_heads_share_of_the_decoder_norm():
+    rng = np.random.default_rng(0)
+    row = rng.standard_normal(4 * 16)
+    want = [float(np.sqrt((row[h * 16:(h + 1) * 16] ** 2).sum())) for h in range(4)]
+    got = F.head_allocation(row, 4)
+    assert got == pytest.approx([x / sum(want) for x in want], rel=1e-12)
+    assert F.converter_hook_point("blocks.7.attn.hook_z") == "hook_z"
+
+
+def test_explanations_export_as_neuronpedias_rows_and_import_back(store_path, tmp_path):
+    """explanations/batch-N.jsonl.gz: Neuronpedia's Explanation rows for the converter's
+    source id, which `scope labels import` reads back unchanged."""
+    import gzip
+
+    from scope.explore.neuronpedia import import_explanations
+    from scope.store import labels as L
+
+    path = tmp_path / "store"
+    shutil.copytree(store_path, path)
+    store = scope.open_store(path)
+    sae = store.sae_names[0]
+    labels = L.Labels(path)
+    want = {i: L.Explanation(f"text <{i}> & more", 0.5 + i / 400, "tiny", "v2")
+            for i in range(0, 96, 7)}
+    labels.update(sae, want)
+    labels.save()
+    out = tmp_path / "np"
+    export_neuronpedia(store, out, logit_histograms=False, progress=False)
+    folder = _folder(out)
+    files = sorted((folder / F.EXPLANATIONS_DIR).iterdir())
+    assert [p.name for p in files] == ["batch-0.jsonl.gz"]
+    rows = [json.loads(x) for x in gzip.decompress(files[0].read_bytes()).splitlines()]
+    assert [r["index"] for r in rows] == [str(i) for i in sorted(want)]
+    for r in rows:
+        assert set(r) == EXPLANATION_KEYS
+        assert (r["modelId"], r["layer"]) == ("tiny-gemma3", "2-test-res-96")
+        assert r["description"] == want[int(r["index"])].text
+        assert r["typeName"] is None and r["explanationModelName"] is None  # Neuronpedia's FKs
+        assert f"detection {want[int(r['index'])].score:.3f}" in r["notes"]
+    assert len({r["id"] for r in rows}) == len(rows)
+    settings = json.loads((folder / F.RUN_SETTINGS_FILE).read_text())[F.MARKER]
+    assert settings["explanations"] == len(want)
+    assert settings["logit_histograms"] is False and "not computed" in settings[
+        "logit_histograms_absent"]
+    copy = tmp_path / "copy"
+    shutil.copytree(store_path, copy)
+    report = import_explanations(folder / F.EXPLANATIONS_DIR, scope.open_store(copy))
+    assert report.imported == {sae: len(want)}
+    got = L.Labels(copy).for_sae(sae)
+    assert {i: e.text for i, e in got.items()} == {i: e.text for i, e in want.items()}

@@ -59,6 +59,11 @@ class Labels:
     """feature store folder"""
     replace_scored: bool = False
     """replace explanations in the store that carry a score (default: keep them)"""
+    neuronpedia_id: str | None = None
+    """MODEL/SOURCE whose rows to import (a row's modelId/layer, e.g.
+    gemma-3-270m/5-gemmascope-2-res-16k), for an SAE without a Neuronpedia id such as the demo's"""
+    sae: str | None = None
+    """the store's SAE those rows belong to (default: its only SAE)"""
 
 
 @dataclass(kw_only=True)
@@ -118,7 +123,7 @@ class Export:
     """saedashboard: SAEDashboard 0.8.0 batch folders, for Neuronpedia's converter; upload: the
     bodies the neuronpedia client's upload_batch posts"""
     no_logit_histograms: bool = False
-    """do not load the store's model to compute the logit histograms"""
+    """do not load the store's model (no logit histograms nor neuron alignment tables)"""
     allow_partial: bool = False
     """export a store whose extraction has not finished"""
 
@@ -129,7 +134,8 @@ def run_labels(args: Labels) -> int:
     from scope.store import open_store
 
     report = import_explanations(args.file, open_store(args.store),
-                                 replace_scored=args.replace_scored)
+                                 replace_scored=args.replace_scored,
+                                 neuronpedia_id=args.neuronpedia_id, sae=args.sae)
     say(f"read {report.rows:,} rows from {len(report.files)} file(s)")
     for name, n in report.imported.items():
         say(f"imported {n:,} explanations for {name}")

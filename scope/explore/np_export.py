@@ -4,9 +4,12 @@
 (`scope.explore.np_format` spells it): every feature `0..d_sae-1`, dead ones included, in
 `batch-N.json` files of 128, plus `skipped_indexes.json` (empty: nothing is skipped) and
 `run_settings.json`. That folder is what Neuronpedia's `convert-saedashboard-to-neuronpedia-
-export.py` reads. With `format="upload"` it writes instead `upload-N.json` files, each the JSON
-body the `neuronpedia` client's `Source.upload_batch` posts (camelCase, at most 128 features), so
-a user with a key can push them.
+export.py` reads (`run_settings.json`'s `scope_export.converter_args` holds the options it
+needs to match); the store's explanations go beside it in `explanations/batch-N.jsonl.gz`,
+Neuronpedia's own explanation rows, which its importer reads next to the converter's output.
+With `format="upload"` it writes instead `upload-N.json` files, each the JSON body the
+`neuronpedia` client's `Source.upload_batch` posts (camelCase, at most 128 features), so a user
+with a key can push them.
 
 Each SAE folder is built beside its target and renamed into place, so a re-export with another
 batch size leaves no stale batch file, and an interrupted one leaves the old folder. `--out`
@@ -66,27 +69,74 @@ def _own_folder(folder: Path) -> None:
                           "replace it: choose another --out or move it away")
 
 
-def _logit_hists(store, name: str, features, enabled: bool):
-    """{feature: (bar_values, bar_heights)} of the decoder's logit effects (50 equal bins)."""
-    if not enabled:
-        return None
-    from scope.explore.replay import load_store_model, logit_vectors
+def residual_logits(model, sae, features: list[int]) -> np.ndarray | None:
+    """Each feature's effect on every vocabulary logit, as SAEDashboard computes it.
 
+    A decoder that writes to the residual stream: `W_dec[f] @ diag(gain) @ W_U` (the store's
+    logit tables' product). An attention SAE on `blocks.L.attn.hook_z`: its direction (all
+    heads' `z`, flattened) is first mapped to the residual stream through layer L's `W_O`,
+    `sum_h z_h @ W_O[h]`. Any other site: None (the export then says why the histogram is
+    empty).
+
+    Returns:
+        `[len(features), d_vocab]` float32, or None.
+    """
+    import torch
+
+    from scope.explore.replay import logit_vectors
+    from scope.pipeline.decoder_tables import final_norm_gain
+
+    cfg = model.cfg
+    hook = sae.cfg.hook_name_out or sae.cfg.hook_name
+    W_dec = sae.W_dec.detach()
+    if not (hook.endswith("attn.hook_z") and W_dec.shape[1] == cfg.n_heads * cfg.d_head):
+        return logit_vectors(model, sae, features)
+    W_O = model.blocks[int(hook.split(".")[1])].attn.W_O.detach()  # [n_heads, d_head, d_model]
+    W_U = model.W_U.detach()
+    W_U = W_U[:, : min(W_U.shape[1], len(model.tokenizer))]
+    z = W_dec[torch.as_tensor(features, dtype=torch.long)].to(W_O.device, W_O.dtype)
+    d = torch.einsum("fhd,hdm->fm", z.view(len(z), cfg.n_heads, cfg.d_head), W_O)
+    gain = final_norm_gain(model)
+    if gain is not None:
+        d = d * gain.to(d.device, d.dtype)
+    return (d.to(W_U.dtype) @ W_U).float().cpu().numpy()
+
+
+def _weight_tables(store, name: str, features, logits: bool) -> tuple[dict, dict, str]:
+    """What the SAE's weights give each feature: ({feature: (bar_values, bar_heights)} of the
+    logit effects (50 equal bins), {feature: neuron alignment [+ decoder_weights_dist]}, and
+    why the logit histograms are absent, "" when present). Nothing without `logits`: that
+    skips loading the model."""
+    from scope.explore.replay import load_store_model
+
+    if not logits:
+        return {}, {}, "not computed: --no-logit-histograms (the model was not loaded)"
     try:
         model, sae = load_store_model(store, name)
     except Exception as exc:  # noqa: BLE001 - an optional extra; the export says what it lacks
-        log.warning("%s: no logit histograms (cannot load the store's model and SAE: %s)",
-                    name, exc)
-        return None
-    out = {}
-    for start in range(0, len(features), 256):
-        chunk = [int(i) for i in features[start:start + 256]]
-        vec = logit_vectors(model, sae, chunk)
-        if vec is None:
-            return None
-        for i, row in zip(chunk, vec, strict=True):
-            out[i] = F.hist_equal_width(row)
-    return out
+        log.warning("%s: no logit histograms nor neuron alignment (cannot load the store's "
+                    "model and SAE: %s)", name, exc)
+        return {}, {}, f"not computed: the store's model and SAE could not be loaded ({exc})"
+    import torch
+
+    hists, weights = {}, {}
+    hook = sae.cfg.hook_name_out or sae.cfg.hook_name
+    heads = model.cfg.n_heads if hook.endswith("attn.hook_z") else 0
+    with torch.no_grad():
+        W_dec = sae.W_dec.detach().float().cpu().numpy()
+        for i in features:
+            weights[int(i)] = F.neuron_alignment(W_dec[int(i)]) | (
+                {"decoder_weights_dist": F.head_allocation(W_dec[int(i)], heads)} if heads else {})
+        for start in range(0, len(features), 256):
+            chunk = [int(i) for i in features[start:start + 256]]
+            vec = residual_logits(model, sae, chunk)
+            if vec is None:
+                return {}, weights, (f"absent: the SAE's output site {hook} is not in the "
+                                     "residual stream (nor attn.hook_z, which is mapped through "
+                                     "W_O), so its directions have no logit effect")
+            for i, row in zip(chunk, vec, strict=True):
+                hists[i] = F.hist_equal_width(row)
+    return hists, weights, ""
 
 
 def export_neuronpedia(store, out: str | os.PathLike, *, sae: str | None = None,
@@ -103,7 +153,8 @@ def export_neuronpedia(store, out: str | os.PathLike, *, sae: str | None = None,
         format: "saedashboard" (batch-N.json, for Neuronpedia's converter) or "upload"
             (upload-N.json bodies of the client's `upload_batch`).
         batch_size: features per file (1-128 for uploads).
-        logit_histograms: load the store's model and SAE to compute them (else left empty).
+        logit_histograms: load the store's model and SAE to compute the logit histograms and
+            the neuron alignment tables (else both are left empty).
         allow_partial: export a store whose extraction has not finished.
         progress: show a progress bar.
 
@@ -147,20 +198,24 @@ def _export(store, out, names, format, batch_size, logit_histograms, progress, c
     written = []
     for name in names:
         info = store.sae_info(name)
-        model_id, layer, sae_set, suffix = F.source_parts(info, name)
+        # an SAE saved without its model's name takes the store's model
+        model_id, layer, sae_set, suffix = F.source_parts(
+            {**info, "model_name": info.get("model_name") or (
+                store.manifest.get("model") or {}).get("name")}, name)
         d_sae = store.n_features(name)
         folder = out / F.folder_name(model_id, sae_set, str(info.get("hook_name", "")), d_sae,
                                      suffix)
         _own_folder(folder)
         features = np.arange(d_sae)
-        hists = _logit_hists(store, name, features, logit_histograms) or {}
+        hists, weights, why = _weight_tables(store, name, features, logit_histograms)
         bar = tqdm(total=d_sae, desc=f"export {name}", unit="feature", disable=not progress)
         files = []
         with atomic_folder(folder, replace=True) as tmp:
             for b, start in enumerate(range(0, d_sae, batch_size)):
                 feats = [F.feature_record(store.feature(name, int(i)), n_prompts=n_prompts,
                                           ctx=ctx, dataset=dataset, total_tokens=total_tokens,
-                                          logit_hist=hists.get(int(i)))
+                                          logit_hist=hists.get(int(i)),
+                                          weights=weights.get(int(i)))
                          for i in features[start:start + batch_size]]
                 if format == "upload":
                     body = upload_payload(model_id, f"{layer}-{sae_set}"
@@ -174,16 +229,40 @@ def _export(store, out, names, format, batch_size, logit_histograms, progress, c
                 _dump(body, tmp / fname)
                 files.append(folder / fname)
                 bar.update(len(feats))
+            n_expl = 0
             if format == "saedashboard":
                 _dump({"model_id": model_id, "layer": str(layer), "sae_set": sae_set,
                        "log_sparsity": F.SPARSITY_THRESHOLD, "skipped_indexes": []},
                       tmp / F.SKIPPED_FILE)
+                n_expl = _write_explanations(tmp, _explanations(store, name), model_id,
+                                             F.source_id(layer, sae_set, suffix))
             _dump(_run_settings(store, name, info, model_id, layer, sae_set, suffix, folder,
-                                ctx, n_prompts, dataset, batch_size, format, bool(hists)),
+                                ctx, n_prompts, dataset, batch_size, format, why, n_expl),
                   tmp / F.RUN_SETTINGS_FILE)
         bar.close()
         written += files
     return written
+
+
+def _write_explanations(folder: Path, explanations: dict, model_id: str, source: str) -> int:
+    """`explanations/batch-N.jsonl.gz` in Neuronpedia's `Explanation` rows (what its importer
+    reads beside the converter's features/ and activations/); the converter itself ignores
+    them (it reads only `batch-*`), so copy the folder into its output. Returns the rows."""
+    import gzip
+    from datetime import datetime, timezone
+
+    if not explanations:
+        return 0
+    creator = os.environ.get("DEFAULT_CREATOR_ID") or F.SEED_CREATOR_ID
+    now = datetime.now(timezone.utc).isoformat()
+    rows = F.explanation_rows(explanations, model_id, source, creator, now)
+    (folder / F.EXPLANATIONS_DIR).mkdir()
+    for b, start in enumerate(range(0, len(rows), F.N_EXPLANATIONS_PER_BATCH)):
+        lines = "".join(json.dumps(r, allow_nan=False, ensure_ascii=False) + "\n"
+                        for r in rows[start:start + F.N_EXPLANATIONS_PER_BATCH])
+        (folder / F.EXPLANATIONS_DIR / F.EXPLANATION_BATCH.format(b)).write_bytes(
+            gzip.compress(lines.encode("utf-8"), mtime=0))
+    return len(rows)
 
 
 def _explanations(store, name: str) -> dict:
@@ -193,7 +272,7 @@ def _explanations(store, name: str) -> dict:
 
 
 def _run_settings(store, name, info, model_id, layer, sae_set, suffix, folder, ctx, n_prompts,
-                  dataset, batch_size, format, logit_hists) -> dict:
+                  dataset, batch_size, format, why_no_logits, n_explanations) -> dict:
     """SAEDashboard's `NeuronpediaRunnerConfig` fields with this export's values, plus ours."""
     return {
         "sae_set": sae_set, "sae_path": info.get("spec") or "", "outputs_dir": str(folder),
@@ -217,7 +296,12 @@ def _run_settings(store, name, info, model_id, layer, sae_set, suffix, folder, c
         "sae_converter_name": None,
         F.MARKER: {"tool_version": __version__, "store": str(store.path), "sae": name,
                    "format": format, "store_status": store.manifest.get("status"),
-                   "logit_histograms": logit_hists,
+                   "logit_histograms": not why_no_logits,
+                   "logit_histograms_absent": why_no_logits or None,
+                   "explanations": n_explanations,
+                   "converter_args": F.converter_args(
+                       model_id, layer, sae_set, str(info.get("hook_name", "")), dataset,
+                       n_prompts, ctx),
                    "approximations": [
                        "freq_hist rebinned from the store's log-binned counts",
                        "interval bin_contains from the same counts",

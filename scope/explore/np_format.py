@@ -34,6 +34,8 @@ N_QUANTILES = 5
 QUANTILE_GROUP_SIZE = 5
 TOP_GROUP_SIZE = 20
 HIST_BINS = 50
+#: SAEDashboard's NeuronpediaRunner: `FeatureTablesConfig(n_rows=3)`
+NEURON_ROWS = 3
 #: SAEDashboard's default `sparsity_threshold` (written to skipped_indexes.json)
 SPARSITY_THRESHOLD = -6
 BATCH_NAME = "batch-{}.json"
@@ -136,6 +138,25 @@ def hist_equal_width(values: np.ndarray, n_bins: int = HIST_BINS) -> tuple[list[
     return r3(lo + step * (k + 0.5) for k in range(n_bins)), heights.tolist()
 
 
+def neuron_alignment(w_dec_row, n_rows: int = NEURON_ROWS) -> dict:
+    """SAEDashboard's `add_neuron_alignment_data` for one feature: the `n_rows` largest (signed)
+    entries of its decoder row, their values and each one's share of the row's L1 norm."""
+    w = np.asarray(w_dec_row, dtype=np.float64)
+    idx = np.argsort(-w, kind="stable")[:n_rows]
+    l1 = float(np.abs(w).sum())
+    return {"neuron_alignment_indices": [int(i) for i in idx],
+            "neuron_alignment_values": r3(w[idx]),
+            "neuron_alignment_l1": r3(np.abs(w[idx]) / l1 if l1 > 0 else np.zeros(len(idx)))}
+
+
+def head_allocation(w_dec_row, n_heads: int) -> list[float]:
+    """SAEDashboard's `get_decoder_weights_distribution` of an attn.hook_z feature: each head's
+    share of the summed per-head norms of its decoder row (`decoder_weights_dist`)."""
+    norms = np.linalg.norm(np.asarray(w_dec_row, dtype=np.float64).reshape(n_heads, -1), axis=1)
+    total = float(norms.sum())
+    return [float(x) for x in (norms / total if total > 0 else norms)]
+
+
 def _activation(ex, bin_min: float, bin_max: float, bin_contains: float, q: int) -> dict:
     acts = np.asarray(ex.activations, dtype=np.float64)
     if not np.isfinite(acts).all():
@@ -190,8 +211,9 @@ def _finite_or_fail(value: float, what: str, where: str) -> float:
 
 
 def feature_record(feat, *, n_prompts: int, ctx: int, dataset: str, total_tokens: int,
-                   logit_hist: tuple[list, list] | None) -> dict:
-    """One feature as SAEDashboard's `NeuronpediaDashboardFeature.to_dict` writes it."""
+                   logit_hist: tuple[list, list] | None, weights: dict | None = None) -> dict:
+    """One feature as SAEDashboard's `NeuronpediaDashboardFeature.to_dict` writes it; `weights`
+    holds what comes from the SAE's weights (`neuron_alignment_*`, `decoder_weights_dist`)."""
     where = f"feature {feat.index} of {feat.sae_name}"
     dead = int(feat.firing_count) <= 0
     mx = 0.0 if dead else _finite_or_fail(feat.max_activation, "max activation", where)
@@ -216,4 +238,56 @@ def feature_record(feat, *, n_prompts: int, ctx: int, dataset: str, total_tokens
         "logits_hist_data_bar_heights": lh_heights, "logits_hist_data_bar_values": lh_values,
         "n_prompts_total": int(n_prompts), "n_tokens_in_prompt": int(ctx), "dataset": dataset,
         "decoder_weights_dist": [], "activations": acts, "vector": [],
-    }
+    } | (weights or {})
+
+
+#: Neuronpedia's explanation batches: `explanations/batch-N.jsonl.gz`, 1,024 rows each
+EXPLANATIONS_DIR = "explanations"
+EXPLANATION_BATCH = "batch-{}.jsonl.gz"
+N_EXPLANATIONS_PER_BATCH = 1024
+#: the user Neuronpedia's seed creates (apps/webapp/lib/env.ts DEFAULT_CREATOR_USER_ID)
+SEED_CREATOR_ID = "clkht01d40000jv08hvalcvly"
+
+
+def source_id(layer: int, sae_set: str, suffix: str | None) -> str:
+    """Neuronpedia's source id, as the converter builds it: `<layer>-<set>[__<suffix>]`."""
+    return f"{layer}-{sae_set}" + (f"__{suffix}" if suffix else "")
+
+
+def explanation_rows(explanations: dict, model_id: str, source: str, creator_id: str,
+                     created_at: str) -> list[dict]:
+    """Rows of Neuronpedia's `Explanation` table (its importer reads `explanations/*.jsonl.gz`
+    of these): `index` a string, as Neuronpedia writes it. `typeName` and
+    `explanationModelName` reference Neuronpedia's own tables, so they stay null and scope's
+    explainer and scores go in `notes`."""
+    rows = []
+    for i in sorted(explanations):
+        e = explanations[i]
+        notes = [f"{e.source or 'scope'}", f"explainer {e.explainer}" if e.explainer else ""]
+        if e.score is not None:
+            notes.append(f"detection {e.score:.3f}")
+        if e.fuzz_score is not None:
+            notes.append(f"fuzzing {e.fuzz_score:.3f}")
+        rows.append({"id": f"scope-{model_id}-{source}-{int(i)}", "modelId": model_id,
+                     "layer": source, "index": str(int(i)), "description": e.text,
+                     "authorId": creator_id, "embedding": None, "triggeredById": None,
+                     "typeName": None, "explanationModelName": None,
+                     "notes": "scope: " + ", ".join(n for n in notes if n),
+                     "createdAt": created_at})
+    return rows
+
+
+def converter_hook_point(hook: str) -> str:
+    """The converter's `--hook-point` choice of a TransformerLens hook name
+    (`blocks.20.attn.hook_z` -> `hook_z`)."""
+    return str(hook).rsplit(".", 1)[-1]
+
+
+def converter_args(model_id: str, layer: int, sae_set: str, hook: str, dataset: str,
+                   n_prompts: int, ctx: int) -> dict:
+    """The options of Neuronpedia's `convert-saedashboard-to-neuronpedia-export.py` that this
+    export fixes (the rest, such as the release and the creator, are the user's)."""
+    return {"model-name": model_id, "neuronpedia-source-set-id": sae_set, "layer-num": layer,
+            "hook-point": converter_hook_point(hook),
+            "prompts-huggingface-dataset-path": dataset, "n-prompts-total": n_prompts,
+            "n-tokens-in-prompt": ctx}

@@ -230,8 +230,57 @@ def parse_row(obj, where: str) -> tuple[tuple[str, str], int, L.Explanation]:
     return (str(obj["modelId"]), str(obj["layer"])), index, exp
 
 
+def _sources(store, neuronpedia_id: str | None, sae: str | None) -> dict[tuple[str, str], str]:
+    """{(modelId, layer): SAE name}: each SAE's own Neuronpedia id, and `neuronpedia_id`
+    (the source a batch belongs to) for `sae` (default: the store's only SAE)."""
+    by_source = {}
+    for name in store.sae_names:
+        sid = _source_id(store.sae_info(name).get("neuronpedia_id") or "")
+        if sid:
+            by_source[sid] = name
+    if neuronpedia_id is None:
+        if sae is not None:
+            raise ExplanationImportError(f"--sae {sae}: give --neuronpedia-id MODEL/SOURCE "
+                                         "too (the Neuronpedia source whose explanations go "
+                                         "to that SAE)")
+        return by_source
+    sid = _source_id(neuronpedia_id)
+    if sid is None:
+        raise ExplanationImportError(f"--neuronpedia-id {neuronpedia_id!r}: give the "
+                                     "Neuronpedia model and source as MODEL/SOURCE, e.g. "
+                                     "gemma-2-2b/20-gemmascope-res-16k (a row's modelId/layer)")
+    if sae is None:
+        if len(store.sae_names) != 1:
+            raise ExplanationImportError(
+                f"--neuronpedia-id {neuronpedia_id}: store {store.path} has "
+                f"{len(store.sae_names)} SAEs; add --sae with one of "
+                f"{', '.join(store.sae_names)}")
+        sae = store.sae_names[0]
+    store.sae_info(sae)  # unknown name: a StoreError with suggestions
+    by_source[sid] = sae
+    return by_source
+
+
+def _no_match(store, files, report, by_source) -> ExplanationImportError:
+    have = ", ".join("/".join(k) for k in by_source) or "none"
+    got = sorted(report.unmatched_sources, key=lambda k: -report.unmatched_sources[k])
+    where = files[0] if len(files) == 1 else f"{len(files)} files ({files[0]}, ...)"
+    bare = [n for n in store.sae_names if not _source_id(
+        store.sae_info(n).get("neuronpedia_id") or "")]
+    fix = "Is it an export for another model?"
+    if bare and got:
+        fix = (f"SAE {bare[0]} has no Neuronpedia id; if the batch holds its explanations, "
+               f"pass --neuronpedia-id {got[0]}" + (f" --sae {bare[0]}" if len(
+                   store.sae_names) > 1 else "") + " (Python: neuronpedia_id=..., sae=...)")
+    return ExplanationImportError(
+        f"{where}: no explanation matches an SAE of store {store.path} ({report.rows} rows; "
+        f"out of range: {report.out_of_range}); the file's sources: {', '.join(got) or 'none'}; "
+        f"the store's Neuronpedia ids: {have}. {fix}")
+
+
 def import_explanations(source: str | os.PathLike, store, *, replace_scored: bool = False,
-                        wait: float = 60.0) -> ImportReport:
+                        wait: float = 60.0, neuronpedia_id: str | None = None,
+                        sae: str | None = None) -> ImportReport:
     """Import Neuronpedia explanations (file, folder or glob) into the store's labels file.
 
     Args:
@@ -239,18 +288,17 @@ def import_explanations(source: str | os.PathLike, store, *, replace_scored: boo
         store: an open store; SAEs are matched by their Neuronpedia id (`modelId/layer`).
         replace_scored: replace explanations in the store that carry a score (default: keep).
         wait: seconds to wait for the store's lock.
+        neuronpedia_id: `MODEL/SOURCE` (a row's `modelId/layer`) whose rows go to `sae`: for an
+            SAE the store knows no Neuronpedia id of (the demo's), or another source.
+        sae: the store's SAE those rows belong to (default: its only SAE).
 
     Returns:
         An `ImportReport`. Raises `ExplanationImportError` (naming the file and row) for any
         unreadable file or bad row, and when no row matches an SAE of the store; nothing is
         written then.
     """
+    by_source = _sources(store, neuronpedia_id, sae)
     files = resolve_files(source)
-    by_source = {}
-    for name in store.sae_names:
-        sid = _source_id(store.sae_info(name).get("neuronpedia_id") or "")
-        if sid:
-            by_source[sid] = name
     report = ImportReport(files=[str(f) for f in files])
     found: dict[str, dict[int, L.Explanation]] = {}
     for path in files:
@@ -272,13 +320,7 @@ def import_explanations(source: str | os.PathLike, store, *, replace_scored: boo
                     continue
             have[index] = exp
     if not found:
-        have = ", ".join("/".join(k) for k in by_source) or "none (no SAE has a Neuronpedia id)"
-        got = ", ".join(sorted(report.unmatched_sources)) or "none"
-        where = files[0] if len(files) == 1 else f"{len(files)} files ({files[0]}, ...)"
-        raise ExplanationImportError(
-            f"{where}: no explanation matches an SAE of store {store.path} ({report.rows} rows; "
-            f"out of range: {report.out_of_range}); the file's sources: {got}; the store's "
-            f"Neuronpedia ids: {have}. Is it an export for another model?")
+        raise _no_match(store, files, report, by_source)
     merged = save_explanations(store.path, found, replace_scored=replace_scored, wait=wait)
     for name, m in merged.items():
         report.imported[name] = m.added + m.replaced
