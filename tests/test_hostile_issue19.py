@@ -27,6 +27,7 @@ from scope.errors import (
     EndpointConfigError,
     ExplanationImportError,
     ExportError,
+    StoreCorruptError,
     UsageError,
 )
 
@@ -195,6 +196,23 @@ def _export_twice(root: Path) -> None:
     assert main(_export("{root}/np", "--batch-size", "8")(root)) == 0
 
 
+def _nan_top_acts(root: Path) -> None:
+    """A NaN in a per-token activation of the first feature with a kept context."""
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    m = json.loads((root / "store" / "manifest.json").read_text())
+    f = next((root / "store" / m["data"] / "saes" / m["saes"][0]["dir"]).glob("features_*"))
+    arrays = load_file(str(f))
+    first = np.argwhere(arrays["top_window"] >= 0)[0]
+    arrays["top_acts"][tuple(first)][0] = np.nan
+    save_file(arrays, str(f))
+
+
+def _no_batches(root: Path) -> None:
+    assert not list(root.rglob("batch-*")), "an export file was written from a damaged store"
+
+
 def _two_batches(root: Path) -> None:
     files = sorted(p.name for p in (root / "np").rglob("batch-*"))
     assert files == ["batch-0.json", "batch-1.json"], files
@@ -240,6 +258,9 @@ EXPLORE_ROWS = [
          "inside the store", setup=_explore(), check=_store_bytes_kept),
     Case("export-of-a-partial-store", _export("{root}/np"), ExportError, "--allow-partial",
          setup=_explore(_partial), check=_store_bytes_kept),
+    Case("export-nan-activation-is-refused", _export("{root}/np"), StoreCorruptError,
+         "a NaN or infinite activation in `top_acts`", setup=_explore(_nan_top_acts),
+         writes=("np",), check=_no_batches),
     Case("re-export-other-batch-size-leaves-no-stale-files",
          _export("{root}/np", "--batch-size", "64"), fragment="wrote 2 batch files",
          setup=_export_twice, writes=("np",), check=_two_batches),
