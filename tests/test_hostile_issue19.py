@@ -28,6 +28,7 @@ from scope.errors import (
     ExplanationImportError,
     ExportError,
     StoreCorruptError,
+    StoreError,
     UsageError,
 )
 
@@ -196,6 +197,10 @@ def _export_twice(root: Path) -> None:
     assert main(_export("{root}/np", "--batch-size", "8")(root)) == 0
 
 
+def _labels_bytes(root: Path, want: bytes) -> None:
+    assert (root / "store" / "labels.json").read_bytes() == want  # the user's file, untouched
+
+
 def _nan_top_acts(root: Path) -> None:
     """A NaN in a per-token activation of the first feature with a kept context."""
     import numpy as np
@@ -245,6 +250,13 @@ EXPLORE_ROWS = [
     Case("import-index-true", _import("{root}/b.jsonl"), ExplanationImportError,
          "index True is not an integer", setup=_explore(_jsonl("b.jsonl", [_row(True)])),
          check=_store_bytes_kept),
+    Case("import-into-a-corrupt-labels-file-keeps-it", _import("{root}/b.jsonl"), StoreError,
+         "labels.json", setup=_explore(lambda r: (_jsonl("b.jsonl", [_row("1")])(r), (
+             r / "store" / "labels.json").write_bytes(b'{"format_version": 2, "saes": {'))),
+         check=lambda r: _labels_bytes(r, b'{"format_version": 2, "saes": {')),
+    Case("explain-on-a-corrupt-labels-file-keeps-it", _explain("--features", "1-2"), StoreError,
+         "labels.json", setup=_explore(lambda r: (r / "store" / "labels.json").write_bytes(
+             b"\xff not json")), check=lambda r: _labels_bytes(r, b"\xff not json")),
     Case("explain-features-reversed", _explain("--features", "5-3"), UsageError,
          "argument --features", setup=_explore(), check=_store_bytes_kept),
     Case("explain-features-ten-billion", _explain("--features", "0-10000000000"), UsageError,
@@ -256,6 +268,9 @@ EXPLORE_ROWS = [
          setup=_explore(), check=_store_bytes_kept),
     Case("export-out-inside-the-store", _export("{root}/store/np"), ExportError,
          "inside the store", setup=_explore(), check=_store_bytes_kept),
+    Case("export-out-a-link-into-the-store", _export("{root}/link"), ExportError,
+         "inside the store", setup=_explore(lambda r: (r / "link").symlink_to(
+             r / "store" / "np-here", target_is_directory=True)), check=_store_bytes_kept),
     Case("export-of-a-partial-store", _export("{root}/np"), ExportError, "--allow-partial",
          setup=_explore(_partial), check=_store_bytes_kept),
     Case("export-nan-activation-is-refused", _export("{root}/np"), StoreCorruptError,
