@@ -50,7 +50,8 @@ class Attribute:
     ablation_k: NON_NEGATIVE = 5
     """zero the top K features one at a time to check the estimates (0 = skip the check)"""
     store: Path | None = None
-    """feature store to read labels from"""
+    """feature store to read labels from, extracted with these SAEs (a store of another SAE
+    under the same name is refused: its labels would name other features)"""
     graph: FILE | None = field(default=None, metadata={"metavar": "OUT.json"})
     """also build the attribution graph and write it as Neuronpedia JSON"""
     node_threshold: FRACTION = 0.8
