@@ -111,6 +111,7 @@ def test_attribute_labels_come_from_the_stores_sae(cli_store, tmp_path, capsys, 
     import scope
     from scope.cli.main import main
 
+    _SRC[:] = [cli_store]
     monkeypatch.setenv("SCOPE_CACHE", str(tmp_path / "scope_cache"))
     store = scope.open_store(cli_store / "out")
     assert main(_attr("--store", str(cli_store / "out"))(tmp_path)) == 0
@@ -118,8 +119,8 @@ def test_attribute_labels_come_from_the_stores_sae(cli_store, tmp_path, capsys, 
             if re.match(r"^\s+\d+\s+[+-]\d", line)]
     assert rows
     for line in rows:
-        feature = int(line.split()[3])
-        assert line.rstrip().endswith(store.feature(store.sae_names[0], feature).label.strip())
+        label = store.feature(store.sae_names[0], int(line.split()[3])).label.strip()
+        assert label and line.rstrip().endswith(label), (line, label)
 
 
 # -- the explorer's commands on a real store --------------------------------------------------------
