@@ -101,7 +101,7 @@ def _independent_max_acts(store_path: Path, windows: list[int], feature: int) ->
     sae_spec = store.sae_info(store.sae_names[0])["spec"]
     model = scope.load_model(store.manifest["model"]["spec"], device="cpu", dtype=torch.float32)
     sae = scope.load_sae(sae_spec, model=model)
-    toks = torch.as_tensor(np.stack([store._window_tokens(w) for w in windows]), dtype=torch.long)
+    toks = torch.as_tensor(np.stack([store.window_tokens(int(w)) for w in windows]), dtype=torch.long)
     hook = sae.cfg.hook_name
     with torch.no_grad():
         _, cache = model.run_with_cache(toks, names_filter=hook)

@@ -47,6 +47,20 @@ ROWS = [
     _row("checkpoint-every-string", "checkpoint_every: soon\n", "expected a number"),
     _row("sae-list-of-ints", "sae: [1, 2]\n", "(item 0) does not fit --sae"),
     _row("sae-mapping", "sae: {a: 1}\n", "got a YAML mapping"),
+    # issue 19: an empty list silently meant the default (the bundled SAE)
+    _row("sae-empty-list", "sae: []\n", "key 'sae' = [] is an empty list: give --sae at least "
+         "one value"),
+    _row("attribute-sae-empty-list", "sae: []\nprompt: p\ntarget: t\n",
+         "key 'sae' = [] is an empty list", argv=lambda r: ["attribute", "--config",
+                                                             str(r / "c.yaml")]),
+    _row("both-spellings-of-a-flag", "top-k: 3\ntop_k: 4\n",
+         "keys 'top-k' and 'top_k' both set --top-k; keep one"),
+    _row("yaml-alias-bomb", "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+         "b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+         "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\n"
+         "d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
+         "e: [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\n", "alias bomb"),
+    _row("yaml-deeply-nested", "ctx: " + "[" * 5000 + "]" * 5000 + "\n", "nested deeper than"),
     _row("model-int", "model: 270\n", "key 'model' = 270 does not fit --model: expected a string"),
     _row("split-not-a-choice", "split: test\n", "--split takes one of all, train, heldout"),
     _row("unknown-key-suggests", "top-kk: 3\n", "'top-kk' is not a flag of `scope extract`. "
@@ -133,5 +147,7 @@ def test_config_values_reach_the_command_with_their_types(tmp_path):
         _parse(tmp_path, "feature: ['x:2']\nprompt: hi\n", "steer")
     with pytest.raises(UsageError, match="required: --feature"):  # still required when the file does not give it
         _parse(tmp_path, "prompt: hi\n", "steer")
-    data, optim, run = _parse(tmp_path, "lr: 7e-5\nepochs: 2\nadam_betas: [0, 0.99]\n", "train")
+    by_type = {type(c).__name__: c for c in _parse(tmp_path, "lr: 7e-5\nepochs: 2\n"
+                                                   "adam_betas: [0, 0.99]\n", "train")}
+    optim = by_type["OptimConfig"]
     assert optim.lr == 7e-5 and optim.epochs == 2.0 and optim.adam_betas == (0.0, 0.99)

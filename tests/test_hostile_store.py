@@ -259,6 +259,15 @@ def _second_sae_named_like_the_first(m):
     m["saes"].append(dict(m["saes"][0], dir=m["saes"][0]["dir"] + "-b"))
 
 
+def _band_acts_inf(a) -> None:
+    """An infinite activation in the first band sample that holds a context."""
+    import numpy as np
+
+    used = np.argwhere(a["band_window"] >= 0)
+    assert len(used), "the store has no band samples to damage"
+    a["band_acts"][tuple(used[0])][0] = np.inf
+
+
 def _linked_features_file(store: Path) -> None:
     m = json.loads((store / "manifest.json").read_text())
     other = store.parent / "elsewhere.safetensors"
@@ -296,6 +305,10 @@ READ_ROWS = [
      StoreCorruptError, "a position outside the context (0..15) in `top_pos`"),
     ("top-value-nan", _arrays(FEATURES, _setitem("top_value", (0, 0), float("nan"))),
      StoreCorruptError, "a NaN, infinite or negative activation in `top_value`"),
+    ("top-acts-nan", _arrays(FEATURES, _setitem("top_acts", (0, 0, 3), float("nan"))),
+     StoreCorruptError, "a NaN or infinite activation in `top_acts`"),
+    ("band-acts-inf", _arrays(FEATURES, _band_acts_inf), StoreCorruptError,
+     "a NaN or infinite activation in `band_acts`"),
     ("histogram-negative", _arrays(FEATURES, _setitem("histogram", (0, 3), -5)),
      StoreCorruptError, "a negative count in `histogram`"),
     ("neighbour-index-past-d-sae", _arrays(TABLES, _setitem("neighbour_index", (0, 0), 32)),

@@ -96,3 +96,40 @@ def check_saes(model: Any, saes: Sequence[Any], widths: Sequence[tuple[int, int]
 
 def _model_key(name: str) -> str:
     return name.lower().rsplit("/", 1)[-1].removesuffix("-pt")
+
+
+def check_label_store(store: Any, saes: Sequence[Any], specs: Sequence[str | None] | None = None,
+                      *, flag: str = "--store") -> None:
+    """Refuse a labels store that is not of the SAEs being attributed: labels of another SAE
+    (another width, hook or spec under the same name) would be shown against these features.
+
+    Args:
+        store: an open feature store (`scope.open_store`).
+        saes: the loaded SAEs.
+        specs: what the user passed to load each SAE (`--sae`), compared with the spec the store
+            recorded; None where unknown (an SAE built in memory).
+        flag: how the error names the argument.
+
+    Raises:
+        AttributionError: no SAE of the store is one of `saes`, or one of the same name is
+            another SAE.
+    """
+    from scope.steer.relative import store_sae_mismatches
+
+    specs = list(specs) if specs is not None else [None] * len(saes)
+    matched = 0
+    for sae, spec in zip(saes, specs, strict=True):
+        problems = store_sae_mismatches(store, sae, spec)
+        if problems is None:
+            continue
+        if problems:
+            raise AttributionError(
+                f"{flag} {store.path}: its SAE {sae.cfg.name!r} is not the SAE you attribute "
+                f"with ({'; '.join(problems)}), so its labels would name other features; pass "
+                "the store extracted with this SAE, or leave out --store")
+        matched += 1
+    if saes and not matched:
+        raise AttributionError(
+            f"{flag} {store.path}: the store has none of the SAEs you attribute with (it has "
+            f"{list(store.sae_names)}; you loaded {[s.cfg.name for s in saes]}), so it has no "
+            "labels for them; pass the store extracted with these SAEs, or leave out --store")

@@ -53,7 +53,8 @@ class Attribute:
     ablation_k: NON_NEGATIVE = 5
     """zero the top K features one at a time to check the estimates (0 = skip the check)"""
     store: Path | None = None
-    """feature store to read labels from"""
+    """feature store to read labels from, extracted with these SAEs (a store of another SAE
+    under the same name is refused: its labels would name other features)"""
     graph: FILE | None = field(default=None, metadata={"metavar": "OUT.json"})
     """also build the attribution graph and write it as Neuronpedia JSON"""
     node_threshold: FRACTION = 0.8
@@ -97,6 +98,7 @@ def _label(store: Any, sae: str | None, feature: int | None) -> str:
 def run_attribute(args: Attribute) -> int:
     from scope.attribution import attribute, attribution_graph
     from scope.attribution.attribute import expand_sae_specs
+    from scope.attribution.inputs import check_label_store
     from scope.attribution.rows import parse_memory
     from scope.model.load import load_model
     from scope.saes.loading import load_sae
@@ -111,6 +113,8 @@ def run_attribute(args: Attribute) -> int:
     model = load_model(args.model)
     saes = [load_sae(s, model=model) for s in specs]
     store = open_store(args.store) if args.store else None
+    if store is not None:  # another SAE's labels would name other features: refuse them now
+        check_label_store(store, saes, specs)
     method = "grad" if args.mode == "direct" else args.method
     r = attribute(model, saes, args.prompt, args.target, contrast=args.vs, mode=args.mode,
                   method=method, steps=args.steps, ablation_k=args.ablation_k)

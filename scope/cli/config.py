@@ -78,6 +78,20 @@ def _expanded_size(node: yaml.Node, where: str) -> int:
     return size(node, 0)
 
 
+def _check_depth(text: str, where: str) -> None:
+    """Refuse nesting past MAX_DEPTH from the event stream (PyYAML's parser is iterative; its
+    composer recurses, so a 5,000-deep list would otherwise end in a RecursionError)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise ConfigError(f"{where}: nested deeper than {MAX_DEPTH} levels; a config is "
+                                  "a flat mapping of flag names to values")
+        elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            depth -= 1
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The mapping in a YAML config file.
 
@@ -102,6 +116,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{where}: cannot read it ({exc.strerror or exc})") from None
     loader = _Loader(text)
     try:
+        _check_depth(text, where)
         node = loader.get_single_node()
         if node is not None:
             _expanded_size(node, where)
@@ -160,6 +175,10 @@ def check_value(flag: Flag, value: Any, where: str) -> Any:
             items = [value]  # `sae: bundled` means `sae: [bundled]`
         if not isinstance(items, list):
             raise _mismatch(flag, value, value, where, "")
+        if not items:  # `sae: []` would silently mean the default (e.g. the bundled SAE)
+            raise ConfigError(f"{where} = [] is an empty list: give {flag.flag} at least one "
+                              "value, or leave the key out (or `key:` with no value) for its "
+                              "default")
     else:
         items = [value]
     checked = []

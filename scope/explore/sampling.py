@@ -134,7 +134,7 @@ class NegativePool:
     maxes: np.ndarray | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        index = np.asarray(self.store._window_index)  # the store's window pool (reader API)
+        index = self.store.window_ids()  # the store's window pool
         rng = np.random.default_rng(self.seed)
         n = min(len(index), self.cfg.candidate_windows)
         self.windows = np.sort(rng.choice(index, size=n, replace=False)) if n else index[:0]
@@ -143,10 +143,10 @@ class NegativePool:
             self.maxes = self.encoder.max_acts(self.tokens(self.windows))
 
     def tokens(self, windows) -> np.ndarray:
-        return np.stack([self.store._window_tokens(int(w)) for w in windows])
+        return np.stack([self.store.window_tokens(int(w)) for w in windows])
 
     def context(self, window: int, rng: random.Random) -> Context:
-        ids = self.store._window_tokens(int(window))
+        ids = self.store.window_tokens(int(window))
         vocab = self.store.vocab
         toks = [vocab[t] if 0 <= t < len(vocab) else f"<{t}>" for t in ids]
         lo = min(len(toks) - 1, LEFT + 1)

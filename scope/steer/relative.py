@@ -28,12 +28,26 @@ def check_relative_store(store: Any, sae: Any, spec: str | None = None, *,
         SteeringError: the store has no SAE of that name, or it was made from another SAE.
     """
     name = sae.cfg.name
-    entries: list[Mapping] = list(store.manifest.get("saes") or [])
-    entry = next((e for e in entries if e.get("name") == name), None)
-    if entry is None:
-        names = [e.get("name") for e in entries]
+    problems = store_sae_mismatches(store, sae, spec)
+    if problems is None:
+        names = [e.get("name") for e in list(store.manifest.get("saes") or [])]
         raise SteeringError(f"{flag} {store.path}: the store has no SAE {name!r} (it has "
                             f"{names}); extract a store with this SAE first")
+    if problems:
+        raise SteeringError(
+            f"{flag} {store.path}: its SAE {name!r} is not the SAE you loaded "
+            f"({'; '.join(problems)}), so its max activations do not apply; load the SAE the "
+            "store was extracted with, or use a store of this SAE")
+
+
+def store_sae_mismatches(store: Any, sae: Any, spec: str | None = None) -> list[str] | None:
+    """How the store's SAE of `sae`'s name differs from `sae` (width, hook, and the recorded
+    spec when `spec` is given): [] when it is the same SAE, None when the store has no SAE of
+    that name. `scope attribute --store` uses it too: another SAE's labels do not apply."""
+    entries: list[Mapping] = list(store.manifest.get("saes") or [])
+    entry = next((e for e in entries if e.get("name") == sae.cfg.name), None)
+    if entry is None:
+        return None
     problems = []
     if entry.get("d_sae") != sae.cfg.d_sae:
         problems.append(f"d_sae {entry.get('d_sae')} vs {sae.cfg.d_sae}")
@@ -42,11 +56,7 @@ def check_relative_store(store: Any, sae: Any, spec: str | None = None, *,
     if spec is not None and not _same_spec(entry.get("spec"), getattr(sae, "scope_spec", spec),
                                            spec):
         problems.append(f"spec {entry.get('spec')!r} vs {spec!r}")
-    if problems:
-        raise SteeringError(
-            f"{flag} {store.path}: its SAE {name!r} is not the SAE you loaded "
-            f"({'; '.join(problems)}), so its max activations do not apply; load the SAE the "
-            "store was extracted with, or use a store of this SAE")
+    return problems
 
 
 def _same_spec(recorded: Any, resolved: str, given: str) -> bool:

@@ -285,6 +285,32 @@ class Store:
         V.check_table_rows(self.path, path, rows, self.n_features(name))
         return {k: v[0] for k, v in rows.items()}
 
+    def window_ids(self) -> np.ndarray:
+        """Ids of the corpus windows the store keeps tokens for (the pool its examples come
+        from), ascending; a read-only int64 array [n_windows].
+
+        Raises:
+            StoreCorruptError: the windows file is missing, malformed, or its ids do not ascend.
+        """
+        ids = np.asarray(self._window_index, dtype=np.int64).view()
+        ids.flags.writeable = False
+        return ids
+
+    def window_tokens(self, window: int) -> np.ndarray:
+        """The token ids [ctx] of corpus window `window` (one of `window_ids()`).
+
+        Raises:
+            StoreError: `window` is not one of the store's windows.
+        """
+        if isinstance(window, bool) or not isinstance(window, (int, np.integer)):
+            raise StoreError(f"store {self.path}: window {window!r} is not an integer id")
+        index = self._window_index
+        row = int(np.searchsorted(index, window))
+        if row >= len(index) or index[row] != window:
+            raise StoreError(f"store {self.path}: it keeps no window {int(window)} (it has "
+                             f"{len(index)} windows, ids from window_ids())")
+        return self._window_tokens(int(window))
+
     @cached_property
     def _window_index(self) -> np.ndarray:
         path = self._data / S.WINDOWS
