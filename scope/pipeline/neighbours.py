@@ -26,9 +26,9 @@ from scope.store import schema as S
 
 log = logging.getLogger(__name__)
 
-DIM = 256  # random projections used to find candidates
-PROBE = 12  # cells searched per cell
-CANDIDATES = 48  # candidates per feature re-ranked with exact cosines
+DIM = 512  # random projections used to find candidates
+PROBE = 8  # cells each feature is searched for in
+CANDIDATES = 32  # candidates per feature re-ranked with exact cosines
 KMEANS_ITERS = 6
 ROW_CHUNK = 16384  # decoder rows converted to float32 at a time
 RERANK_CHUNK = 512  # features re-ranked at a time ([chunk, candidates, d_in] float32)
