@@ -27,11 +27,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 WIDE = 1_048_576
 
 
-def approx_flop(F: int, d: int, dim: int, probe: int, cells: int, cand: int) -> float:
-    """Multiply-adds x 2 of the approximate mode: projection, cell search, scan, re-rank."""
-    project = F * d * dim if dim < d else 0
-    dim = min(dim, d)
-    return 2.0 * (project + F * cells * dim + F * probe * (F / cells) * dim + F * cand * d)
+def approx_flop(F: int, d: int, probe: int, cand: int, iters: int, per_cell: int) -> float:
+    """FLOP of the approximate mode (full rows): k-means, finding cells, scanning, re-ranking."""
+    cells = round(math.sqrt(probe * F))
+    return 2.0 * d * (per_cell * cells * cells * iters + F * cells + F * probe * F / cells
+                      + F * cand)
 
 
 def main() -> int:
@@ -57,12 +57,12 @@ def main() -> int:
     r = N.recall(W, table["neighbour_index"], sample=args.sample)
     # the sample's exact pass is sample x F pairs; the full pass is F * (F + 1) / 2 of them
     exact_s = r.seconds_exact * (F + 1) / 2 / r.sample
-    cells = round(math.sqrt(F))
-    flop = approx_flop(F, d, N.DIM, N.PROBE, cells, N.CANDIDATES)
-    wide = approx_flop(WIDE, d, N.DIM, N.PROBE, round(math.sqrt(WIDE)), N.CANDIDATES)
+    cells = round(math.sqrt(N.PROBE * F))
+    knobs = (N.PROBE, N.CANDIDATES, N.KMEANS_ITERS, N.SAMPLE_PER_CELL)
+    flop, wide = approx_flop(F, d, *knobs), approx_flop(WIDE, d, *knobs)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     kind = "Gaussian (no families)" if args.gaussian else "with feature families"
-    print(f"decoder {F:,} x {d} {args.dtype}, {kind}; dim {N.DIM}, {cells} cells, probe "
+    print(f"decoder {F:,} x {d} {args.dtype}, {kind}; full rows, {cells} cells, probe "
           f"{N.PROBE}, {N.CANDIDATES} candidates")
     print(f"  approximate: {wall:.1f} s wall, {cpu:.1f} s CPU, {flop:.2g} FLOP; recall@10 "
           f"{r.recall:.3f} (worst feature {r.worst:.1f}) over {r.sample} features")

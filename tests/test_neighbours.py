@@ -112,3 +112,9 @@ def test_auto_mode_is_exact_when_small_or_on_a_gpu_and_approximate_at_1m_on_cpu(
     assert DT.exact_flop(1 << 20, 2304) == pytest.approx(2.5e15, rel=0.02)
     with pytest.raises(ValueError, match="neighbours='fast'"):
         DT.neighbour_mode(big, "fast")
+
+
+@pytest.mark.parametrize("arg", ["k", "dim", "probe", "candidates", "cells"])
+def test_bad_knobs_are_refused_by_name(arg):
+    with pytest.raises(ValueError, match=f"{arg}=0 must be at least 1"):
+        N.approximate_neighbours(torch.zeros(8, 4), **{"k": 3, arg: 0})

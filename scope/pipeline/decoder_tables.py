@@ -2,7 +2,9 @@
 
 Both are computed once per extraction run, blockwise with bounded memory, and written once into
 the store's `tables/` folder (not into every checkpoint). `decoder_logits` needs the model (its
-unembedding and final-norm gain); `decoder_neighbours` needs only the SAE's decoder.
+unembedding and final-norm gain); `decoder_neighbours` needs only the SAE's decoder. Neighbours
+are exact on a GPU and on a CPU up to `EXACT_CPU_FLOP`; wider decoders on a CPU get the
+approximate mode of `scope.pipeline.neighbours` (`neighbour_mode`).
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ LOGIT_CHUNK = 4096  # features per block of the logit tables
 VOCAB_CHUNK = 8192  # vocabulary columns per block
 NEIGHBOUR_BLOCK = 2048  # tile side of the cosine matrix ([block, block] float32)
 _SPARE = 6
-#: above this many FLOP of exact pass on a CPU, "auto" neighbours are approximate (~1 hour of
-#: two cores; 131,072 x 2304 is 4e13, 1,048,576 x 2304 is 2.5e15)
+#: above this many FLOP of exact pass on a CPU, "auto" neighbours are approximate (131,072 x
+#: 2304 is 4e13 and stays exact; 262,144 x 2304 is 1.6e14; 1,048,576 x 2304 is 2.5e15)
 EXACT_CPU_FLOP = 5e13  # candidates kept beyond the k best before ties are settled
 
 
