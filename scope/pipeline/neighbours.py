@@ -8,6 +8,8 @@ cells), each feature is compared with the features of the `probe` cells nearest 
 best `candidates` are re-ranked with exact full-dimension cosines. Its cost is about
 `2 * d_sae * d_in * (cells + probe * d_sae / cells)` FLOP plus the clustering's (~3e13 at 1M
 x 2304 against 2.5e15 exact); what it misses is measured by `recall` (exact neighbours of a sample of features).
+Memory: a float32 unit copy of the decoder (`d_sae * d_in * 4` bytes, 9.7 GB at 1M x 2304, or
+`d_sae * dim * 4` with a projection) beside the decoder itself, plus `d_sae * candidates * 12`.
 Output, rounding and tie rules are those of the exact mode.
 """
 
