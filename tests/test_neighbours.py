@@ -52,10 +52,10 @@ def test_every_cell_over_full_rows_is_the_exact_answer():
     assert got[S.NEIGHBOUR_INDEX][50].tolist() == list(range(10))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_recall_on_a_decoder_with_families(dtype):
+@pytest.mark.parametrize(("dtype", "dim"), [(torch.float32, None), (torch.bfloat16, 128)])
+def test_recall_on_a_decoder_with_families(dtype, dim):
     W = planted(4096, 256).to(dtype)
-    got = N.approximate_neighbours(W, 10, dim=128, probe=8)[S.NEIGHBOUR_INDEX]
+    got = N.approximate_neighbours(W, 10, dim=dim, probe=8)[S.NEIGHBOUR_INDEX]
     want, want_cos = brute_neighbours(W.float().numpy())
     found = np.array([len(set(a) & set(b)) / 10 for a, b in zip(got.tolist(), want.tolist(),
                                                                   strict=True)])
@@ -64,7 +64,7 @@ def test_recall_on_a_decoder_with_families(dtype):
     # the cosines stored are the exact ones of the neighbours found, best first
     Wn = W.float().numpy().astype(np.float64)
     Wn /= np.linalg.norm(Wn, axis=1, keepdims=True)
-    cos = N.approximate_neighbours(W, 10, dim=128, probe=8)[S.NEIGHBOUR_COSINE]
+    cos = N.approximate_neighbours(W, 10, dim=dim, probe=8)[S.NEIGHBOUR_COSINE]
     exact = np.einsum("fd,fkd->fk", Wn, Wn[got])
     np.testing.assert_allclose(cos, exact, atol=2e-6)
     assert (np.diff(cos, axis=1) <= 0).all()
