@@ -121,8 +121,9 @@ def approximate_neighbours(W_dec: torch.Tensor, k: int = 10, *, dim: int | None 
     Args:
         W_dec: `[d_sae, d_in]` decoder (any float dtype; rows go to float32 a chunk at a time).
         k: neighbours per feature.
-        dim: search in `dim` random projections (cheaper, lower recall: 0.87 against 0.95 at
-            512 of 2304 on 32,768 features); default (None) and `dim >= d_in`: the full rows.
+        dim: search in `dim` random projections (cheaper, lower recall: on 32,768 x 2304,
+            0.87 with 512 directions and 16 cells probed against 0.95 on full rows with 8);
+            default (None) and `dim >= d_in`: the full rows.
         cells: inverted-file cells (default `round(sqrt(probe * d_sae))`, which balances
             finding each feature's cells against scanning them).
         probe: cells each feature is searched for in, its nearest (all of them with
