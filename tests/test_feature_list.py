@@ -155,3 +155,137 @@ def test_query_ranks_by_relevance_by_default(built):
     rel = table.search_scores(word)
     assert [r.index for r in res.rows] == [int(i) for i in np.argsort(-rel, kind="stable")
                                            if rel[i] > 0 and table.firing_count[i] > 0]
+
+
+# -- the vectorised table against the per-feature functions (issue 18: 1M features) --------------
+
+
+def _adversarial_rows(seed: int, F: int = 400, k: int = 8):
+    """Summary-like rows with repeated ids, invalid (-1) tokens, zero values, ids past the
+    vocabulary, dead features and zero sketch estimates."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(-1, 12, (F, k)).astype(np.int32)
+    values = np.where(rng.random((F, k)) < 0.25, 0.0, rng.uniform(0.1, 5, (F, k)))
+    values = values.astype(np.float32)
+    counts = np.where(rng.random(F) < 0.1, 0, rng.integers(1, 40, F)).astype(np.float64)
+    est = np.where(rng.random((F, k)) < 0.2, 0, rng.integers(0, 60, (F, k))).astype(np.int64)
+    return tokens, values, counts, est
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("n", [1, 3, 10])
+@pytest.mark.parametrize("with_sketch", [True, False])
+def test_top_shares_equal_token_shares_row_by_row(seed, n, with_sketch):
+    from scope.store import labels as L
+    from scope.store.bulk_labels import AutoLabels, top_shares
+
+    tokens, values, counts, est = _adversarial_rows(seed)
+    vocab = [f"t{i}" for i in range(9)]  # ids 9..11 are past it: named "<id>"
+    shares = top_shares(tokens, values, counts, est if with_sketch else None, n)
+    auto = AutoLabels(np.full(len(counts), 1e-3), counts.astype(np.int64), shares, vocab)
+    for i in range(len(counts)):
+        want = L.token_shares(tokens[i], values[i], counts[i], vocab,
+                              est[i] if with_sketch else None, n)
+        assert auto.fires_on(i) == want, i  # strings and float shares, exactly
+        assert shares.size[i] == len(want)
+        assert auto[i] == L.auto_label(1e-3, int(counts[i]), want)
+    assert shares.ids.shape == (len(counts), n) and (shares.ids[shares.shares == 0] == -1).all()
+
+
+def test_table_columns_equal_the_per_feature_computation(built, tmp_path):
+    """Every label, explanation, score, top share and word flag of `FeatureTable.build` equals
+    the plain per-feature loop the table used before it was vectorised."""
+    import shutil
+
+    from scope.store import labels as L
+
+    store, sae, _, _ = built
+    path = tmp_path / "store"
+    shutil.copytree(store.path, path)
+    labels = L.Labels(path)
+    labels.update(sae, {2: L.Explanation("python logging handlers", 0.9),
+                        5: L.Explanation("   "), 7: L.Explanation("errors", None),
+                        10**6: L.Explanation("out of range", 0.5)})
+    labels.save()
+    store = scope.open_store(path)
+    table = FL.FeatureTable.build(store, sae)
+    summ = store._summary(sae)
+    dens, count, vocab = store.densities(sae), store.firing_counts(sae), store.vocab
+    n = store.n_features(sae)
+    exps = L.labels_for(path).for_sae(sae)
+    assert len(table.labels) == len(table.auto_labels) == len(table.explanations) == n
+    for i in range(n):
+        sketch = store._feature_rows(sae, i)["token_sketch"]
+        est = L.sketch_estimates(sketch, summ["top_token"][i], i)
+        fires = L.token_shares(summ["top_token"][i], summ["top_value"][i], float(count[i]),
+                               vocab, est)
+        auto = L.auto_label(float(dens[i]), int(count[i]), fires)
+        e = exps.get(i)
+        has = e is not None and bool(e.text.strip())
+        assert table.auto_labels[i] == auto
+        assert table.labels[i] == (e.text if has else auto)
+        assert table.explanations[i] == (e.text if has else None)
+        want_score = e.score if has and e.score is not None else None
+        assert (None if np.isnan(table.score[i]) else table.score[i]) == want_score
+        assert table.top_share[i] == (fires[0][1] if fires else 0.0)
+        top = fires[0][0] if fires else ""
+        assert table.top_word[i] == (sum(c.isalpha() for c in top) >= 2)
+    assert list(table.labels) == [table.labels[i] for i in range(n)]
+    assert table.labels[-1] == table.labels[n - 1] and table.labels[:3] == list(table.labels)[:3]
+    assert table.labels[2] == "python logging handlers" and np.isnan(table.score[7])
+    with pytest.raises(IndexError):
+        table.labels[n]
+    with pytest.raises(IndexError):
+        table.explanations[n]
+
+
+def test_bulk_fires_on_equals_feature_label_inputs(built):
+    from scope.store import labels as L
+
+    store, sae, _, _ = built
+    summ, count = store._summary(sae), store.firing_counts(sae)
+    fires = FL.bulk_fires_on(store, sae)
+    for i in range(0, store.n_features(sae), 7):
+        est = L.sketch_estimates(store._feature_rows(sae, i)["token_sketch"],
+                                 summ["top_token"][i], i)
+        assert fires[i] == L.token_shares(summ["top_token"][i], summ["top_value"][i],
+                                          float(count[i]), store.vocab, est)
+
+
+def test_sorted_pages_equal_numpy_stable_argsort(built):
+    store, sae, _, _ = built
+    table = FL.FeatureTable.build(store, sae)
+    n = len(table)
+    table.score[::3] = np.round(np.linspace(0, 1, len(table.score[::3])), 1)  # ties and nan
+    for column in FL.COLUMNS:
+        for descending in (True, False):
+            col = table._column(column).astype(np.float64)
+            col = np.where(np.isnan(col), -np.inf if descending else np.inf, col)
+            want = np.argsort(-col if descending else col, kind="stable")
+            page = table.query(sort=column, descending=descending, page_size=n,
+                               hide_dense=False, hide_rare=False, hide_dead=False)
+            assert [r.index for r in page.rows] == want.tolist(), (column, descending)
+
+
+def _order_cases():
+    rng = np.random.default_rng(0)
+    out = [rng.normal(size=n) for n in (0, 1, 2, 5, 1000)]
+    out += [rng.integers(-3, 3, 1000), np.round(rng.normal(size=3000), 1),
+            rng.random(3000).astype(np.float32),
+            np.array([np.iinfo(np.int64).max, np.iinfo(np.int64).min, 0, 5, -5])]
+    x = rng.normal(size=5000)
+    x[::3], x[1::7], x[5::11], x[6::13] = 0.0, -0.0, np.inf, -np.inf
+    out.append(x)
+    near = 1.0 + rng.integers(0, 5, 3000) * 2.0**-52  # equal leading bits, different values
+    out.append(np.concatenate([near, -near, rng.normal(size=100), near[:50] * 3]))
+    return out
+
+
+@pytest.mark.parametrize("case", range(len(_order_cases())))
+def test_stable_argsort_equals_numpy(case):
+    from scope.explore.column_order import stable_argsort
+
+    values = _order_cases()[case]
+    got = stable_argsort(values)
+    assert got.dtype == np.int64
+    assert np.array_equal(got, np.argsort(values, kind="stable"))

@@ -21,12 +21,15 @@ Rules a reader can rely on:
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from scope.errors import StoreError
+from scope.explore.column_order import stable_argsort
 from scope.store import labels as L
+from scope.store.bulk_labels import AutoLabels, LabelColumn, TokenShares, top_shares, word_tokens
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +72,17 @@ def bulk_fires_on(store, sae: str, n: int = L.LABEL_TOKENS) -> list[list[tuple[s
     """Per feature, `(token, share of its firings)` best first, for labelling every feature at
     once: `labels.token_shares` over the summary's peak tokens, with the token sketch's counts
     read one range file at a time (format 2), exactly as `Feature.label` computes them."""
+    auto = AutoLabels(np.zeros(store.n_features(sae)), np.zeros(store.n_features(sae)),
+                      bulk_shares(store, sae, n), store.vocab)
+    return [auto.fires_on(i) for i in range(len(auto))]
+
+
+def bulk_shares(store, sae: str, n: int = L.LABEL_TOKENS) -> TokenShares:
+    """`bulk_labels.top_shares` of one SAE's summary (the arrays behind `bulk_fires_on`)."""
     summ = store._summary(sae)
     tokens = np.asarray(summ["top_token"]).astype(np.int64)
-    values = np.asarray(summ["top_value"])
     counts = np.asarray(store.firing_counts(sae), dtype=np.float64)
-    est = _sketch_estimates(store, sae, tokens)
-    vocab = store.vocab
-    return [L.token_shares(tokens[i], values[i], counts[i], vocab,
-                           None if est is None else est[i], n) for i in range(len(tokens))]
+    return top_shares(tokens, summ["top_value"], counts, _sketch_estimates(store, sae, tokens), n)
 
 
 def _sketch_estimates(store, sae: str, tokens: np.ndarray) -> np.ndarray | None:
@@ -104,18 +110,23 @@ def _sketch_estimates(store, sae: str, tokens: np.ndarray) -> np.ndarray | None:
 
 @dataclass
 class FeatureTable:
-    """Columns of one SAE's features (numpy arrays, `[d_sae]`) plus their label texts."""
+    """Columns of one SAE's features (numpy arrays, `[d_sae]`) plus their label texts.
+
+    `labels`, `explanations` and `auto_labels` are sequences indexed by feature; automatic
+    labels are made when a row is read (scope.store.bulk_labels), so building the table of a
+    1,048,576-feature SAE reads arrays and never loops over features in Python.
+    """
 
     density: np.ndarray
     firing_count: np.ndarray
     max_activation: np.ndarray
     mean_activation: np.ndarray
-    labels: list[str]
-    explanations: list[str | None]
-    auto_labels: list[str]
+    labels: Sequence[str]
+    explanations: Sequence[str | None]
+    auto_labels: Sequence[str]
     score: np.ndarray  # nan where unscored
     top_share: np.ndarray = field(default=None, repr=False)  # [d_sae] share of its top token
-    top_token: list[str] = field(default_factory=list, repr=False)  # that token, "" if none
+    top_word: np.ndarray = field(default=None, repr=False)  # [d_sae] that token is a word
     _bm25: object = field(default=None, repr=False)
     _orders: dict = field(default_factory=dict, repr=False)
 
@@ -124,31 +135,30 @@ class FeatureTable:
         """Read one SAE's columns and labels from an open store."""
         density = np.asarray(store.densities(sae), dtype=np.float64)
         count = np.asarray(store.firing_counts(sae), dtype=np.int64)
-        fires = bulk_fires_on(store, sae)
+        shares = bulk_shares(store, sae)
         try:
             exps = L.labels_for(store.path).for_sae(sae)
         except StoreError as exc:  # a damaged labels.json: automatic labels stand, data is fine
             log.warning("%s", exc)
             exps = {}
-        labels, texts, autos = [], [], []
-        score = np.full(len(density), np.nan)
-        for i in range(len(density)):
-            e = exps.get(i)
-            auto = L.auto_label(float(density[i]), int(count[i]), fires[i])
-            autos.append(auto)
-            if e is not None and e.text.strip():
-                labels.append(e.text)
-                texts.append(e.text)
+        texts, score = {}, np.full(len(density), np.nan)
+        for i, e in exps.items():
+            if 0 <= i < len(density) and e.text.strip():
+                texts[i] = e.text
                 if e.score is not None:
                     score[i] = e.score
-            else:
-                labels.append(auto)
-                texts.append(None)
-        top_share = np.array([f[0][1] if f else 0.0 for f in fires], dtype=np.float64)
-        top_token = [f[0][0] if f else "" for f in fires]
+        autos = AutoLabels(density, count, shares, store.vocab)
+        top = shares.ids[:, 0] if shares.ids.shape[1] else np.full(len(density), -1)
+        vocab = store.vocab
+        word = np.zeros(len(density), dtype=bool)
+        known = (top >= 0) & (top < len(vocab))  # "<id>" past the vocabulary is no word
+        ids, back = np.unique(top[known], return_inverse=True)
+        word[known] = word_tokens([vocab[t] for t in ids.tolist()])[back]
+        top_share = shares.shares[:, 0] if shares.ids.shape[1] else np.zeros(len(density))
         return cls(density, count, np.asarray(store.max_activations(sae), dtype=np.float64),
-                   np.asarray(store.mean_activations(sae), dtype=np.float64), labels, texts, autos,
-                   score, top_share, top_token)
+                   np.asarray(store.mean_activations(sae), dtype=np.float64),
+                   LabelColumn(texts, autos), LabelColumn(texts, autos, texts_only=True), autos,
+                   score, top_share, word)
 
     def __len__(self) -> int:
         return len(self.density)
@@ -165,7 +175,7 @@ class FeatureTable:
         if key not in self._orders:  # stable; unscored (nan) last either way
             col = self._column(column).astype(np.float64)
             col = np.where(np.isnan(col), -np.inf if descending else np.inf, col)
-            self._orders[key] = np.argsort(-col if descending else col, kind="stable")
+            self._orders[key] = stable_argsort(-col if descending else col)
         return self._orders[key]
 
     def search_scores(self, text: str) -> np.ndarray:
@@ -198,8 +208,8 @@ class FeatureTable:
         the largest `specificity` whose top token is a word (two letters or more); else the
         most specific of any token; else the one that fired most; else 0."""
         spec = self.specificity(max_density)
-        word = np.array([sum(c.isalpha() for c in t) >= 2 for t in self.top_token], dtype=bool)
-        for cand in (np.where(word, spec, 0.0), spec, self.firing_count.astype(np.float64)):
+        for cand in (np.where(self.top_word, spec, 0.0), spec,
+                     self.firing_count.astype(np.float64)):
             if cand.max(initial=0.0) > 0:
                 return int(np.argmax(cand))  # first index among ties
         return 0

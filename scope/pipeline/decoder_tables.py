@@ -2,18 +2,23 @@
 
 Both are computed once per extraction run, blockwise with bounded memory, and written once into
 the store's `tables/` folder (not into every checkpoint). `decoder_logits` needs the model (its
-unembedding and final-norm gain); `decoder_neighbours` needs only the SAE's decoder.
+unembedding and final-norm gain); `decoder_neighbours` needs only the SAE's decoder. Neighbours
+are exact on a GPU and on a CPU up to `EXACT_CPU_FLOP`; wider decoders on a CPU get the
+approximate mode of `scope.pipeline.neighbours` (`neighbour_mode`).
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
 from scope.model.activations import norm_gain
+from scope.pipeline.neighbours import COSINE_GRID, _order, _rank_row, approximate_neighbours
 from scope.store import schema as S
 
 log = logging.getLogger(__name__)
@@ -23,10 +28,10 @@ N_NEIGHBOURS = 10
 LOGIT_CHUNK = 4096  # features per block of the logit tables
 VOCAB_CHUNK = 8192  # vocabulary columns per block
 NEIGHBOUR_BLOCK = 2048  # tile side of the cosine matrix ([block, block] float32)
-#: cosines are rounded to multiples of 2**-20 before ranking, so that equal directions tie
-#: exactly whatever order a matrix product summed in (ties then go to the lower index)
-COSINE_GRID = 2.0**20
-_SPARE = 6  # candidates kept beyond the k best before ties are settled
+_SPARE = 6
+#: above this many FLOP of exact pass on a CPU, "auto" neighbours are approximate (131,072 x
+#: 2304 is 4e13 and stays exact; 262,144 x 2304 is 1.6e14; 1,048,576 x 2304 is 2.5e15)
+EXACT_CPU_FLOP = 5e13  # candidates kept beyond the k best before ties are settled
 
 
 def final_norm_gain(model: Any) -> torch.Tensor | None:
@@ -104,43 +109,50 @@ def decoder_logits(model: Any, sae: Any, k: int = N_LOGITS, enabled: bool = True
     return out
 
 
-def _order(idx: torch.Tensor, vals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Order each row's picks by (value desc, index asc)."""
-    idx, perm = idx.sort(dim=1)
-    vals = vals.gather(1, perm)
-    order = vals.sort(dim=1, descending=True, stable=True).indices
-    return idx.gather(1, order), vals.gather(1, order)
+def neighbour_device(W_dec: torch.Tensor, device: str | torch.device | None = None
+                     ) -> torch.device:
+    """Where the exact pass runs: `device` if given, else a CUDA device when one is present
+    with room for the unit decoder twice over (float32), else the decoder's own device."""
+    if device is not None:
+        return torch.device(device)
+    if W_dec.device.type == "cpu" and torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info()
+        if free > 2 * W_dec.numel() * 4 + 3 * NEIGHBOUR_BLOCK**2 * 4:
+            return torch.device("cuda")
+    return W_dec.device
 
 
-def _rank_row(row: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The exact top k of one row of rounded cosines, ties by lower index (the slow path)."""
-    row = torch.round(row * COSINE_GRID) / COSINE_GRID
-    thr = row.topk(k).values[-1]
-    pick = torch.cat([(row > thr).nonzero().squeeze(1), (row == thr).nonzero().squeeze(1)])[:k]
-    i, v = _order(pick[None], row[pick][None])
-    return i[0], v[0]
+def exact_flop(d_sae: int, d_in: int) -> float:
+    """FLOP of the exact pass (each tile of the symmetric cosine matrix once)."""
+    return float(d_sae) * (d_sae + 1) * d_in
 
 
 @torch.no_grad()
-def decoder_neighbours(W_dec: torch.Tensor, k: int = N_NEIGHBOURS, block: int = NEIGHBOUR_BLOCK
+def decoder_neighbours(W_dec: torch.Tensor, k: int = N_NEIGHBOURS, block: int = NEIGHBOUR_BLOCK,
+                       *, device: str | torch.device | None = None,
+                       progress: Callable[[int, int], None] | None = None
                        ) -> dict[str, np.ndarray]:
-    """The k features with the most similar decoder directions, for every feature.
+    """The k features with the most similar decoder directions, for every feature (exact).
 
     Cosine similarity of decoder rows (zero rows have cosine 0 with everything), rounded to
     multiples of 2**-20; best first, ties by lower index, the feature itself excluded. Computed
     one `block x block` tile of the (symmetric) cosine matrix at a time, each tile once, keeping
-    a few candidates per row: memory is `block**2 + d_sae * (k + 6)` floats whatever the width.
+    a few candidates per row: memory is `d_sae * d_in + block**2 + d_sae * (k + 6)` floats.
+    The time left is logged as tiles finish (`progress` gets `(tiles done, tiles)`).
 
     Args:
         W_dec: `[d_sae, d_in]` decoder.
+        device: where to compute (default `neighbour_device`: a GPU when one is present).
 
     Returns:
         `neighbour_index [d_sae, k]` int32 (-1 where d_sae <= k) and `neighbour_cosine
         [d_sae, k]` float32.
     """
-    W = W_dec.detach().float()
-    F = W.shape[0]
-    Wn = W / W.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    dev = neighbour_device(W_dec, device)
+    Wn = W_dec.detach().to(dev, torch.float32, copy=True)  # one float32 copy, normalised in place
+    F = Wn.shape[0]
+    Wn /= Wn.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    W = Wn
     index = np.full((F, k), -1, np.int32)
     cosine = np.zeros((F, k), np.float32)
     kk = min(k, F - 1)
@@ -161,6 +173,9 @@ def decoder_neighbours(W_dec: torch.Tensor, k: int = N_NEIGHBOURS, block: int = 
 
     # The cosine matrix is symmetric: each block pair is computed once and offered both ways.
     starts = list(range(0, F, block))
+    tiles, done, t0 = len(starts) * (len(starts) + 1) // 2, 0, time.perf_counter()
+    log.info("exact neighbours of %d features on %s: %d tiles, %.2g FLOP", F, dev, tiles,
+             exact_flop(F, Wn.shape[1]))
     for a in starts:
         ra = slice(a, min(a + block, F))
         for b in starts[starts.index(a):]:
@@ -171,6 +186,13 @@ def decoder_neighbours(W_dec: torch.Tensor, k: int = N_NEIGHBOURS, block: int = 
             offer(ra, sims, torch.arange(rb.start, rb.stop, device=W.device))
             if a != b:
                 offer(rb, sims.T, torch.arange(ra.start, ra.stop, device=W.device))
+            done += 1
+            if progress is not None:
+                progress(done, tiles)
+        if tiles > 1:
+            spent = time.perf_counter() - t0
+            log.info("exact neighbours: %d/%d tiles, %.0f s, ~%.0f s to go", done, tiles,
+                     spent, spent / done * (tiles - done))
     vals = torch.round(cand_val * COSINE_GRID) / COSINE_GRID
     idx, vals = _order(cand_idx, vals)
     idx, vals = idx[:, :kk].clone(), vals[:, :kk].clone()
@@ -187,6 +209,30 @@ def decoder_neighbours(W_dec: torch.Tensor, k: int = N_NEIGHBOURS, block: int = 
     return {S.NEIGHBOUR_INDEX: index, S.NEIGHBOUR_COSINE: cosine}
 
 
-def decoder_tables(model: Any, sae: Any, logits: bool = True) -> dict[str, np.ndarray]:
-    """All once-per-run tables of one SAE: logits (unless `logits=False`) and neighbours."""
-    return {**decoder_logits(model, sae, enabled=logits), **decoder_neighbours(sae.W_dec)}
+def neighbour_mode(W_dec: torch.Tensor, mode: str = "auto") -> str:
+    """"exact" or "approximate": `mode`, or for "auto" exact on a GPU and wherever the exact
+    pass is at most `EXACT_CPU_FLOP` (65,536 x 2304 is 9.9e12), approximate beyond."""
+    if mode not in ("auto", "exact", "approximate"):
+        raise ValueError(f"neighbours={mode!r}: use 'auto', 'exact' or 'approximate'")
+    if mode != "auto":
+        return mode
+    F, d = W_dec.shape
+    if neighbour_device(W_dec).type == "cuda" or exact_flop(F, d) <= EXACT_CPU_FLOP:
+        return "exact"
+    return "approximate"
+
+
+def decoder_tables(model: Any, sae: Any, logits: bool = True, *, neighbours: str = "auto"
+                   ) -> dict[str, np.ndarray]:
+    """All once-per-run tables of one SAE: logits (unless `logits=False`) and neighbours
+    (`neighbours`: "exact", "approximate" or "auto", see `neighbour_mode`)."""
+    mode = neighbour_mode(sae.W_dec, neighbours)
+    if mode == "approximate":
+        F, d = sae.W_dec.shape
+        log.warning("decoder neighbours of %d features on the CPU: approximate (an exact pass "
+                    "is %.1e FLOP); see docs/store.md for the recall measured", F,
+                    exact_flop(F, d))
+        table = approximate_neighbours(sae.W_dec, N_NEIGHBOURS)
+    else:
+        table = decoder_neighbours(sae.W_dec)
+    return {**decoder_logits(model, sae, enabled=logits), **table}

@@ -1,0 +1,162 @@
+"""Automatic labels of every feature at once: the numpy twin of `labels.token_shares`.
+
+`top_shares` computes, for all `[d_sae, k]` summary rows in a few array passes, the same
+`(token, share)` lists that `labels.token_shares` computes one feature at a time (the feature
+list at 1,048,576 features cannot afford a Python loop per feature). `AutoLabels` turns them
+into `labels.auto_label` strings lazily, one per row asked for, so a page of 50 rows costs 50
+labels, not a million. Tests compare both against the per-feature functions element for element.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from scope.store import labels as L
+
+#: sorts after every real token id (ids are int32 in the store)
+_NO_TOKEN = np.iinfo(np.int64).max
+
+
+class TokenShares(NamedTuple):
+    """Each feature's label tokens, best first: `ids [F, n]` int64 (-1 past the last) and
+    `shares [F, n]` float64 (0 past the last); `size [F]` how many there are."""
+
+    ids: np.ndarray
+    shares: np.ndarray
+    size: np.ndarray
+
+
+def top_shares(tokens, values, counts, est=None, n: int = L.LABEL_TOKENS) -> TokenShares:
+    """`labels.token_shares` of every row at once.
+
+    Args:
+        tokens, values: the summary's `top_token` / `top_value`, `[F, k]`.
+        counts: `[F]` firing counts.
+        est: `[F, k]` count-min estimates of each row's firings on its `tokens` (format 2), or
+            None (shares among the top contexts).
+        n: tokens kept per feature.
+
+    Returns:
+        `TokenShares`; row i equals `token_shares(tokens[i], values[i], counts[i], vocab,
+        est[i], n)` with ids in place of strings (bit for bit the same shares).
+    """
+    tokens = np.asarray(tokens).astype(np.int64)
+    F, k = tokens.shape
+    valid = (np.asarray(values) > 0) & (tokens >= 0)
+    key = np.where(valid, tokens, _NO_TOKEN)
+    # stable: the first of equal ids in sorted order is its first valid occurrence in the row,
+    # the index np.unique(return_index=True) gives token_shares
+    perm = np.argsort(key, axis=1, kind="stable")
+    ids = np.take_along_axis(key, perm, axis=1)
+    ok = ids != _NO_TOKEN
+    first = ok.copy()
+    first[:, 1:] &= ids[:, 1:] != ids[:, :-1]
+    n_valid = ok.sum(axis=1)
+    if est is None:
+        # run length of each id: the next run's start (or the row's valid end) minus its own
+        pos = np.arange(k)
+        nxt = np.where(first, pos, n_valid[:, None])
+        nxt = np.minimum.accumulate(nxt[:, ::-1], axis=1)[:, ::-1]
+        nxt = np.concatenate([nxt[:, 1:], n_valid[:, None]], axis=1)
+        run = nxt - pos
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share = run / n_valid[:, None]
+    else:
+        e = np.take_along_axis(np.asarray(est, dtype=np.float64), perm, axis=1)
+        denom = np.maximum(np.asarray(counts, dtype=np.float64), 1.0)[:, None]
+        share = np.minimum(1.0, e / denom)
+    share = np.where(first, share, -np.inf)
+    # best first: share descending, then id ascending (ids are unique among a row's firsts)
+    order = np.lexsort((ids, -share), axis=1)[:, :n]
+    share = np.take_along_axis(share, order, axis=1)
+    ids = np.take_along_axis(ids, order, axis=1)
+    keep = share > 0  # a sorted row: its positive shares come first
+    pad = n - keep.shape[1]
+    ids = np.where(keep, ids, -1)
+    share = np.where(keep, share, 0.0)
+    if pad > 0:
+        ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+        share = np.pad(share, ((0, 0), (0, pad)))
+    return TokenShares(ids, share, keep.sum(axis=1))
+
+
+def token_strings(vocab: Sequence[str], ids: np.ndarray) -> list[str]:
+    """Display strings of token ids, as `labels.token_shares` names them (`<id>` past the
+    vocabulary)."""
+    return [vocab[t] if t < len(vocab) else f"<{t}>" for t in np.asarray(ids).tolist()]
+
+
+def word_tokens(vocab: Sequence[str]) -> np.ndarray:
+    """`[len(vocab)]` bool: the token has two letters or more (a word, for the home feature)."""
+    return np.fromiter((sum(c.isalpha() for c in t) >= 2 for t in vocab), dtype=bool,
+                       count=len(vocab))
+
+
+class AutoLabels(Sequence):
+    """`labels.auto_label` of every feature, computed when a row is read (and kept once the
+    whole column has been read, e.g. for the text index)."""
+
+    def __init__(self, density, count, shares: TokenShares, vocab: Sequence[str]) -> None:
+        self._density, self._count = density, count
+        self._shares, self._vocab = shares, vocab
+        self._all: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self._density)
+
+    def fires_on(self, i: int) -> list[tuple[str, float]]:
+        """Row i's `(token, share)` list, as `labels.token_shares` returns it."""
+        m = int(self._shares.size[i])
+        ids = self._shares.ids[i, :m].tolist()
+        return list(zip(token_strings(self._vocab, ids), self._shares.shares[i, :m].tolist(),
+                        strict=True))
+
+    def _one(self, i: int) -> str:
+        return L.auto_label(float(self._density[i]), int(self._count[i]), self.fires_on(i))
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = int(i)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"feature {i} out of range (d_sae={len(self)})")
+        return self._all[i] if self._all is not None else self._one(i)
+
+    def __iter__(self):
+        if self._all is None:
+            self._all = [self._one(i) for i in range(len(self))]
+        return iter(self._all)
+
+
+class LabelColumn(Sequence):
+    """Each feature's label: its explanation's text where one is stored, else `auto`'s label.
+    With `texts_only`, the explanation text or None (the table's `explanations`)."""
+
+    def __init__(self, texts: dict[int, str], auto: AutoLabels, texts_only: bool = False):
+        self._texts, self._auto, self._only = texts, auto, texts_only
+
+    def __len__(self) -> int:
+        return len(self._auto)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = int(i)
+        if i < 0:
+            i += len(self)
+        text = self._texts.get(i)
+        if text is not None or self._only:
+            if not 0 <= i < len(self):
+                raise IndexError(f"feature {i} out of range (d_sae={len(self)})")
+            return text
+        return self._auto[i]
+
+    def __iter__(self):
+        if self._only:
+            return (self._texts.get(i) for i in range(len(self)))
+        return (self._texts.get(i, a) for i, a in enumerate(self._auto))
