@@ -87,9 +87,10 @@ def test_bundled_multi_layer_graph_of_the_target(bundled, tmp_path):
 
 
 @pytest.mark.parametrize(("prompt", "target"), CASES)
-def test_transcoders_ig_signs_agree_with_measured_removal(bundled, prompt, target):
-    """The bundled transcoders (every layer): ig's top-8 signs agree (7/8 measured on both
-    prompts); its correlation does not reach 0.8 there (0.70 and 0.21, docs/attribution.md)."""
+def test_transcoders_default_method_agrees_with_measured_removal(bundled, prompt, target):
+    """The bundled transcoders (every layer) under the default method (grad for transcoders:
+    8/8 signs, r 0.95 and 0.81 measured, docs/attribution.md): each top-8 feature's decoder
+    contribution is subtracted from its layer's MLP output by an independent hook."""
     import scope
     from scope.saes.loading import load_saes
 
@@ -97,6 +98,24 @@ def test_transcoders_ig_signs_agree_with_measured_removal(bundled, prompt, targe
     tcs = load_saes("bundled/transcoders", model=model)
     assert len(tcs) == model.cfg.n_layers
     r = scope.attribute(model, tcs, prompt, target, ablation_k=8)
-    ab = r.ablation_check
-    assert round(ab.sign_agreement * 8) >= 6
-    assert ab.measures.startswith("removing")
+    assert r.method == "grad" and r.splice_max_rel_error <= 1e-5
+    tokens = model.to_tokens(prompt)
+    t = model.tokenizer.encode(target, add_special_tokens=False)[0]
+    with torch.no_grad():
+        clean = float(model(tokens)[0, -1, t])
+    top = r.features()[:8]
+    by_name = {tc.cfg.name: tc for tc in tcs}
+    predicted = [-n.attribution for n in top]
+    measured = []
+    for n in top:
+        tc = by_name[n.sae]
+        delta = torch.zeros(tokens.shape[1], tc.W_dec.shape[1])
+        delta[n.position] = n.activation * tc.W_dec[n.feature].float()
+        with torch.no_grad(), model.hooks(fwd_hooks=[(tc.cfg.hook_name_out, lambda x, hook, d=delta:
+                                                      x - d.to(x.dtype))]):
+            measured.append(float(model(tokens)[0, -1, t]) - clean)
+    assert r.ablation_check.measured == pytest.approx(measured, abs=1e-3)
+    signs = sum((p > 0) == (m > 0) for p, m in zip(predicted, measured, strict=True))
+    assert signs >= 6
+    assert _pearson(predicted, measured) >= 0.8
+    assert r.ablation_check.agrees

@@ -4,8 +4,9 @@
     scope attribute --model bundled --sae bundled --prompt "The capital of France is" --target " Paris"
     scope attribute --sae bundled/all --prompt "..." --target " Paris" --vs " London" --graph g.json
 
-Prints the top features with their attribution (by default integrated gradients of the logit or
-logit difference: the estimated change if the feature's decoder contribution were removed),
+Prints the top features with their attribution (the estimated change of the logit or logit
+difference if the feature's decoder contribution were removed: by default integrated gradients
+for residual SAEs, activation x gradient for transcoders, each as measured against removal),
 label (from `--store`), the completeness sums, the splice check and the ablation check (each
 top feature removed and the change measured); `--graph` also writes the circuit-tracer /
 Neuronpedia graph JSON of the same target (and `graph-metadata.json` beside it).
@@ -43,9 +44,10 @@ class Attribute:
     mode: Literal["total", "direct"] = "total"
     """total: the effect of removing a feature from the model; direct: attention, norms and
     other features frozen (the graph's edges into the target)"""
-    method: Literal["ig", "grad"] = "ig"
-    """ig: integrated gradients (agrees with measured removal; --steps passes per SAE); grad:
-    activation x gradient (one pass, first-order; the only method with --mode direct)"""
+    method: Literal["auto", "ig", "grad"] = "auto"
+    """ig: integrated gradients (--steps passes per SAE); grad: activation x gradient (one pass,
+    first-order; the only method with --mode direct); auto: ig for residual SAEs, grad for
+    transcoders (each the one that agrees with measured removal there; docs/attribution.md)"""
     steps: POSITIVE = 16
     """integration steps of --method ig"""
     top: POSITIVE = 15
@@ -115,7 +117,7 @@ def run_attribute(args: Attribute) -> int:
     store = open_store(args.store) if args.store else None
     if store is not None:  # another SAE's labels would name other features: refuse them now
         check_label_store(store, saes, specs)
-    method = "grad" if args.mode == "direct" else args.method
+    method = "grad" if args.mode == "direct" else args.method  # "auto": scope's default_method
     r = attribute(model, saes, args.prompt, args.target, contrast=args.vs, mode=args.mode,
                   method=method, steps=args.steps, ablation_k=args.ablation_k)
     short = {s.cfg.name: (s.cfg.hook_name if len(saes) > 1 else "") for s in saes}

@@ -4,8 +4,9 @@ Prompt + target token (+ an optional contrast token) -> `scope.attribute` over t
 by default, on the bundled model, its transcoders at every layer (`bundled/transcoders`, the
 circuit-tracing setup), else the store's selected SAE; plus any extra SAEs: a token x feature heatmap of the strongest attributions, a ranked table with
 labels and links to each feature's page, and the ablation check drawn as predicted vs measured
-removal (with a plain sentence when they disagree). Integrated gradients ("ig") is the default
-method: activation x gradient ("grad") is one backward pass but far off for large activations.
+removal (with a plain sentence when they disagree). The default method ("auto") is integrated
+gradients for residual SAEs and activation x gradient for transcoders, the one that agrees with
+removal for each (docs/attribution.md).
 "Build graph" draws the attribution graph of the same target: by default only its most
 influential nodes (a slider sets how many; pinned nodes always show), node kinds in colours
 apart from the blue/red of edge signs, full labels on hover. "Apply" scales one feature's
@@ -111,7 +112,7 @@ DICT_OPTIONS = ([f"transcoders at every layer ({TRANSCODERS})"] if _transcoders_
 with st.form("attr_form"):
     dicts = st.radio("Dictionaries", DICT_OPTIONS, horizontal=True, key="attr_dicts",
                      help="Transcoders replace every MLP (the circuit-tracing setup: the graph "
-                          "covers every layer; ig takes about 30-60 s on 2 CPU cores); the "
+                          "covers every layer; about 1 s with the auto method, grad); the "
                           "store's SAE gives labels and feature pages but covers one layer.")
     prompt = st.text_area("Prompt", st.session_state.get("attr_prompt", DEFAULT_PROMPT),
                           height=70, key="attr_prompt_in")
@@ -123,9 +124,10 @@ with st.form("attr_form"):
                                st.session_state.get("attr_contrast", ""),
                                help="Explain logit(target) - logit(contrast).",
                                key="attr_contrast_in")
-    method = c[2].radio("Method", ["ig", "grad"], horizontal=True,
-                        help="ig: integrated gradients (16 steps; about 16 forward+backward "
-                             "passes per SAE), agrees with measured removal; grad: activation "
+    method = c[2].radio("Method", ["auto", "ig", "grad"], horizontal=True,
+                        help="auto: ig for residual SAEs, grad for transcoders (each agrees "
+                             "with measured removal there, docs/attribution.md); ig: integrated "
+                             "gradients (16 forward+backward passes per SAE); grad: activation "
                              "x gradient (one pass), a first-order estimate.")
     mode = c[3].radio("Mode", ["total", "direct"], horizontal=True,
                       help="total: the effect of removing the feature from the model; direct: "
