@@ -225,5 +225,10 @@ LAYOUT_CSS = (
     '[data-testid="stBaseButton-secondary"] *,[data-testid="stBaseButton-primary"] *,'
     '[data-testid="stBaseLinkButton-secondary"] *{white-space:normal;overflow:visible;'
     "text-overflow:clip}"
+    '[data-testid="stTable"] td,[data-testid="stTable"] th{overflow-wrap:anywhere}'
+    # up to 1100 px the sidebar takes 16rem, not 300 px: a 900 px window keeps 644 px for the
+    # page, which the tables' widths (render.table.FIT_PX) are fitted to
+    '@media (max-width:1100px){[data-testid="stSidebar"]{width:16rem!important;'
+    "min-width:16rem!important;max-width:16rem!important}}"
     "</style>"
 )
