@@ -160,8 +160,8 @@ return out;
 
 
 # Anything that scrolls sideways: the page, the main column, a grid (`st.dataframe` draws its
-# cells on a canvas inside `.dvn-scroller`), a static table; and a sidebar select box whose
-# value (an <input>) is wider than the box.
+# cells on a canvas inside `.dvn-scroller`), a static table; text that runs over the right edge
+# of its column; and a sidebar select box whose value (an <input>) is wider than the box.
 _SIDEWAYS = """
 const out = [];
 const wide = (e) => e.scrollWidth > e.clientWidth + 1;
@@ -174,6 +174,12 @@ for (const s of document.querySelectorAll('[data-testid="stDataFrame"] .dvn-scro
 for (const t of document.querySelectorAll('[data-testid="stTable"]'))
   for (const e of [t, ...t.querySelectorAll('div')])
     if (wide(e)) out.push(`table ${e.scrollWidth} > ${e.clientWidth}`);
+for (const col of document.querySelectorAll('[data-testid="stMain"] [data-testid="stColumn"]')) {
+  const edge = col.getBoundingClientRect().right + 1;
+  for (const e of col.querySelectorAll('p, label, span'))
+    if (e.offsetParent && e.innerText.trim() && e.getBoundingClientRect().right > edge)
+      out.push(`'${e.innerText.trim().slice(0, 40)}' runs over its column`);
+}
 for (const i of document.querySelectorAll('[data-testid="stSidebar"] input'))
   if (i.offsetParent && wide(i)) out.push(`sidebar box '${i.value}' ${i.scrollWidth} > ${i.clientWidth}`);
 return out;
