@@ -3,7 +3,8 @@
 `test_browser_every_page` serves a store built by the real extractor with `scope dashboard` and
 opens the feature list, a feature, the prompt inspector, steering (with a generate click) and
 the overview at 900 px and 1400 px wide, saving a screenshot of each ($SCOPE_SCREENSHOT_DIR,
-else the test's tmp folder) and failing on any number, label or button cut by an ellipsis.
+else the test's tmp folder) and failing on any number, label or button cut by an ellipsis and
+on anything that scrolls sideways (the page, a table, the sidebar's SAE box).
 $SCOPE_BROWSER_STORE points it at another store instead (e.g. `scope demo`'s runs/demo, to see
 the pages at demo scale).
 `test_browser_hostile_manifest` writes Markdown image and link payloads pointing at a local
@@ -158,9 +159,38 @@ return out;
 """
 
 
+# Anything that scrolls sideways: the page, the main column, a grid (`st.dataframe` draws its
+# cells on a canvas inside `.dvn-scroller`), a static table; text that runs over the right edge
+# of its column; and a sidebar select box whose value (an <input>) is wider than the box.
+_SIDEWAYS = """
+const out = [];
+const wide = (e) => e.scrollWidth > e.clientWidth + 1;
+const root = document.documentElement;
+if (wide(root)) out.push(`page ${root.scrollWidth} > ${root.clientWidth}`);
+const main = document.querySelector('[data-testid="stMain"]');
+if (main && wide(main)) out.push(`main ${main.scrollWidth} > ${main.clientWidth}`);
+for (const s of document.querySelectorAll('[data-testid="stDataFrame"] .dvn-scroller'))
+  if (wide(s)) out.push(`grid ${s.scrollWidth} > ${s.clientWidth}`);
+for (const t of document.querySelectorAll('[data-testid="stTable"]'))
+  for (const e of [t, ...t.querySelectorAll('div')])
+    if (wide(e)) out.push(`table ${e.scrollWidth} > ${e.clientWidth}`);
+for (const col of document.querySelectorAll('[data-testid="stMain"] [data-testid="stColumn"]')) {
+  const edge = col.getBoundingClientRect().right + 1;
+  for (const e of col.querySelectorAll('p, label, span'))
+    if (e.offsetParent && e.innerText.trim() && e.getBoundingClientRect().right > edge)
+      out.push(`'${e.innerText.trim().slice(0, 40)}' runs over its column`);
+}
+for (const i of document.querySelectorAll('[data-testid="stSidebar"] input'))
+  if (i.offsetParent && wide(i)) out.push(`sidebar box '${i.value}' ${i.scrollWidth} > ${i.clientWidth}`);
+return out;
+"""
+
+
 def _nothing_cut(browser, page: str) -> None:
     cut = browser.execute_script(_CUT)
     assert not cut, f"{page}: text cut by an ellipsis: {cut}"
+    sideways = browser.execute_script(_SIDEWAYS)
+    assert not sideways, f"{page}: scrolls sideways: {sideways}"
 
 
 @pytest.mark.browser
@@ -175,6 +205,12 @@ def test_browser_every_page(store_path, tmp_path, width):
     try:
         dash.open("features", until=lambda b: "features match" in b.page_source)
         assert "Feature list" in b.page_source
+        for label in b.find_elements(  # a random SAE: most features are dense; show them
+                "xpath", "//label[contains(., 'Hide dense') or contains(., 'Hide rare')]"):
+            label.click()
+            dash.settle()
+        grids = b.find_elements("css selector", '[data-testid="stDataFrame"]')
+        assert grids, "the feature list shows no table"
         _no_error(b)
         _nothing_cut(b, "features")
         dash.shot(out / f"feature_list_{width}.png")

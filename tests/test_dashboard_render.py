@@ -287,3 +287,28 @@ def test_the_markdown_grep_catches_unescaped_values(tmp_path):
                    "st.error(f'{n:,} ok {render.md_text(t)}')\n")
     assert [o.split()[0] for o in markdown_offences(bad)] == [
         "bad.py:2", "bad.py:3", "bad.py:4", "bad.py:5", "bad.py:6"]
+
+
+def test_fit_table_fits_900_px_and_wraps_only_what_is_too_long():
+    """Known answers: the fixed columns as given, the text column the rest of the 900 px
+    budget; one line while the longest label fits, taller rows (over 64 px, the grid's
+    threshold for wrapping) when it does not, capped at MAX_LINES."""
+    from scope.dashboard.render import table as T
+
+    fixed = {"feature": 64, "density": 70, "firings": 66, "max act": 54, "mean act": 54}
+    short = ["' ' 16% · 't' 10% · 'a' 9% [dense]"]  # 182 px in the grid's font (measured 178)
+    fit = render.fit_table(fixed, "label", short, selectable=True)
+    assert fit.widths == {**fixed, "label": T.FIT_PX - 32 - 308}
+    assert sum(fit.widths.values()) + T.ROW_MARKER_PX == T.FIT_PX  # no sideways scrolling
+    assert (fit.lines, fit.row_height) == (1, T.ROW_PX)
+    prose = ["opening parentheses of function calls in Python code, and of class bases"]
+    assert T.text_width(prose[0]) == pytest.approx(413.1)  # 5.74 px a character
+    fit = render.fit_table(fixed, "label", prose, selectable=True)
+    room = fit.widths["label"] - T.CELL_PAD_PX
+    assert fit.lines == int(np.ceil(413.1 * 1.04 * 1.2 / room)) == 3
+    assert fit.row_height == 35 + 1 + 19 * 2 > 64
+    many = {**fixed, "score": 54, "relevance": 54}  # every column: the label keeps its minimum
+    fit = render.fit_table(many, "label", ["x" * 400], selectable=True, budget=400)
+    assert fit.widths["label"] == T.MIN_TEXT_PX and fit.lines == T.MAX_LINES
+    assert render.fit_table(fixed, "label", []).lines == 1  # an empty page
+    assert render.table_height(10, 35) == 10 * 35 + 38 and render.table_height(50, 35) == 760

@@ -100,3 +100,132 @@ def test_docstrings_keep_sentences_and_drop_code_like_text():
         "A module that reads files and writes them back, one line at a time.",
         "The class keeps a count of every call it has seen so far."]
     assert docstrings("def (") == []
+
+
+# --------------------------------------------------------------------------------------------
+# a quiet first run: no third-party bars on the terminal, no silent decoder-tables step
+# --------------------------------------------------------------------------------------------
+
+BARS = ("Loading weights", "Writing model shards", "Converting and de-quantizing")
+
+
+def test_model_load_prints_no_third_party_bars_but_keeps_warnings(tmp_path, capfd, caplog):
+    """A real load of a checkpoint folder: transformers' bars stay off stderr, scope logs one
+    line; warnings and transformers' log records inside the quiet block still reach stderr."""
+    import logging
+    import warnings
+
+    import torch
+    from builders import tiny_gemma3_dir
+    from transformers import AutoModelForCausalLM
+    from transformers import modeling_gguf_pytorch_utils as hf_gguf
+    from transformers.utils import logging as hf_logging
+
+    from scope.model.gguf import quiet_bars
+    from scope.model.load import load_model
+
+    model_dir = tiny_gemma3_dir(tmp_path / "model")  # its own save_pretrained shows a bar
+    capfd.readouterr()
+    caplog.set_level(logging.INFO, logger="scope")
+    model = load_model(str(model_dir), device="cpu", dtype=torch.float32)
+    err = capfd.readouterr().err
+    assert not [b for b in BARS if b in err] and "it/s" not in err, err
+    assert [r.getMessage() for r in caplog.records if r.name == "scope.model.load"] == [
+        f"loading {model.cfg.model_name} weights from {model_dir.resolve()}"]
+
+    seen: list[str] = []
+    catch = logging.Handler()
+    catch.emit = lambda record: seen.append(record.getMessage())
+    hf_root = hf_logging.get_logger("transformers")
+    hf_root.addHandler(catch)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_warning()  # transformers' default (an import in the suite lowers it)
+    try:
+        with quiet_bars(), pytest.warns(UserWarning, match="a real Python warning"):
+            # the bars of a save and of a GGUF conversion, quietly
+            AutoModelForCausalLM.from_pretrained(str(model_dir)).save_pretrained(tmp_path / "c")
+            for _ in hf_gguf.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."):
+                pass
+            hf_logging.get_logger("transformers.modeling_utils").warning("a real hf warning")
+            warnings.warn("a real Python warning", UserWarning, stacklevel=1)
+            assert hf_logging.get_verbosity() == logging.WARNING  # records are not turned down
+    finally:
+        hf_root.removeHandler(catch)
+        hf_logging.set_verbosity(verbosity)
+    err = capfd.readouterr().err
+    assert not [b for b in BARS if b in err], err
+    assert "a real hf warning" in seen
+    # everything is switched back afterwards: the same bars show again outside the block
+    assert hf_logging.is_progress_bar_enabled()
+    for _ in hf_gguf.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."):
+        pass
+    assert "Converting and de-quantizing" in capfd.readouterr().err
+
+
+def test_verbose_shows_third_party_bars(tmp_path, capfd):
+    """With -v (scope logging at DEBUG) the bars are left alone."""
+    import logging
+
+    from transformers import modeling_gguf_pytorch_utils as hf_gguf
+
+    from scope.model.gguf import quiet_bars
+
+    scope_log = logging.getLogger("scope")
+    before = scope_log.level
+    scope_log.setLevel(logging.DEBUG)
+    try:
+        with quiet_bars():
+            for _ in hf_gguf.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."):
+                pass
+    finally:
+        scope_log.setLevel(before)
+    assert "Converting and de-quantizing" in capfd.readouterr().err
+
+
+def test_decoder_tables_say_what_they_do_and_stay_live(tmp_path, capfd, caplog):
+    """A real extraction of two SAEs: one line per SAE before (its size, the vocabulary) and
+    after (its time), and a bar with `n/2 SAEs`; without a bar, a 'still computing' line
+    every heartbeat while a step runs longer than it."""
+    import logging
+    import re
+
+    import torch
+    from builders import TINY_TEXT, tiny_gemma3_dir
+    from sae_builders import jumprelu_weights
+
+    import scope
+    from scope.pipeline.extract import extract
+    from scope.pipeline.run import TablesProgress
+    from scope.saes.sae import JumpReLUSAE, SAEConfig
+
+    model = scope.load_model(str(tiny_gemma3_dir(tmp_path / "model")), device="cpu",
+                             dtype=torch.float32)
+    saes = [JumpReLUSAE(SAEConfig(d_in=model.cfg.d_model, d_sae=d,
+                                  hook_name="blocks.1.hook_resid_post"),
+                        **{k: torch.tensor(v) for k, v in
+                           jumprelu_weights(model.cfg.d_model, d, seed=d).items()})
+            for d in (96, 160)]
+    capfd.readouterr()
+    caplog.set_level(logging.INFO, logger="scope")
+    extract(model, saes, list(TINY_TEXT), tmp_path / "store", tokens=128, ctx=32, batch_size=4)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("decoder")]
+    names = [e["name"] for e in scope.open_store(tmp_path / "store").manifest["saes"]]
+    n_vocab = min(model.cfg.d_vocab, len(model.tokenizer))
+    assert lines[0] == (f"decoder tables 1/2, SAE {names[0]} (96 features): top logit "
+                        f"effects over {n_vocab:,} tokens and nearest decoder neighbours")
+    assert lines[2].startswith(f"decoder tables 2/2, SAE {names[1]} (160 features)")
+    assert re.fullmatch(r"decoder tables 1/2, SAE \S+: done in \d+ s", lines[1])
+    assert re.fullmatch(r"decoder tables 2/2, SAE \S+: done in \d+ s", lines[3])
+    err = capfd.readouterr().err
+    assert "1/2 SAEs" in err and "2/2 SAEs" in err
+
+    caplog.clear()
+    with TablesProgress(1, bar=False, heartbeat=0.05) as progress:
+        progress.start("s", 10, 100, logits=False)
+        time.sleep(0.4)  # a step longer than the heartbeat
+        progress.done()
+    beats = [r.getMessage() for r in caplog.records if "still computing" in r.getMessage()]
+    assert 3 <= len(beats) <= 9, beats
+    assert beats[0].startswith("decoder tables 1/1, SAE s: still computing")
+    assert caplog.records[0].getMessage() == ("decoder tables 1/1, SAE s (10 features): "
+                                              "nearest decoder neighbours")  # logits off

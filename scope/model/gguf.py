@@ -4,14 +4,19 @@ A `.gguf` file (and the bundled Gemma 3 270M, a GGUF in the `gemma3-270m-q4-k-m-
 is dequantized by transformers once and saved as a checkpoint folder
 `$SCOPE_CACHE/models/<stem>-<sha256[:16]>-v2/` (config.json, model.safetensors, tokenizer,
 `scope_cache.json`), written with `scope.base.atomic.atomic_folder` so a reader never sees half
-of it. `load_model` then loads that folder like any other.
+of it. `load_model` then loads that folder like any other. `quiet_bars` keeps transformers'
+own progress bars off the user's terminal while it converts, saves or loads (scope logs one line
+instead); `-v` shows them again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +39,39 @@ def cache_dir() -> Path:
     return cache_root() / "models"
 
 
+@contextlib.contextmanager
+def quiet_bars() -> Iterator[None]:
+    """transformers' progress bars off while the block runs, unless scope logs at DEBUG (`-v`).
+
+    Those are "Loading weights" and "Writing model shards" (transformers' switchable tqdm) and
+    "Converting and de-quantizing GGUF tensors..." (a plain `tqdm.auto` bar in
+    `transformers.modeling_gguf_pytorch_utils`, disabled through that module's name for it).
+    Warnings and log records pass as before: only the bars are off. Both switches are put back
+    as they were at the end, whatever happened.
+    """
+    if logging.getLogger("scope").isEnabledFor(logging.DEBUG):
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    try:
+        from transformers import modeling_gguf_pytorch_utils as hf_gguf
+    except ImportError:  # pragma: no cover (an older transformers without GGUF support)
+        hf_gguf = None
+    was_on = hf_logging.is_progress_bar_enabled()
+    bar = getattr(hf_gguf, "tqdm", None)
+    hf_logging.disable_progress_bar()
+    if bar is not None:
+        hf_gguf.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        if bar is not None:
+            hf_gguf.tqdm = bar
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -50,11 +88,12 @@ def _gguf_to_cache(gguf: Path, target: Path, sha: str) -> None:
     """Dequantize a GGUF file (slow) and save it as a plain Hugging Face checkpoint in `target`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log.info("dequantizing %s (once; the result is cached in %s)", gguf, target)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    hf_model = AutoModelForCausalLM.from_pretrained(
-        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
-    )
+    log.info("dequantizing %s once (about a minute; the result is cached in %s)", gguf, target)
+    with quiet_bars():
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        hf_model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        )
     check_config(hf_model.config, str(gguf))
     # The weights are dequantized now; with its quantizer attached save_pretrained refuses
     # (and the saved config would tell the next load to quantize again).
@@ -62,7 +101,7 @@ def _gguf_to_cache(gguf: Path, target: Path, sha: str) -> None:
     if hasattr(hf_model.config, "quantization_config"):
         del hf_model.config.quantization_config
     try:
-        with atomic_folder(target) as tmp:
+        with atomic_folder(target) as tmp, quiet_bars():
             hf_model.save_pretrained(str(tmp))
             tokenizer.save_pretrained(str(tmp))
             meta = {"format_version": CACHE_FORMAT_VERSION, "source": str(gguf), "sha256": sha}

@@ -23,7 +23,13 @@ from scope.base.hub import hub_error
 from scope.errors import ConfigError, PickleWeightsError, UnknownModelError, suggest
 from scope.model.bridge import check_config, make_bridge
 from scope.model.fast_path import hf_fast_path
-from scope.model.gguf import bundled_checkpoint, cache_dir, cached_tokenizer, gguf_checkpoint
+from scope.model.gguf import (
+    bundled_checkpoint,
+    cache_dir,
+    cached_tokenizer,
+    gguf_checkpoint,
+    quiet_bars,
+)
 from scope.model.names import ALIASES, BUNDLED, KNOWN, KnownModel, known_models, lookup
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -136,12 +142,15 @@ def _load_hf_dir(path: Path, model_name: str, spec: str, place: Placement, dtype
             tokenizer = _load_tokenizer(path)
         except (OSError, ValueError, TypeError) as exc:
             raise UnknownModelError(f"{path}: cannot load the tokenizer ({exc}); {fix}.") from exc
+    log.info("loading %s weights from %s", model_name, path)
     try:
         # eager: TransformerLens reimplements attention eagerly (hook_pattern etc.), and
         # soft-capping is only exact in eager attention; generate switches to SDPA itself.
-        hf_model = _hf_model_class(hf_config).from_pretrained(
-            str(path), dtype=dtype, attn_implementation="eager", use_safetensors=True,
-            **place.kwargs())
+        # transformers' "Loading weights" bar is off (the line above says it; -v shows it).
+        with quiet_bars():
+            hf_model = _hf_model_class(hf_config).from_pretrained(
+                str(path), dtype=dtype, attn_implementation="eager", use_safetensors=True,
+                **place.kwargs())
     except OSError as exc:  # no or unreadable weight files
         raise UnknownModelError(
             f"{path}: cannot load the weights ({exc}); the folder needs model*.safetensors "

@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 #: features per `features_START_END.safetensors` file
 FEATURE_SHARD_SIZE = 4096
+#: seconds between "still computing" lines while decoder tables compute without a bar
+HEARTBEAT_S = 10.0
 
 
 class ExtractionRun:
@@ -88,9 +90,7 @@ class ExtractionRun:
             manifest = self._new_manifest()
             write_manifest(self.out, manifest)  # claims the folder first: the rest is its own
             self._write_vocab()
-            write_tables(self.out, manifest,
-                         {e.dir: decoder_tables(self.model, s, logits=self.config["logits"])
-                          for e, s in zip(manifest.saes, self.saes, strict=True)})
+            write_tables(self.out, manifest, self._decoder_tables(manifest))
             write_manifest(self.out, manifest)
             self.manifest = manifest
             self.accs = [BlockedAccumulator(s.cfg.d_sae, self.ctx, self.config["top_k"],
@@ -98,6 +98,18 @@ class ExtractionRun:
             self.pool = WindowPool()
         self._loop()
         self._checkpoint(S.STATUS_COMPLETE)
+
+    def _decoder_tables(self, manifest: S.Manifest) -> dict[str, dict]:
+        """Every SAE's decoder tables (`decoder_tables`), each announced with its size and
+        timed, with live progress while one computes (`TablesProgress`)."""
+        out = {}
+        with TablesProgress(len(self.saes), self.progress) as progress:
+            for entry, sae in zip(manifest.saes, self.saes, strict=True):
+                n_vocab = min(int(self.model.cfg.d_vocab), len(self.tokenizer))
+                progress.start(entry.name, sae.cfg.d_sae, n_vocab, self.config["logits"])
+                out[entry.dir] = decoder_tables(self.model, sae, logits=self.config["logits"])
+                progress.done()
+        return out
 
     def _remove_unstarted(self) -> None:
         """A run that stopped before its first checkpoint leaves nothing behind in --out."""
@@ -200,6 +212,71 @@ class ExtractionRun:
             tool_version=_tool_version(), shard=self.config["shard"], sum_bits=SUM_BITS,
             n_logits=N_LOGITS, n_neighbours=N_NEIGHBOURS,
             token_sketch={"depth": SKETCH_DEPTH, "width": SKETCH_WIDTH}, created=now)
+
+
+class TablesProgress:
+    """Live progress of the decoder tables (about a minute per 16k features on 2 CPU cores).
+
+    Each SAE's tables are announced with their size and timed in log lines (INFO, the CLI's
+    default level). While one computes, a bar shows `n/N SAEs` and the elapsed seconds,
+    refreshed every second (`bar=True`; log lines go through tqdm so they do not break it),
+    or, without a bar (`--no-progress`), a "still computing" line every `heartbeat` seconds:
+    no step is silent for longer than that.
+    """
+
+    def __init__(self, n: int, bar: bool, heartbeat: float | None = None) -> None:
+        self.n, self.use_bar, self.heartbeat = n, bar, heartbeat or HEARTBEAT_S
+        self.i, self.name, self.t0 = 0, "", time.monotonic()
+        self._bar = self._redirect = None
+        self._stop = threading.Event()
+        self._ticker = threading.Thread(target=self._tick, daemon=True,
+                                        name="scope-tables-progress")
+
+    def __enter__(self) -> TablesProgress:
+        if self.use_bar:
+            from tqdm.auto import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            self._redirect = logging_redirect_tqdm()
+            self._redirect.__enter__()
+            self._bar = tqdm(total=self.n, desc="decoder tables", dynamic_ncols=True,
+                             bar_format="{desc}: {n_fmt}/{total_fmt} SAEs [{elapsed}]")
+        self._ticker.start()
+        return self
+
+    def start(self, name: str, d_sae: int, d_vocab: int, logits: bool) -> None:
+        """SAE number `i + 1` (named `name`, `d_sae` features) starts its tables."""
+        self.name, self.t0 = name, time.monotonic()
+        what = (f"top logit effects over {d_vocab:,} tokens and " if logits else "") + \
+            "nearest decoder neighbours"
+        log.info("decoder tables %d/%d, SAE %s (%s features): %s", self.i + 1, self.n, name,
+                 f"{d_sae:,}", what)
+        if self._bar is not None:
+            self._bar.set_description_str(f"decoder tables ({name})", refresh=True)
+
+    def done(self) -> None:
+        """The current SAE's tables are computed."""
+        self.i += 1
+        if self._bar is not None:
+            self._bar.update(1)
+        log.info("decoder tables %d/%d, SAE %s: done in %.0f s", self.i, self.n, self.name,
+                 time.monotonic() - self.t0)
+
+    def _tick(self) -> None:
+        every = 1.0 if self._bar is not None else self.heartbeat
+        while not self._stop.wait(every):
+            if self._bar is not None:
+                self._bar.refresh()
+            elif self.i < self.n:
+                log.info("decoder tables %d/%d, SAE %s: still computing, %.0f s so far",
+                         self.i + 1, self.n, self.name, time.monotonic() - self.t0)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._ticker.join()
+        if self._bar is not None:
+            self._bar.close()
+            self._redirect.__exit__(None, None, None)
 
 
 def _encoder(sae, x: torch.Tensor, n_blocks: int) -> torch.Tensor | BlockEncoder:

@@ -1,8 +1,9 @@
 """Pure rendering helpers for the dashboard (no Streamlit, no store, no model).
 
-`text` escapes and formats (the one escaping function, `md_text`, lives there), `tokens` builds
-the HTML of shaded tokens and tables, `figures` the plotly charts, `prompt` the inspector's
-rankings and the steering box's parsing. Pages use them as `render.NAME`.
+`text` escapes and formats (the one escaping function, `md_text`, lives there), `table` sizes
+grid columns to fit a 900 px window, `tokens` builds the HTML of shaded tokens and tables,
+`figures` the plotly charts, `prompt` the inspector's rankings and the steering box's parsing.
+Pages use them as `render.NAME`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from scope.dashboard.render.prompt import (
     steering_rows,
     top_features_per_token,
 )
+from scope.dashboard.render.table import FIT_PX, TableLayout, fit_table, table_height
 from scope.dashboard.render.text import (
     as_int,
     describe_corpus,
@@ -83,6 +85,10 @@ __all__ = [
     "steering_rows",
     "store_caption",
     "store_error_message",
+    "FIT_PX",
+    "fit_table",
+    "table_height",
+    "TableLayout",
     "LAYOUT_CSS",
     "TOKEN_CSS",
     "tokens_html",

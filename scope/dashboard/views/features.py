@@ -107,17 +107,32 @@ if not rows:
 if all(r["score"] is None for r in rows):  # no explanation scores on this page: no empty column
     for r in rows:
         del r["score"]
+# Column widths fit a 900 px window beside the sidebar (wider ones stretch them); rows grow to
+# wrap the page's longest label, so neither the table scrolls sideways nor a label is cut.
+WIDTHS = {"feature": 64, "score": 54, "density": 70, "firings": 66, "max act": 54,
+          "mean act": 54, "relevance": 54}
+fit = render.fit_table({k: w for k, w in WIDTHS.items() if k in rows[0]}, "label",
+                       (r["label"] for r in rows), selectable=True)
+w = fit.widths
 event = st.dataframe(
     rows, hide_index=True, on_select="rerun", selection_mode="single-row", key="fl_table",
-    height=min(36 * (len(rows) + 1) + 2, 720), width="stretch",
+    height=render.table_height(len(rows), fit.row_height), width="stretch",
+    row_height=fit.row_height,
     column_config={
-        "feature": st.column_config.NumberColumn("feature", format="%d", width="small"),
-        "label": st.column_config.TextColumn("label / explanation", width="large"),
-        "score": st.column_config.NumberColumn("score", format="%.2f", width="small",
+        "feature": st.column_config.NumberColumn("feature", format="%d", width=w["feature"]),
+        "label": st.column_config.TextColumn("label / explanation", width=w["label"]),
+        "score": st.column_config.NumberColumn("score", format="%.2f", width=w.get("score"),
                                                help="explanation's detection score"),
-        "firings": st.column_config.NumberColumn("firings", format="localized"),
-        "max act": st.column_config.NumberColumn("max act", format="%.3g"),
-        "mean act": st.column_config.NumberColumn("mean act", format="%.3g"),
+        "density": st.column_config.TextColumn("density", width=w["density"]),
+        "firings": st.column_config.NumberColumn("firings", format="localized",
+                                                 width=w["firings"]),
+        "max act": st.column_config.NumberColumn("max", format="%.3g", width=w["max act"],
+                                                 help="max activation"),
+        "mean act": st.column_config.NumberColumn("mean", format="%.3g", width=w["mean act"],
+                                                  help="mean activation"),
+        "relevance": st.column_config.NumberColumn("rel.", format="%.2f",
+                                                   width=w.get("relevance"),
+                                                   help="BM25 relevance to the query"),
     },
 )
 chosen = event.selection.rows if event and event.selection else []

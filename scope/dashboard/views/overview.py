@@ -41,7 +41,7 @@ for name in store.sae_names:
         "d_sae": info.get("d_sae"),
         "Neuronpedia": info.get("neuronpedia_id") or "",
     })
-st.dataframe(rows, hide_index=True)
+st.table(rows)  # a static table: its cells wrap (LAYOUT_CSS), so it fits any width
 
 dens = data.densities(path, sae)
 summary = render.density_summary(dens)

@@ -157,7 +157,12 @@ if result:
         for f, applied in run["applied"].items():
             rows.append({"feature": f, "label": names[f][:80], "mode": result["mode"],
                          "strength": run["strengths"][f], "applied (raw)": round(applied, 3)})
-    st.dataframe(rows, hide_index=True)
+    fit = render.fit_table({"feature": 64, "mode": 56, "strength": 72, "applied (raw)": 100},
+                           "label", (r["label"] for r in rows))
+    st.dataframe(rows, hide_index=True, row_height=fit.row_height,
+                 height=render.table_height(len(rows), fit.row_height, most=420),
+                 column_config={k: st.column_config.Column(width=v)
+                                for k, v in fit.widths.items()})
     if "losses" not in result:
         with st.spinner("Measuring drift…"):
             result["losses"] = data.drift(path, result["prompt"],
