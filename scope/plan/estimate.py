@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 TASKS = ("extract", "attribute")
 #: seconds of Python per block per forward pass (bridge hook points, norms, eager attention)
 LAYER_OVERHEAD_S = 1.5e-3
+#: a graph's backward pass over its forward FLOP (activation gradients only, plus the
+#: elementwise backward kernels), fitted on three measured graphs: the plan test's tiny one,
+#: and the bundled model's with its 18 transcoders and with the four demo SAEs
+BACKWARD_FLOP_FACTOR = 1.5
 #: seconds of Python per (position, SAE) product when a batch of graph rows is filled
 PRODUCT_OVERHEAD_S = 5e-6
 #: seconds per batch outside the blocks (tokenising, the accumulator's ~40 small kernels, tqdm)
@@ -143,6 +147,16 @@ def _block_flops(model: ModelShape, ctx: int) -> float:
     return 2 * model.layer_params + 4 * ctx * model.n_heads * model.d_head
 
 
+def _backward_block_flops(model: ModelShape, ctx: int, mlp_replaced: bool) -> float:
+    """FLOP per token of one block in a graph's backward pass: gradients of activations only
+    (no weight gradients), attention patterns frozen (no Q/K path), and no MLP where a
+    transcoder's write (a leaf) replaces it."""
+    d, h = model.d_model, model.d_head
+    qk = 2 * d * h * (model.n_heads + model.n_kv_heads)
+    mlp = 2 * 3 * d * model.d_mlp if mlp_replaced else 0
+    return _block_flops(model, ctx) - qk - mlp
+
+
 def _extract(model: ModelShape, saes: list[SAEShape], dev: DeviceInfo, tokens: int, ctx: int,
              batch_size: int, top_k: int, logits: bool, checkpoint_every: float
              ) -> tuple[dict, dict, float, M.StoreBytes, int, int]:
@@ -198,7 +212,10 @@ def _attribute(model: ModelShape, saes: list[SAEShape], dev: DeviceInfo, n_pos: 
     full = -(-max_logits // B) + rounds * depth  # backward passes, in whole-model units
     per_tok = model.n_layers * _block_flops(model, n_pos)
     fwd = n_pos * per_tok * 3 + B * n_pos * per_tok  # clean, splice check, plain; the graph pass
-    bwd = full * 2 * B * n_pos * per_tok
+    replaced = {s.layer for s in saes if not s.residual}  # blocks whose MLP a transcoder replaces
+    bwd_per_tok = sum(_backward_block_flops(model, n_pos, L in replaced)
+                      for L in range(model.n_layers))
+    bwd = full * BACKWARD_FLOP_FACTOR * B * n_pos * bwd_per_tok
     fill = passes * B * g.active_features * 2 * max(s.d_out or s.d_in for s in saes)
     # ranking before each round: (distinct layers + 1) products of the influence vector with the
     # rows filled so far (on average half the feature rows), and each row normalised once (|.|

@@ -218,6 +218,17 @@ def _layer_of(hook: str | None, default: int) -> int:
     return -1 if layer is None else layer
 
 
+def _trained_l0(extra: Mapping) -> float:
+    """A loaded SAE's L0: its config's `l0`, else the held-out L0 scope's trainer reported
+    (`report.l0` for a transcoder, `report.heldout.l0` for an SAE), else `DEFAULT_L0`."""
+    report = extra.get("report") if isinstance(extra.get("report"), Mapping) else {}
+    held = report.get("heldout") if isinstance(report.get("heldout"), Mapping) else {}
+    for value in (extra.get("l0"), report.get("l0"), held.get("l0")):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            return float(value)
+    return float(DEFAULT_L0)
+
+
 def _residual(hook: str | None) -> bool:
     """A site on the residual stream (no hook name: a residual SAE, the common case)."""
     return hook is None or "resid" in str(hook)
@@ -263,7 +274,7 @@ def sae_shape(sae: Any, dtype: str = "float32") -> SAEShape:
     if cfg is not None and hasattr(cfg, "d_sae"):
         return SAEShape(name=cfg.name, d_in=cfg.d_in, d_sae=cfg.d_sae,
                         layer=_layer_of(cfg.hook_name, 0), d_out=cfg.d_out,
-                        l0=float(cfg.extra.get("l0", DEFAULT_L0) or DEFAULT_L0),
+                        l0=_trained_l0(cfg.extra),
                         dtype=str(sae.W_enc.dtype).removeprefix("torch."),
                         residual=_residual(cfg.hook_name))
     text = os.fspath(sae)
