@@ -241,6 +241,10 @@ for rank, n in enumerate(feats[:50], 1):
                   "activation": round(n.activation, 3), "feature": n.feature,
                   "layer": n.layer, "pos": n.position, "token": n.token,
                   "label": _label(n.sae, n.feature), "page": _feature_link(n.sae, n.feature)})
+if table and not any(r["label"] or r["page"] for r in table):  # e.g. transcoders: not in the store
+    table = [{k: v for k, v in r.items() if k not in ("label", "page")} for r in table]
+    st.caption("These dictionaries are not in this store, so their features have no labels or "
+               "pages here (extract a store of them for both).")
 st.dataframe(table, hide_index=True, column_config={
     "page": st.column_config.LinkColumn("page", display_text="open")})
 
