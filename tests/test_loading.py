@@ -314,6 +314,9 @@ def test_bundled_transcoders_every_layer_with_its_report():
         assert 0 <= rec["fvu"] < 1 and rec["ce_clean"] < rec["ce_zero_ablation"]
         assert rec["ce_loss_score"] == pytest.approx(
             (rec["ce_zero_ablation"] - rec["ce_spliced"]) / (rec["ce_zero_ablation"] - rec["ce_clean"]))
-    assert "usable_for_attribution" in report["quality"]  # a reader must see the verdict
+    from scope.train.tc_eval import quality_verdict
+
+    assert report["quality"] == quality_verdict(report["layers"])  # a reader sees the verdict
+    assert report["quality"]["usable_for_attribution"] is True
     size = sum(p.stat().st_size for p in SHIPPED_TC.rglob("*") if p.is_file())
     assert size < 70 * 2**20

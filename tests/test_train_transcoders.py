@@ -254,3 +254,17 @@ def test_recipe_parses_on_the_command_line():
     got = TrainConfig(*configs)
     assert got == TrainConfig.from_flat(yaml.safe_load(path.read_text()))
     assert got.transcoder.kind == "transcoder" and got.transcoder.skip
+
+
+def test_quality_verdict_follows_its_stated_rule():
+    from scope.train.tc_eval import quality_verdict
+
+    def layers(*scores):
+        return {str(i): {"ce_loss_score": s, "ce_tokens": 100} for i, s in enumerate(scores)}
+
+    good = quality_verdict(layers(0.9, 0.6, 0.7, 0.8, 0.5, 0.65, 0.7, -0.1))
+    assert good["usable_for_attribution"] is True and good["layers_with_nonpositive_ce_loss_score"] == [7]
+    assert good["median_ce_loss_score"] == pytest.approx(0.675)
+    assert quality_verdict(layers(0.9, 0.6, 0.0, -0.2))["usable_for_attribution"] is False  # 2 of 4
+    assert quality_verdict(layers(0.4, 0.45, 0.3))["usable_for_attribution"] is False  # median 0.4
+    assert quality_verdict({"0": {"fvu": 0.1}})["usable_for_attribution"] is None

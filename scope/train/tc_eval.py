@@ -115,6 +115,35 @@ def evaluate_transcoders(model: Any, transcoders: list[Any], windows: torch.Tens
     return out
 
 
+#: the verdict's rule: splices that beat deleting the MLP on most layers, by a clear margin
+MIN_MEDIAN_CE_LOSS_SCORE = 0.5
+MAX_NONPOSITIVE_LAYERS_SHARE = 0.125
+
+
+def quality_verdict(layers: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """`report.json`'s "quality": whether a set of per-layer transcoders is fit to attribute with.
+
+    Usable when the median CE loss score is at least `MIN_MEDIAN_CE_LOSS_SCORE` and at most
+    `MAX_NONPOSITIVE_LAYERS_SHARE` of the layers splice no better than zeroing their MLP (score
+    <= 0). Whether attributions on them agree with removal is a separate, measured check
+    (`attribute`'s ablation check; docs/attribution.md).
+    """
+    scores = {int(k): rec.get("ce_loss_score") for k, rec in layers.items()}
+    if not scores or any(v is None for v in scores.values()):
+        return {"usable_for_attribution": None, "rule": "no CE loss score was measured"}
+    bad = sorted(k for k, v in scores.items() if not v > 0)
+    ordered = sorted(scores.values())
+    mid = len(ordered) // 2
+    median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    usable = median >= MIN_MEDIAN_CE_LOSS_SCORE and len(bad) <= (
+        MAX_NONPOSITIVE_LAYERS_SHARE * len(scores))
+    return {"usable_for_attribution": bool(usable), "median_ce_loss_score": median,
+            "layers_with_nonpositive_ce_loss_score": bad,
+            "ce_eval_targets": int(next(iter(layers.values())).get("ce_tokens", 0)),
+            "rule": f"median CE loss score >= {MIN_MEDIAN_CE_LOSS_SCORE} and at most "
+                    f"{MAX_NONPOSITIVE_LAYERS_SHARE:.1%} of layers <= 0"}
+
+
 def _keeper(got: dict[str, torch.Tensor], name: str):
     def fn(a: torch.Tensor) -> None:
         got[name] = a.detach().clone()

@@ -318,7 +318,7 @@ def finish(model: Any, layers: list[LayerTrainer], cfg: TrainConfig, report: dic
     """Fold, evaluate on held-out text and save every layer; (transcoders, out folder, report)."""
     from scope.pipeline.corpus import token_windows
     from scope.pipeline.demo_corpus import corpus_for
-    from scope.train.tc_eval import ABLATION, evaluate_transcoders
+    from scope.train.tc_eval import ABLATION, evaluate_transcoders, quality_verdict
 
     model_name = getattr(model.cfg, "model_name", "") or cfg.data.model
     inference = [to_inference(lt, cfg, d_in=d_in, d_out=d_out, model_name=model_name)
@@ -344,6 +344,7 @@ def finish(model: Any, layers: list[LayerTrainer], cfg: TrainConfig, report: dic
                          "every evaluated position (BOS/outliers keep theirs)",
                          "eval_seconds": round(time.time() - t0, 1)}
     report["layers"] = {str(lt.layer): rec for lt, rec in zip(layers, per_layer, strict=True)}
+    report["quality"] = quality_verdict(report["layers"])
     report["config"] = cfg.to_flat()
     saved = []
     for lt, tc, rec in zip(layers, inference, per_layer, strict=True):

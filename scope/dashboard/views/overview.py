@@ -41,7 +41,10 @@ for name in store.sae_names:
         "d_sae": info.get("d_sae"),
         "Neuronpedia": info.get("neuronpedia_id") or "",
     })
-st.table(rows)  # a static table: its cells wrap (LAYOUT_CSS), so it fits any width
+# a static table: its cells wrap (LAYOUT_CSS), so it fits any width; st.table renders cells as
+# Markdown, so every string from the manifest is escaped (a name must not become a live link)
+st.table([{k: render.md_text(v) if isinstance(v, str) else v for k, v in r.items()}
+          for r in rows])
 
 dens = data.densities(path, sae)
 summary = render.density_summary(dens)
