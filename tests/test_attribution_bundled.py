@@ -26,10 +26,12 @@ def bundled():
 
 
 def _removed(model, sae, tokens, t, p, k, a):
+    """The target logit with a_k W_dec[k] subtracted at position p from the site `sae` writes
+    (its hook for a residual SAE, the MLP output for a transcoder), by a plain hook."""
     delta = torch.zeros(tokens.shape[1], sae.W_dec.shape[1])
     delta[p] = a * sae.W_dec[k].float()
-    with torch.no_grad(), model.hooks(fwd_hooks=[(sae.cfg.hook_name, lambda x, hook: x - delta.to(
-            x.dtype))]):
+    site = sae.cfg.hook_name_out or sae.cfg.hook_name
+    with torch.no_grad(), model.hooks(fwd_hooks=[(site, lambda x, hook: x - delta.to(x.dtype))]):
         return float(model(tokens)[0, -1, t])
 
 
@@ -39,26 +41,33 @@ def _pearson(a, b):
     return float(x @ y / (x.norm() * y.norm()))
 
 
-@pytest.mark.parametrize(("prompt", "target"), CASES)
-def test_default_method_agrees_with_measured_removal(bundled, prompt, target):
+def _check_top8(model, saes, prompt, target, method):
+    """The default method's top 8 against their measured removal: >= 6/8 signs, r >= 0.8."""
     import scope
 
-    model, sae = bundled
-    r = scope.attribute(model, sae, prompt, target, ablation_k=8)
-    assert r.method == "ig" and r.splice_max_rel_error <= 1e-5
+    r = scope.attribute(model, saes, prompt, target, ablation_k=8)
+    assert r.method == method and r.splice_max_rel_error <= 1e-5
     tokens = model.to_tokens(prompt)
     t = model.tokenizer.encode(target, add_special_tokens=False)[0]
     with torch.no_grad():
         clean = float(model(tokens)[0, -1, t])
+    by_name = {s.cfg.name: s for s in saes}
     top = r.features()[:8]
     predicted = [-n.attribution for n in top]
-    measured = [_removed(model, sae, tokens, t, n.position, n.feature, n.activation) - clean
-                for n in top]
+    measured = [_removed(model, by_name[n.sae], tokens, t, n.position, n.feature, n.activation)
+                - clean for n in top]
     assert r.ablation_check.measured == pytest.approx(measured, abs=1e-3)
     signs = sum((p > 0) == (m > 0) for p, m in zip(predicted, measured, strict=True))
     assert signs >= 6
     assert _pearson(predicted, measured) >= 0.8
     assert r.ablation_check.agrees
+    return r
+
+
+@pytest.mark.parametrize(("prompt", "target"), CASES)
+def test_default_method_agrees_with_measured_removal(bundled, prompt, target):
+    model, sae = bundled
+    r = _check_top8(model, [sae], prompt, target, "ig")
     # the site's IG sums to the exact effect of removing all its features
     s, exact = r.extra["ig_completeness"][sae.cfg.name]
     assert s == pytest.approx(exact, rel=0.05, abs=0.05)
@@ -89,33 +98,10 @@ def test_bundled_multi_layer_graph_of_the_target(bundled, tmp_path):
 @pytest.mark.parametrize(("prompt", "target"), CASES)
 def test_transcoders_default_method_agrees_with_measured_removal(bundled, prompt, target):
     """The bundled transcoders (every layer) under the default method (grad for transcoders:
-    8/8 signs, r 0.95 and 0.81 measured, docs/attribution.md): each top-8 feature's decoder
-    contribution is subtracted from its layer's MLP output by an independent hook."""
-    import scope
+    8/8 signs, r 0.95 and 0.81 measured, docs/attribution.md)."""
     from scope.saes.loading import load_saes
 
     model, _ = bundled
     tcs = load_saes("bundled/transcoders", model=model)
     assert len(tcs) == model.cfg.n_layers
-    r = scope.attribute(model, tcs, prompt, target, ablation_k=8)
-    assert r.method == "grad" and r.splice_max_rel_error <= 1e-5
-    tokens = model.to_tokens(prompt)
-    t = model.tokenizer.encode(target, add_special_tokens=False)[0]
-    with torch.no_grad():
-        clean = float(model(tokens)[0, -1, t])
-    top = r.features()[:8]
-    by_name = {tc.cfg.name: tc for tc in tcs}
-    predicted = [-n.attribution for n in top]
-    measured = []
-    for n in top:
-        tc = by_name[n.sae]
-        delta = torch.zeros(tokens.shape[1], tc.W_dec.shape[1])
-        delta[n.position] = n.activation * tc.W_dec[n.feature].float()
-        with torch.no_grad(), model.hooks(fwd_hooks=[(tc.cfg.hook_name_out, lambda x, hook, d=delta:
-                                                      x - d.to(x.dtype))]):
-            measured.append(float(model(tokens)[0, -1, t]) - clean)
-    assert r.ablation_check.measured == pytest.approx(measured, abs=1e-3)
-    signs = sum((p > 0) == (m > 0) for p, m in zip(predicted, measured, strict=True))
-    assert signs >= 6
-    assert _pearson(predicted, measured) >= 0.8
-    assert r.ablation_check.agrees
+    _check_top8(model, tcs, prompt, target, "grad")
