@@ -24,17 +24,18 @@ DEFAULT_TOKENS = 131_072
 DEFAULT_CTX = 128
 
 
-#: measured on 2 shared CPU cores (this repo's machine): the extraction's rate, and the fixed
-#: costs the steps announce (docs/dashboard.md has the run)
-TOKENS_PER_S = 220
-TABLES_S = 60
+#: measured on 2 free CPU cores (this repo's machine, 2026-12-02: the whole first run, 131,072
+#: tokens, took 147 s at ~1,080 tokens/s, decoder tables 12 s); a busy machine is far slower
+#: (58 tokens/s was seen at load 15)
+TOKENS_PER_S = 1000
+TABLES_S = 15
 
 
 def demo_cost(tokens: int = DEFAULT_TOKENS) -> str:
     """The first run's cost in words, for --help and the extraction step."""
     minutes = (tokens / TOKENS_PER_S + TABLES_S + 30) / 60
     return (f"about {max(1, round(minutes))} min for {tokens:,} tokens on 2 free CPU cores "
-            f"(~{TOKENS_PER_S} tokens/s), up to 4x that on a busy machine")
+            f"(~{TOKENS_PER_S:,} tokens/s); a busy machine can take 10x that")
 
 
 def build_demo_store(
@@ -132,9 +133,9 @@ class Demo:
     out: FOLDER = DEFAULT_OUT
     """store folder"""
     tokens: POSITIVE = DEFAULT_TOKENS
-    """tokens to extract over: the first run takes about 12 min for the default on 2 free CPU
-    cores (measured ~220 tokens/s plus a minute of decoder tables), up to 4x that on a busy
-    machine; a rerun reuses the store in seconds"""
+    """tokens to extract over: the first run takes about 3 min for the default on 2 free CPU
+    cores (measured: 147 s at ~1,080 tokens/s, decoder tables included); a busy machine can
+    take 10x that; a rerun reuses the store in seconds"""
     ctx: CTX = DEFAULT_CTX
     """context length incl. BOS"""
     batch_size: POSITIVE = 16
