@@ -312,3 +312,14 @@ def test_fit_table_fits_900_px_and_wraps_only_what_is_too_long():
     assert fit.widths["label"] == T.MIN_TEXT_PX and fit.lines == T.MAX_LINES
     assert render.fit_table(fixed, "label", []).lines == 1  # an empty page
     assert render.table_height(10, 35) == 10 * 35 + 38 and render.table_height(50, 35) == 760
+
+
+def test_short_sae_names_fit_the_sidebar_and_stay_distinct():
+    from scope.dashboard.render import short_sae_names
+
+    demo = "bundled/gemma-3-270m/blocks.9.hook_resid_post/width_4096"
+    assert short_sae_names([demo]) == {demo: "L9 resid_post · 4096"}
+    two = ["r/m/blocks.3.hook_resid_post/width_2048", "r/m/blocks.9.hook_resid_post/width_4096"]
+    assert list(short_sae_names(two).values()) == ["L3 resid_post · 2048", "L9 resid_post · 4096"]
+    clash = ["p/blocks.1.hook_z/width_16", "p/L1 z · 16"]
+    assert short_sae_names(clash) == {n: n for n in clash}  # never two SAEs under one name

@@ -77,9 +77,10 @@ def _pick_sae() -> None:
 
 
 with st.sidebar:
+    short = render.short_sae_names(names)
     st.selectbox(
-        "SAE", names, key="sae_box", on_change=_pick_sae,
-        help="The SAE (hook site) every page reads.",
+        "SAE", names, key="sae_box", on_change=_pick_sae, format_func=short.get,
+        help="The SAE (hook site) every page reads; its full name is shown below.",
     )
     st.caption(render.md_text(st.session_state["sae"]))  # the full name, wrapped
     st.caption(render.store_caption(Path(path).name, store.manifest))

@@ -35,6 +35,7 @@ from scope.dashboard.render.text import (
     format_value,
     md_escape,
     md_text,
+    short_sae_names,
     store_caption,
     store_error_message,
 )
@@ -78,6 +79,7 @@ __all__ = [
     "logit_table_html",
     "md_escape",
     "md_text",
+    "short_sae_names",
     "neighbours_html",
     "parse_steering",
     "prompt_features",

@@ -130,3 +130,28 @@ def explanation_caption(explanation: tuple[str, float | None, str] | None) -> st
     how = (f"detection score {score:.2f} (0.5 = chance, 1 = perfect)" if score is not None
            else "not scored")
     return f"Explanation by {md_text(explainer or 'unknown')} · {how}"
+
+
+def short_sae_names(names: list[str]) -> dict[str, str]:
+    """Short display names for the sidebar's SAE box (the full name is shown beneath it): the
+    path segments every name shares at the front dropped (all but the last two for one SAE),
+    `blocks.N.hook_` written `LN `, `/width_` written ` · `. Full names wherever two collide.
+
+    >>> short_sae_names(["bundled/gemma-3-270m/blocks.9.hook_resid_post/width_4096"])
+    {'bundled/gemma-3-270m/blocks.9.hook_resid_post/width_4096': 'L9 resid_post · 4096'}
+    """
+    parts = [n.split("/") for n in names]
+    common = 0
+    if len(parts) == 1:
+        common = max(0, len(parts[0]) - 2)
+    else:
+        while all(len(p) > common + 1 for p in parts) and len({p[common] for p in parts}) == 1:
+            common += 1
+    short = {}
+    for name, p in zip(names, parts, strict=True):
+        text = "/".join(p[common:])
+        text = re.sub(r"\bblocks\.(\d+)\.hook_", r"L\1 ", text).replace("/width_", " · ")
+        short[name] = text or name
+    if len(set(short.values())) < len(short):
+        return {n: n for n in names}
+    return short

@@ -225,7 +225,9 @@ LAYOUT_CSS = (
     '[data-testid="stBaseButton-secondary"] *,[data-testid="stBaseButton-primary"] *,'
     '[data-testid="stBaseLinkButton-secondary"] *{white-space:normal;overflow:visible;'
     "text-overflow:clip}"
-    '[data-testid="stTable"] td,[data-testid="stTable"] th{overflow-wrap:anywhere}'
+    '[data-testid="stTable"] table{table-layout:fixed;width:100%}'
+    '[data-testid="stTable"] td,[data-testid="stTable"] th{overflow-wrap:anywhere;'
+    'word-break:break-word}'
     # a toggle's or checkbox's text wraps inside its column instead of running over the next
     '[data-testid="stCheckbox"] p{white-space:normal}'
     # up to 1100 px the sidebar takes 16rem, not 300 px: a 900 px window keeps 644 px for the
