@@ -156,7 +156,11 @@ def test_sae_selector_switches_every_page(store_path, monkeypatch):
     store = scope.open_store(store_path)
     first, second = store.sae_names
     at = ok(app_for(store_path, monkeypatch, feature=100))
-    assert at.selectbox(key="sae_box").options == [first, second]
+    from scope.dashboard.render import short_sae_names
+
+    short = short_sae_names([first, second])  # the box shows short names, holds full ones
+    assert at.selectbox(key="sae_box").options == [short[first], short[second]]
+    assert at.selectbox(key="sae_box").value == first
     assert at.session_state["sae"] == first and at.session_state["feature"] == 100
     at.selectbox(key="sae_box").set_value(second).run()
     ok(at)
