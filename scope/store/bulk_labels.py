@@ -120,17 +120,23 @@ class AutoLabels(Sequence):
     def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
-        i = int(i)
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(f"feature {i} out of range (d_sae={len(self)})")
+        i = _row(i, len(self))
         return self._all[i] if self._all is not None else self._one(i)
 
     def __iter__(self):
         if self._all is None:
             self._all = [self._one(i) for i in range(len(self))]
         return iter(self._all)
+
+
+def _row(i, n: int) -> int:
+    """Index `i` of a column of `n` features as a row number (negative counts from the end)."""
+    i = int(i)
+    if i < 0:
+        i += n
+    if not 0 <= i < n:
+        raise IndexError(f"feature {i} out of range (d_sae={n})")
+    return i
 
 
 class LabelColumn(Sequence):
@@ -146,15 +152,9 @@ class LabelColumn(Sequence):
     def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
-        i = int(i)
-        if i < 0:
-            i += len(self)
+        i = _row(i, len(self))
         text = self._texts.get(i)
-        if text is not None or self._only:
-            if not 0 <= i < len(self):
-                raise IndexError(f"feature {i} out of range (d_sae={len(self)})")
-            return text
-        return self._auto[i]
+        return text if text is not None or self._only else self._auto[i]
 
     def __iter__(self):
         if self._only:
