@@ -126,6 +126,15 @@ def cli_extract(*extra: str):
     return argv
 
 
+def cli_store(root):
+    """cli_files in `root`, then `scope extract` of its `sae` into ROOT/out; returns `root`."""
+    from scope.cli.main import main
+
+    cli_files(root)
+    assert main(cli_extract()(root)) == 0
+    return root
+
+
 def cli_eval(*extra: str):
     def argv(root) -> list[str]:
         args = ["eval", "--model", cli_model(), "--sae", str(root / "sae"), "--corpus",

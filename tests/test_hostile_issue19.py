@@ -16,9 +16,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from extract_helpers import cli_extract as _extract
 from extract_helpers import cli_files as _files
 from extract_helpers import cli_model as _model
+from extract_helpers import cli_store as _cli_store
 from extract_helpers import synthetic_sae
 from hostile import Case, params, run_case
 
@@ -39,12 +39,7 @@ _SRC: list[Path] = []  # [the module's cli_files root with `out`, the explorer s
 @pytest.fixture(scope="module")
 def cli_store(tmp_path_factory) -> Path:
     """cli_files + `scope extract` of its `sae` into ROOT/out (the spec recorded is ROOT/sae)."""
-    from scope.cli.main import main
-
-    root = tmp_path_factory.mktemp("h19_cli")
-    _files(root)
-    assert main(_extract()(root)) == 0
-    return root
+    return _cli_store(tmp_path_factory.mktemp("h19_cli"))
 
 
 @pytest.fixture(scope="module")

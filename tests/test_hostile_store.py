@@ -16,6 +16,7 @@ import pytest
 from extract_helpers import cli_extract as _extract
 from extract_helpers import cli_files as _files
 from extract_helpers import cli_steer as _steer
+from extract_helpers import cli_store as _cli_store
 from hostile import REPO, Case, params, run_case
 
 from scope.errors import StoreCorruptError, StoreError, StoreOutsideError
@@ -24,12 +25,7 @@ from scope.store import read_manifest
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
-    from scope.cli.main import main
-
-    root = tmp_path_factory.mktemp("hostile_store")
-    _files(root)
-    assert main(_extract()(root)) == 0
-    return root
+    return _cli_store(tmp_path_factory.mktemp("hostile_store"))
 
 
 _SRC: list[Path] = []
