@@ -21,7 +21,6 @@ make another store, never a silently different one).
 from __future__ import annotations
 
 import ast
-import dataclasses
 import functools
 import hashlib
 import logging
@@ -190,5 +189,5 @@ def corpus_for(spec: str, split: str = "train") -> Corpus:
     (every prose document, as many code documents beside them), anything else as `Corpus` reads it.
     """
     if spec == SOURCE:
-        return dataclasses.replace(Corpus(source=SOURCE, texts=_all_texts()), split=split)
+        return Corpus(source=SOURCE, texts=_all_texts(), split=split)
     return Corpus(source=spec, split=split)

@@ -207,9 +207,10 @@ def _attribute(model: ModelShape, saes: list[SAEShape], dev: DeviceInfo, n_pos: 
     # each round runs every SAE's share as its own (partly filled) backward pass, which crosses
     # only the blocks below that SAE's read site; the logit rows cross every block
     rounds = -(-(g.rows - max_logits) // (B * max(1, len(saes))))
-    passes = -(-max_logits // B) + rounds * max(1, len(saes))
+    logit_passes = -(-max_logits // B)
+    passes = logit_passes + rounds * max(1, len(saes))
     depth = sum(_backward_blocks(s, saes) / model.n_layers for s in saes)
-    full = -(-max_logits // B) + rounds * depth  # backward passes, in whole-model units
+    full = logit_passes + rounds * depth  # backward passes, in whole-model units
     per_tok = model.n_layers * _block_flops(model, n_pos)
     fwd = n_pos * per_tok * 3 + B * n_pos * per_tok  # clean, splice check, plain; the graph pass
     replaced = {s.layer for s in saes if not s.residual}  # blocks whose MLP a transcoder replaces

@@ -241,6 +241,7 @@ def _from_cfg_json(path: Path) -> SAEShape:
     hook = c.get("hook_name") or meta.get("hook_name")
     return SAEShape(name=str(path.parent), d_in=int(c["d_in"]), d_sae=int(c["d_sae"]),
                     layer=_layer_of(hook, 0), d_out=c.get("d_out"),
+                    l0=_trained_l0(c.get("extra") if isinstance(c.get("extra"), Mapping) else {}),
                     dtype=str(c.get("dtype", "float32")), residual=_residual(hook))
 
 

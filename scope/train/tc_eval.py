@@ -16,6 +16,7 @@ are not special tokens. One clean forward pass per batch captures every layer's 
 from __future__ import annotations
 
 import logging
+import statistics
 import time
 from typing import Any
 
@@ -132,9 +133,7 @@ def quality_verdict(layers: dict[str, dict[str, Any]]) -> dict[str, Any]:
     if not scores or any(v is None for v in scores.values()):
         return {"usable_for_attribution": None, "rule": "no CE loss score was measured"}
     bad = sorted(k for k, v in scores.items() if not v > 0)
-    ordered = sorted(scores.values())
-    mid = len(ordered) // 2
-    median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    median = statistics.median(scores.values())
     usable = median >= MIN_MEDIAN_CE_LOSS_SCORE and len(bad) <= (
         MAX_NONPOSITIVE_LAYERS_SHARE * len(scores))
     return {"usable_for_attribution": bool(usable), "median_ce_loss_score": median,

@@ -48,6 +48,11 @@ def _extra_sae(spec: str, _model):
     return load_sae(spec, model=_model)
 
 
+def _bundled_shape() -> bool:
+    """Whether the model has the bundled Gemma 3 270M's shape (its dictionaries fit it)."""
+    return (getattr(model.cfg, "d_model", None), getattr(model.cfg, "n_layers", None)) == (640, 18)
+
+
 @st.cache_resource(show_spinner="Loading the bundled transcoders…")
 def _transcoders(_model) -> list:
     from scope.saes.loading import load_saes
@@ -60,9 +65,8 @@ def _transcoders_fit() -> bool:
     from scope.errors import UnknownSAEError
     from scope.saes.bundled import set_members
 
-    shape = (getattr(model.cfg, "d_model", None), getattr(model.cfg, "n_layers", None))
     try:
-        return shape == (640, 18) and bool(set_members(TRANSCODERS))
+        return _bundled_shape() and bool(set_members(TRANSCODERS))
     except UnknownSAEError:  # not installed: the store's SAE only
         return False
 
@@ -70,7 +74,7 @@ def _transcoders_fit() -> bool:
 def _extra_choices() -> dict[str, str]:
     """Display name -> loader key for SAEs besides the selected one."""
     out = {n: f"store:{n}" for n in store.sae_names if n != sae_name}
-    if getattr(model.cfg, "d_model", None) == 640 and getattr(model.cfg, "n_layers", 0) == 18:
+    if _bundled_shape():
         from scope.attribution.inputs import expand_sae_specs
 
         for spec in expand_sae_specs(["bundled/all"]):
