@@ -99,7 +99,7 @@ def child(args) -> dict:
         result["neighbour_cpu_seconds"] = time.process_time() - cpu
         ext = sys.modules["scope.pipeline.extract"]
         # extraction calls the tables from the run module (scope.pipeline.run)
-        sys.modules["scope.pipeline.run"].decoder_tables = lambda model, s, logits=True: {
+        sys.modules["scope.pipeline.run"].decoder_tables = lambda model, s, logits=True, **_: {
             **ext.decoder_logits(model, s, enabled=False), **neighbours}
         with tempfile.TemporaryDirectory() as tmp:
             start, cpu = time.perf_counter(), time.process_time()

@@ -27,13 +27,6 @@ sys.path.insert(0, str(ROOT / "tests"))
 WIDE = 1_048_576
 
 
-def approx_flop(F: int, d: int, probe: int, cand: int, iters: int, per_cell: int) -> float:
-    """FLOP of the approximate mode (full rows): k-means, finding cells, scanning, re-ranking."""
-    cells = round(math.sqrt(probe * F))
-    return 2.0 * d * (per_cell * cells * cells * iters + F * cells + F * probe * F / cells
-                      + F * cand)
-
-
 def main() -> int:
     import torch
     from test_neighbours import planted
@@ -58,14 +51,15 @@ def main() -> int:
     # the sample's exact pass is sample x F pairs; the full pass is F * (F + 1) / 2 of them
     exact_s = r.seconds_exact * (F + 1) / 2 / r.sample
     cells = round(math.sqrt(N.PROBE * F))
-    knobs = (N.PROBE, N.CANDIDATES, N.KMEANS_ITERS, N.SAMPLE_PER_CELL)
-    flop, wide = approx_flop(F, d, *knobs), approx_flop(WIDE, d, *knobs)
+    flop, wide = N.approximate_cost(F, d)[0], N.approximate_cost(WIDE, d)[0]
+    planned = approximate_seconds(F, d)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     kind = "Gaussian (no families)" if args.gaussian else "with feature families"
     print(f"decoder {F:,} x {d} {args.dtype}, {kind}; full rows, {cells} cells, probe "
           f"{N.PROBE}, {N.CANDIDATES} candidates")
     print(f"  approximate: {wall:.1f} s wall, {cpu:.1f} s CPU, {flop:.2g} FLOP; recall@10 "
-          f"{r.recall:.3f} (worst feature {r.worst:.1f}) over {r.sample} features")
+          f"{r.recall:.3f} (worst feature {r.worst:.1f}) over {r.sample} features; the "
+          f"planner's estimate / measured CPU time {planned / cpu:.2f}")
     print(f"  exact (from {r.sample} rows x all, {r.seconds_exact:.1f} s): ~{exact_s:.0f} s "
           f"for all pairs, {exact_flop(F, d):.2g} FLOP; approximate / exact time "
           f"{wall / exact_s:.3f}")
@@ -73,6 +67,17 @@ def main() -> int:
           f"exact ~{exact_s * exact_flop(WIDE, d) / exact_flop(F, d) / 3600:.0f} h; peak RSS "
           f"{rss:.2f} GiB")
     return 0
+
+
+def approximate_seconds(F: int, d: int) -> float:
+    """What `scope plan` estimates for this decoder's approximate tables on this CPU."""
+    from scope.plan import plan
+
+    model = {"layers": 1, "d_model": d, "vocab": 256, "d_mlp": 4 * d, "n_heads": 1,
+             "n_kv_heads": 1, "d_head": d}
+    p = plan(model, [{"d_in": d, "d_sae": F, "layer": 0, "l0": 64}], tokens=128, ctx=128,
+             logits=False, strict=False)
+    return p.time["tables"]
 
 
 if __name__ == "__main__":

@@ -128,7 +128,7 @@ def _empty_tables(ext) -> None:
 
     from scope.store import schema as S
 
-    def tables(model, sae, logits=True):
+    def tables(model, sae, logits=True, **_):
         F = sae.cfg.d_sae
         out = ext.decoder_logits(model, sae, enabled=False)
         out[S.NEIGHBOUR_INDEX] = np.full((F, 10), -1, np.int32)

@@ -128,6 +128,24 @@ def test_feature_page_renders_store_values(store_path, monkeypatch):
     assert links and links[0].proto.url == f"https://www.neuronpedia.org/{NEURONPEDIA_ID}/{f}"
 
 
+def test_feature_page_says_when_neighbours_are_approximate(store_path, tmp_path, monkeypatch):
+    import json
+
+    caption = "Approximate neighbours"
+    store = scope.open_store(store_path)
+    assert [store.sae_info(n)["neighbours"] for n in store.sae_names] == ["exact", "exact"]
+    at = ok(app_for(store_path, monkeypatch, feature=1))
+    assert not any(caption in c.value for c in at.caption)
+    # the same store as a 1M-feature SAE's would be on a CPU: its manifest says approximate
+    copy = tmp_path / "store"
+    shutil.copytree(store_path, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["saes"][0]["neighbours"] = "approximate"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    at = ok(app_for(str(copy), monkeypatch, feature=1))
+    assert any(caption in c.value for c in at.caption)
+
+
 def test_feature_navigation_widgets(store_path, monkeypatch):
     store = scope.open_store(store_path)
     sae = store.sae_names[0]

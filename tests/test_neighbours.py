@@ -119,3 +119,29 @@ def test_auto_mode_is_exact_when_small_or_on_a_gpu_and_approximate_at_1m_on_cpu(
 def test_bad_knobs_are_refused_by_name(arg):
     with pytest.raises(ValueError, match=f"{arg}=0 must be at least 1"):
         N.approximate_neighbours(torch.zeros(8, 4), **{"k": 3, arg: 0})
+
+
+def test_the_manifest_records_the_mode_and_refuses_an_unknown_one(tmp_path, monkeypatch):
+    import json
+
+    from builders import TINY_TEXT, tiny_hooked_model
+    from extract_helpers import synthetic_sae
+
+    import scope
+    from scope.errors import StoreCorruptError
+    from scope.pipeline.corpus import Corpus
+
+    model = tiny_hooked_model()
+    sae = synthetic_sae(model.cfg.d_model, 40, "blocks.1.hook_resid_post", seed=1)
+    run = dict(tokens=256, ctx=16, batch_size=4, progress=False)
+    exact = scope.extract(model, [sae], Corpus(texts=list(TINY_TEXT)), tmp_path / "a", **run)
+    monkeypatch.setattr(DT, "EXACT_CPU_FLOP", 0.0)  # as a 1M-feature decoder on a CPU
+    approx = scope.extract(model, [sae], Corpus(texts=list(TINY_TEXT)), tmp_path / "b", **run)
+    name = exact.sae_names[0]
+    assert exact.sae_info(name)["neighbours"] == "exact"
+    assert approx.sae_info(name)["neighbours"] == "approximate"
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    manifest["saes"][0]["neighbours"] = "guessed"
+    (tmp_path / "b" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(StoreCorruptError, match="neighbours.*'guessed'"):
+        scope.open_store(tmp_path / "b")

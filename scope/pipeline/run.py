@@ -31,7 +31,12 @@ from scope.pipeline.accumulators import (
 )
 from scope.pipeline.checkpoint import WindowPool, load_state, save_state
 from scope.pipeline.corpus import iter_batches, special_token_ids, token_strings
-from scope.pipeline.decoder_tables import N_LOGITS, N_NEIGHBOURS, decoder_tables
+from scope.pipeline.decoder_tables import (
+    N_LOGITS,
+    N_NEIGHBOURS,
+    decoder_tables,
+    neighbour_mode,
+)
 from scope.pipeline.feature_blocks import BlockedAccumulator, BlockEncoder
 from scope.pipeline.run_config import check_sites
 from scope.store import schema as S
@@ -107,7 +112,9 @@ class ExtractionRun:
             for entry, sae in zip(manifest.saes, self.saes, strict=True):
                 n_vocab = min(int(self.model.cfg.d_vocab), len(self.tokenizer))
                 progress.start(entry.name, sae.cfg.d_sae, n_vocab, self.config["logits"])
-                out[entry.dir] = decoder_tables(self.model, sae, logits=self.config["logits"])
+                entry.neighbours = neighbour_mode(sae.W_dec)  # recorded: the pages say which
+                out[entry.dir] = decoder_tables(self.model, sae, logits=self.config["logits"],
+                                                neighbours=entry.neighbours)
                 progress.done()
         return out
 

@@ -2,7 +2,7 @@
 
 Memory and disk come from `scope.plan.memory` (byte counts that follow the code), time from FLOP
 and bytes moved divided by the throughputs `scope.plan.device` measures on this device, plus the
-per-block and per-batch overheads of the Python forward pass (measured constants below). A run
+per-block and per-batch overheads of the Python forward pass (`scope.plan.costs`). A run
 that will not fit is refused with a `WontFitError` that gives the figure and the way out (fewer
 features per pass, a smaller batch, another device) unless `strict=False`, which returns the
 plan with `fits=False` and the reasons in `warnings`.
@@ -20,34 +20,14 @@ from typing import Any
 
 from scope.base.atomic import atomic_write_text
 from scope.errors import ConfigError, ShapeMismatchError, WontFitError
+from scope.plan import costs as C
 from scope.plan import memory as M
-from scope.plan.device import DeviceInfo, device_info, disk_free_bytes
+from scope.plan.device import device_info, disk_free_bytes
 from scope.plan.shapes import ModelShape, SAEShape, model_shape, sae_shape
 
 log = logging.getLogger(__name__)
 
 TASKS = ("extract", "attribute")
-#: seconds of Python per block per forward pass (bridge hook points, norms, eager attention)
-LAYER_OVERHEAD_S = 1.5e-3
-#: a graph's backward pass over its forward FLOP (activation gradients only, plus the
-#: elementwise backward kernels), fitted on three measured graphs: the plan test's tiny one,
-#: and the bundled model's with its 18 transcoders and with the four demo SAEs
-BACKWARD_FLOP_FACTOR = 1.5
-#: seconds of Python per (position, SAE) product when a batch of graph rows is filled
-PRODUCT_OVERHEAD_S = 5e-6
-#: seconds per batch outside the blocks (tokenising, the accumulator's ~40 small kernels, tqdm)
-BATCH_OVERHEAD_S = 0.02
-#: elementwise passes (in units of the device's measured `elementwise_s`) over the batch's
-#: [tokens, d_sae] features: encode's bias add, compare and multiply; the accumulator's mask,
-#: nonzero and amax; and over the [d_sae, batch] candidate keys of top-k and band slots
-ENCODE_PASSES = 3.5
-FEATURE_PASSES = 2.5
-KEY_PASSES = 40
-#: seconds to write the vocabulary, per token string, and a store's bytes, per byte
-VOCAB_S_PER_TOKEN = 4e-6
-WRITE_BYTES_PER_S = 0.6e9
-#: seconds to start a run (store lock, corpus, first windows, opening the finished store)
-START_S = 0.5
 #: warn when the peak is above this share of the budget
 WARN_SHARE = 0.85
 
@@ -118,18 +98,6 @@ def _duration(s: float) -> str:
     return f"{s / 60:.1f} min" if s >= 120 else f"{s:.1f} s"
 
 
-def _stop_layers(model: ModelShape, saes: Sequence[SAEShape]) -> int:
-    """Blocks `capture` runs: up to the deepest SAE's block (0 for the embedding alone)."""
-    return min(model.n_layers, max(s.layer for s in saes) + 1)
-
-
-def _backward_blocks(sae: SAEShape, saes: Sequence[SAEShape]) -> int:
-    """Blocks a feature row of `sae` runs backward through: down to the nearest shallower SAE
-    that rewrites the residual stream (its write is a leaf), else to the embedding."""
-    below = [s.layer for s in saes if s.residual and s.layer < sae.layer]
-    return sae.layer - max(below, default=-1)
-
-
 def _check_saes(model: ModelShape, saes: Sequence[SAEShape]) -> None:
     widths = {model.d_model, model.d_mlp, model.n_heads * model.d_head}
     for s in saes:
@@ -140,95 +108,6 @@ def _check_saes(model: ModelShape, saes: Sequence[SAEShape]) -> None:
         if s.layer >= model.n_layers:
             raise ShapeMismatchError(f"SAE {s.name!r} reads block {s.layer}, but {model.name} "
                                      f"has {model.n_layers} blocks (0..{model.n_layers - 1})")
-
-
-def _block_flops(model: ModelShape, ctx: int) -> float:
-    """FLOP per token of one block: its weights once, eager attention over `ctx` keys."""
-    return 2 * model.layer_params + 4 * ctx * model.n_heads * model.d_head
-
-
-def _backward_block_flops(model: ModelShape, ctx: int, mlp_replaced: bool) -> float:
-    """FLOP per token of one block in a graph's backward pass: gradients of activations only
-    (no weight gradients), attention patterns frozen (no Q/K path), and no MLP where a
-    transcoder's write (a leaf) replaces it."""
-    d, h = model.d_model, model.d_head
-    qk = 2 * d * h * (model.n_heads + model.n_kv_heads)
-    mlp = 2 * 3 * d * model.d_mlp if mlp_replaced else 0
-    return _block_flops(model, ctx) - qk - mlp
-
-
-def _extract(model: ModelShape, saes: list[SAEShape], dev: DeviceInfo, tokens: int, ctx: int,
-             batch_size: int, top_k: int, logits: bool, checkpoint_every: float
-             ) -> tuple[dict, dict, float, M.StoreBytes, int, int]:
-    n_windows = -(-tokens // ctx)
-    n_batches = -(-n_windows // batch_size)
-    n_tok = n_windows * ctx
-    layers = _stop_layers(model, saes)
-    b = M.extraction_bytes(model, saes, ctx, batch_size, top_k, n_windows)
-    fixed = M.RUNTIME_BYTES + b.weights + b.sae_weights + b.accumulators + b.window_pool
-    transient = {"batch": b.batch, "checkpoint": b.checkpoint, "tables": b.tables}
-    worst = max(transient, key=transient.get)
-    memory = {"runtime": M.RUNTIME_BYTES, "weights": b.weights, "sae_weights": b.sae_weights,
-              "accumulators": b.accumulators, "window_pool": b.window_pool,
-              worst: transient[worst]}
-    F = sum(s.d_sae for s in saes)
-    fwd_flops = n_tok * layers * _block_flops(model, ctx)
-    enc_flops = n_tok * sum(2 * s.d_in * s.d_sae for s in saes)
-    table_flops = sum(s.d_sae**2 * (s.d_out or s.d_in) for s in saes)  # symmetric cosines
-    if logits:
-        table_flops += sum(2 * s.d_sae * model.d_model * model.d_vocab for s in saes)
-    st = M.store_bytes(model, saes, n_windows, ctx, top_k)
-    ew = dev.elementwise_s
-    cosines = sum(s.d_sae**2 for s in saes)  # each tile ranked both ways: F**2 elements
-    t = {"forward": fwd_flops / dev.flops,
-         "encode": enc_flops / dev.flops + n_tok * F * ENCODE_PASSES * ew,
-         "accumulate": (n_tok * F * FEATURE_PASSES + n_batches * F * batch_size * KEY_PASSES) * ew,
-         "overhead": n_batches * (layers * LAYER_OVERHEAD_S + BATCH_OVERHEAD_S),
-         "tables": table_flops / dev.flops + cosines * dev.topk_s,
-         "vocab": model.d_vocab * VOCAB_S_PER_TOKEN,
-         "setup": START_S + F * M.accumulator_bytes_per_feature(ctx, top_k) / 4 * ew}
-    loop = sum(t.values())
-    n_ckpt = 1 + int(loop // max(checkpoint_every, 1e-9))
-    copy = F * sum(M.checkpoint_copy_bytes_per_feature(ctx, top_k)) / 4 * ew
-    t["checkpoints"] = n_ckpt * (copy + (st.generation + st.tables) / WRITE_BYTES_PER_S)
-    flops = fwd_flops + enc_flops + table_flops
-    return memory, t, flops, st, min(n_ckpt, 2), fixed
-
-
-def _attribute(model: ModelShape, saes: list[SAEShape], dev: DeviceInfo, n_pos: int,
-               batch_size: int, max_logits: int, max_feature_nodes: int | None
-               ) -> tuple[dict, dict, float, M.GraphBytes]:
-    g = M.graph_bytes(model, saes, n_pos, batch_size, max_logits, max_feature_nodes)
-    memory = {"runtime": M.RUNTIME_BYTES, "weights": model.params * model.bytes_per_param,
-              "sae_weights": sum(s.params * 4 for s in saes), "edges": g.edges,
-              "autograd": g.autograd, "sites": g.sites}
-    B = max(1, min(batch_size, max(g.active_features, max_logits)))
-    # feature rows run in rounds of B per SAE, chosen by influence (attribution/build.py):
-    # each round runs every SAE's share as its own (partly filled) backward pass, which crosses
-    # only the blocks below that SAE's read site; the logit rows cross every block
-    rounds = -(-(g.rows - max_logits) // (B * max(1, len(saes))))
-    logit_passes = -(-max_logits // B)
-    passes = logit_passes + rounds * max(1, len(saes))
-    depth = sum(_backward_blocks(s, saes) / model.n_layers for s in saes)
-    full = logit_passes + rounds * depth  # backward passes, in whole-model units
-    per_tok = model.n_layers * _block_flops(model, n_pos)
-    fwd = n_pos * per_tok * 3 + B * n_pos * per_tok  # clean, splice check, plain; the graph pass
-    replaced = {s.layer for s in saes if not s.residual}  # blocks whose MLP a transcoder replaces
-    bwd_per_tok = sum(_backward_block_flops(model, n_pos, L in replaced)
-                      for L in range(model.n_layers))
-    bwd = full * BACKWARD_FLOP_FACTOR * B * n_pos * bwd_per_tok
-    fill = passes * B * g.active_features * 2 * max(s.d_out or s.d_in for s in saes)
-    # ranking before each round: (distinct layers + 1) products of the influence vector with the
-    # rows filled so far (on average half the feature rows), and each row normalised once (|.|
-    # into a fresh row, then divided in place)
-    iters = len({s.layer for s in saes}) + 1
-    ranked = rounds * iters * (max_logits + (g.rows - max_logits) / 2) * g.nodes
-    t = {"forward": fwd / dev.flops, "backward": bwd / dev.flops, "edges": fill / dev.flops
-         + passes * B * g.active_features * dev.elementwise_s
-         + passes * len(saes) * n_pos * PRODUCT_OVERHEAD_S,
-         "influence": ranked * dev.matvec_s + g.rows * g.nodes * 2 * dev.elementwise_s,
-         "overhead": (3 * model.n_layers + full * 3 * model.n_layers) * LAYER_OVERHEAD_S}
-    return memory, t, fwd + bwd + fill, g
 
 
 def plan(model: Any, saes: Any = (), *, task: str = "extract", tokens: int | None = None,
@@ -295,19 +174,20 @@ def plan(model: Any, saes: Any = (), *, task: str = "extract", tokens: int | Non
         batch_size = batch_size or 16
         settings.update(tokens=tokens, batch_size=batch_size, logits=logits,
                         checkpoint_every=checkpoint_every)
-        memory, t, flops, st, gens, fixed = _extract(
+        memory, t, flops, st, gens, fixed = C.extract_costs(
             m, s, dev, tokens, ctx, batch_size, top_k, logits, checkpoint_every)
         half = [replace(x, d_sae=max(1, x.d_sae // 2)) for x in s]
-        low = _extract(m, half, dev, tokens, ctx, batch_size, top_k, logits, checkpoint_every)[0]
+        low = C.extract_costs(m, half, dev, tokens, ctx, batch_size, top_k, logits, checkpoint_every)[0]
         settings["bytes_per_feature"] = (sum(memory.values()) - sum(low.values())) / max(
             1, sum(x.d_sae - y.d_sae for x, y in zip(s, half, strict=True)))
         disk, disk_peak = st.total(gens), st.total(2)
         settings["windows_kept_max"] = st.windows
+        settings["neighbours"] = [C.neighbour_mode(dev, x) for x in s]
     else:
         batch_size = batch_size or 32
         settings.update(prompt_tokens=ctx, batch_size=batch_size, max_logits=max_logits,
                         max_feature_nodes=max_feature_nodes)
-        memory, t, flops, g = _attribute(m, s, dev, ctx, batch_size, max_logits,
+        memory, t, flops, g = C.attribute_costs(m, s, dev, ctx, batch_size, max_logits,
                                          max_feature_nodes)
         settings.update(active_features=g.active_features, rows=g.rows, nodes=g.nodes)
         disk = disk_peak = 0

@@ -88,6 +88,7 @@ LOGIT_POS_IDS, LOGIT_POS_VALS = "logit_pos_ids", "logit_pos_vals"
 LOGIT_NEG_IDS, LOGIT_NEG_VALS = "logit_neg_ids", "logit_neg_vals"
 LOGIT_KEYS = (LOGIT_POS_IDS, LOGIT_POS_VALS, LOGIT_NEG_IDS, LOGIT_NEG_VALS)
 NEIGHBOUR_INDEX, NEIGHBOUR_COSINE = "neighbour_index", "neighbour_cosine"  # [n, 10]
+NEIGHBOUR_MODES = ("exact", "approximate")  # how a neighbour table was made
 TABLE_KEYS = (*LOGIT_KEYS, NEIGHBOUR_INDEX, NEIGHBOUR_COSINE)
 
 
@@ -168,6 +169,8 @@ class SAEEntry:
     release: str | None = None
     sae_id: str | None = None
     kind: str | None = None
+    neighbours: str | None = None
+    """How its neighbour table was made: "exact" or "approximate" (None: not recorded)."""
     extra: dict = field(default_factory=dict)
     """Keys this version does not know (kept on a round trip)."""
 
@@ -189,6 +192,9 @@ class SAEEntry:
                 raise _damaged(root, f"`saes[].{key}` = {getattr(entry, key)!r} is not a name")
         _int(root, "saes[].d_in", entry.d_in, 1)
         _int(root, "saes[].d_sae", entry.d_sae, 1)
+        if entry.neighbours not in (None, *NEIGHBOUR_MODES):
+            raise _damaged(root, f"`saes[].neighbours` = {entry.neighbours!r} is none of "
+                                 f"{', '.join(NEIGHBOUR_MODES)}")
         return entry
 
     def to_dict(self) -> dict:

@@ -117,6 +117,9 @@ with right:
     names = data.labels(path, sae)
     st.html(render.neighbours_html(sae, [(i, c, names[i]) for i, c in view.neighbours[:10]
                                          if 0 <= i < n]))
+    if store.sae_info(sae).get("neighbours") == "approximate":
+        st.caption("Approximate neighbours (too wide for an exact pass on a CPU): a true "
+                   "neighbour can be missing; docs/store.md gives the recall measured.")
 
 full = st.toggle("Show whole contexts", key="full_contexts")
 # one HTML block for every context (a single element renders much faster than several)

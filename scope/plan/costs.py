@@ -1,0 +1,181 @@
+"""What a run costs in time: the FLOP, elementwise passes and measured overheads of an
+extraction's and an attribution graph's parts, divided by the device's measured throughputs
+(`scope.plan.device`), with the byte counts of `scope.plan.memory`. `scope.plan.estimate`
+adds them up, judges them against the budget and explains them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from scope.pipeline.decoder_tables import EXACT_CPU_FLOP, exact_flop
+from scope.pipeline.feature_blocks import FEATURE_BLOCK
+from scope.pipeline.neighbours import approximate_cost
+from scope.plan import memory as M
+from scope.plan.device import DeviceInfo
+from scope.plan.shapes import ModelShape, SAEShape
+
+#: seconds of Python per block per forward pass (bridge hook points, norms, eager attention)
+LAYER_OVERHEAD_S = 1.5e-3
+#: a graph's backward pass over its forward FLOP (activation gradients only, plus the
+#: elementwise backward kernels), fitted on three measured graphs: the plan test's tiny one,
+#: and the bundled model's with its 18 transcoders and with the four demo SAEs
+BACKWARD_FLOP_FACTOR = 1.5
+#: seconds of Python per (position, SAE) product when a batch of graph rows is filled
+PRODUCT_OVERHEAD_S = 5e-6
+#: seconds per batch outside the blocks (tokenising, the accumulator's ~40 small kernels, tqdm)
+BATCH_OVERHEAD_S = 0.02
+#: elementwise passes (in units of the device's measured `elementwise_s`) over the batch's
+#: [tokens, d_sae] features: encode's bias add, compare and multiply; the accumulator's mask,
+#: nonzero and amax; and over the [d_sae, batch] candidate keys of top-k and band slots
+ENCODE_PASSES = 3.5
+FEATURE_PASSES = 2.5
+KEY_PASSES = 40
+#: elementwise passes per token and block of the forward pass, by width: the MLP's activation
+#: and gating (tanh GELU costs two passes), the four RMSNorms and two residual adds, and the
+#: eager attention's scaling, soft-cap, mask and softmax over `ctx` keys per head
+FORWARD_MLP_PASSES = 3
+FORWARD_MODEL_PASSES = 22
+FORWARD_SCORE_PASSES = 10
+#: passes (in `elementwise_s` per 4 bytes) over an SAE's accumulator state when a checkpoint
+#: snapshots it (`BlockedAccumulator.stats`: the slots sorted by key into fresh arrays, the
+#: bands stacked) and, for an SAE of several feature blocks, their concatenation; fitted on
+#: the Gemma-2-2B-shaped run of benchmarks/bench_scale.py (65,536 features: 2 blocks)
+STATS_PASSES = 2.0
+CONCAT_PASSES = 2.0
+#: seconds to write the vocabulary, per token string, and a store's bytes, per byte (safetensors
+#: serialisation and the atomic folder's fsyncs; measured on this machine's disk: 0.33 GB/s)
+VOCAB_S_PER_TOKEN = 4e-6
+WRITE_BYTES_PER_S = 0.35e9
+#: seconds to start a run (store lock, corpus, first windows, opening the finished store)
+START_S = 0.5
+
+def _stop_layers(model: ModelShape, saes: Sequence[SAEShape]) -> int:
+    """Blocks `capture` runs: up to the deepest SAE's block (0 for the embedding alone)."""
+    return min(model.n_layers, max(s.layer for s in saes) + 1)
+
+
+def _backward_blocks(sae: SAEShape, saes: Sequence[SAEShape]) -> int:
+    """Blocks a feature row of `sae` runs backward through: down to the nearest shallower SAE
+    that rewrites the residual stream (its write is a leaf), else to the embedding."""
+    below = [s.layer for s in saes if s.residual and s.layer < sae.layer]
+    return sae.layer - max(below, default=-1)
+
+
+def _block_flops(model: ModelShape, ctx: int) -> float:
+    """FLOP per token of one block: its weights once, eager attention over `ctx` keys."""
+    return 2 * model.layer_params + 4 * ctx * model.n_heads * model.d_head
+
+
+def _forward_block_elements(model: ModelShape, ctx: int) -> float:
+    """Elementwise work per token of one block (in passes over one float each)."""
+    return (FORWARD_MLP_PASSES * model.d_mlp + FORWARD_MODEL_PASSES * model.d_model
+            + FORWARD_SCORE_PASSES * model.n_heads * ctx)
+
+
+def neighbour_mode(dev: DeviceInfo, sae: SAEShape) -> str:
+    """The mode `decoder_tables(neighbours="auto")` will choose (`neighbour_mode`'s rule)."""
+    exact = dev.device.startswith("cuda") or exact_flop(
+        sae.d_sae, sae.d_out or sae.d_in) <= EXACT_CPU_FLOP
+    return "exact" if exact else "approximate"
+
+
+def _stats_seconds(saes: Sequence[SAEShape], ctx: int, top_k: int, ew: float) -> float:
+    """One checkpoint's snapshot of every SAE's state (`BlockedAccumulator.stats`)."""
+    per = M.accumulator_bytes_per_feature(ctx, top_k) / 4 * ew
+    return sum(s.d_sae * per * (STATS_PASSES + (CONCAT_PASSES if s.d_sae > FEATURE_BLOCK else 0))
+               for s in saes)
+
+
+def _backward_block_flops(model: ModelShape, ctx: int, mlp_replaced: bool) -> float:
+    """FLOP per token of one block in a graph's backward pass: gradients of activations only
+    (no weight gradients), attention patterns frozen (no Q/K path), and no MLP where a
+    transcoder's write (a leaf) replaces it."""
+    d, h = model.d_model, model.d_head
+    qk = 2 * d * h * (model.n_heads + model.n_kv_heads)
+    mlp = 2 * 3 * d * model.d_mlp if mlp_replaced else 0
+    return _block_flops(model, ctx) - qk - mlp
+
+
+def extract_costs(model: ModelShape, saes: list[SAEShape], dev: DeviceInfo, tokens: int, ctx: int,
+             batch_size: int, top_k: int, logits: bool, checkpoint_every: float
+             ) -> tuple[dict, dict, float, M.StoreBytes, int, int]:
+    n_windows = -(-tokens // ctx)
+    n_batches = -(-n_windows // batch_size)
+    n_tok = n_windows * ctx
+    layers = _stop_layers(model, saes)
+    b = M.extraction_bytes(model, saes, ctx, batch_size, top_k, n_windows)
+    fixed = M.RUNTIME_BYTES + b.weights + b.sae_weights + b.accumulators + b.window_pool
+    transient = {"batch": b.batch, "checkpoint": b.checkpoint, "tables": b.tables}
+    worst = max(transient, key=transient.get)
+    memory = {"runtime": M.RUNTIME_BYTES, "weights": b.weights, "sae_weights": b.sae_weights,
+              "accumulators": b.accumulators, "window_pool": b.window_pool,
+              worst: transient[worst]}
+    F = sum(s.d_sae for s in saes)
+    fwd_flops = n_tok * layers * _block_flops(model, ctx)
+    enc_flops = n_tok * sum(2 * s.d_in * s.d_sae for s in saes)
+    table_flops, table_s = 0.0, 0.0
+    for s in saes:  # neighbours: exact or approximate, as decoder_tables' "auto" will choose
+        d = s.d_out or s.d_in
+        if neighbour_mode(dev, s) == "exact":
+            table_flops += s.d_sae**2 * d  # symmetric cosines, each tile ranked both ways
+            table_s += s.d_sae**2 * dev.topk_s
+        else:
+            flop, scanned = approximate_cost(s.d_sae, d)
+            table_flops += flop
+            table_s += scanned * (dev.topk_s + 2 * dev.elementwise_s)  # ranked and masked
+    if logits:
+        table_flops += sum(2 * s.d_sae * model.d_model * model.d_vocab for s in saes)
+    st = M.store_bytes(model, saes, n_windows, ctx, top_k)
+    ew = dev.elementwise_s
+    t = {"forward": fwd_flops / dev.flops
+         + n_tok * layers * _forward_block_elements(model, ctx) * ew,
+         "encode": enc_flops / dev.flops + n_tok * F * ENCODE_PASSES * ew,
+         "accumulate": (n_tok * F * FEATURE_PASSES + n_batches * F * batch_size * KEY_PASSES) * ew,
+         "overhead": n_batches * (layers * LAYER_OVERHEAD_S + BATCH_OVERHEAD_S),
+         "tables": (table_flops / dev.flops + table_s
+                    + st.tables / WRITE_BYTES_PER_S),
+         "vocab": model.d_vocab * VOCAB_S_PER_TOKEN,
+         "setup": START_S + F * M.accumulator_bytes_per_feature(ctx, top_k) / 4 * ew}
+    loop = sum(t.values())
+    n_ckpt = 1 + int(loop // max(checkpoint_every, 1e-9))
+    t["checkpoints"] = n_ckpt * (_stats_seconds(saes, ctx, top_k, ew)
+                                 + st.generation / WRITE_BYTES_PER_S)
+    flops = fwd_flops + enc_flops + table_flops
+    return memory, t, flops, st, min(n_ckpt, 2), fixed
+
+
+def attribute_costs(model: ModelShape, saes: list[SAEShape], dev: DeviceInfo, n_pos: int,
+               batch_size: int, max_logits: int, max_feature_nodes: int | None
+               ) -> tuple[dict, dict, float, M.GraphBytes]:
+    g = M.graph_bytes(model, saes, n_pos, batch_size, max_logits, max_feature_nodes)
+    memory = {"runtime": M.RUNTIME_BYTES, "weights": model.params * model.bytes_per_param,
+              "sae_weights": sum(s.params * 4 for s in saes), "edges": g.edges,
+              "autograd": g.autograd, "sites": g.sites}
+    B = max(1, min(batch_size, max(g.active_features, max_logits)))
+    # feature rows run in rounds of B per SAE, chosen by influence (attribution/build.py):
+    # each round runs every SAE's share as its own (partly filled) backward pass, which crosses
+    # only the blocks below that SAE's read site; the logit rows cross every block
+    rounds = -(-(g.rows - max_logits) // (B * max(1, len(saes))))
+    logit_passes = -(-max_logits // B)
+    passes = logit_passes + rounds * max(1, len(saes))
+    depth = sum(_backward_blocks(s, saes) / model.n_layers for s in saes)
+    full = logit_passes + rounds * depth  # backward passes, in whole-model units
+    per_tok = model.n_layers * _block_flops(model, n_pos)
+    fwd = n_pos * per_tok * 3 + B * n_pos * per_tok  # clean, splice check, plain; the graph pass
+    replaced = {s.layer for s in saes if not s.residual}  # blocks whose MLP a transcoder replaces
+    bwd_per_tok = sum(_backward_block_flops(model, n_pos, L in replaced)
+                      for L in range(model.n_layers))
+    bwd = full * BACKWARD_FLOP_FACTOR * B * n_pos * bwd_per_tok
+    fill = passes * B * g.active_features * 2 * max(s.d_out or s.d_in for s in saes)
+    # ranking before each round: (distinct layers + 1) products of the influence vector with the
+    # rows filled so far (on average half the feature rows), and each row normalised once (|.|
+    # into a fresh row, then divided in place)
+    iters = len({s.layer for s in saes}) + 1
+    ranked = rounds * iters * (max_logits + (g.rows - max_logits) / 2) * g.nodes
+    t = {"forward": fwd / dev.flops, "backward": bwd / dev.flops, "edges": fill / dev.flops
+         + passes * B * g.active_features * dev.elementwise_s
+         + passes * len(saes) * n_pos * PRODUCT_OVERHEAD_S,
+         "influence": ranked * dev.matvec_s + g.rows * g.nodes * 2 * dev.elementwise_s,
+         "overhead": (3 * model.n_layers + full * 3 * model.n_layers) * LAYER_OVERHEAD_S}
+    return memory, t, fwd + bwd + fill, g
