@@ -244,6 +244,9 @@ EXTRACT_RUNS = {
                       tokens=4096, ctx=32, batch=16, top_k=20, logits=True),
     "tiny-two-saes": dict(task="extract", model="gemma2", widths=[16384, 16384], layer=2,
                           l0=32, tokens=8192, ctx=64, batch=8, top_k=10, logits=True),
+    # two feature blocks at ctx 128: the checkpoint's snapshot and write dominate the loop
+    "tiny-two-blocks": dict(task="extract", model="gemma3", widths=[40000], layer=3, l0=64,
+                            tokens=1024, ctx=128, batch=4, top_k=20, logits=False),
 }
 
 

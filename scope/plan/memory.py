@@ -27,6 +27,7 @@ from scope.pipeline.decoder_tables import (
     NEIGHBOUR_BLOCK,
     VOCAB_CHUNK,
 )
+from scope.pipeline.feature_blocks import FEATURE_BLOCK
 from scope.pipeline.run import FEATURE_SHARD_SIZE
 from scope.plan.shapes import ModelShape, SAEShape
 
@@ -157,6 +158,8 @@ def extraction_bytes(model: ModelShape, saes: list[SAEShape], ctx: int, batch_si
     kept, transient = checkpoint_copy_bytes_per_feature(ctx, top_k)
     largest = max(s.d_sae for s in saes)
     ckpt = sum(s.d_sae for s in saes) * kept + largest * transient
+    # an SAE of several feature blocks: its blocks' snapshots beside their concatenation
+    ckpt += max((s.d_sae * kept for s in saes if s.d_sae > FEATURE_BLOCK), default=0)
     shard = min(largest, FEATURE_SHARD_SIZE) * feature_disk_bytes(ctx, top_k)
     ckpt += 2 * shard  # safetensors serialises one feature file at a time
     neighbours = (largest * max(s.d_out or s.d_in for s in saes) * 4
