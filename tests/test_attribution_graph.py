@@ -204,7 +204,10 @@ def test_bad_graph_input_is_named(tmp_path):
     assert (tmp_path / "file").read_text() == "x"
 
 
-def test_max_memory_batches_without_changing_edges():
+def test_max_memory_batches_without_changing_edges(monkeypatch):
+    import scope.attribution.build as build
+    from scope.base.resident import resident_bytes
+
     model = tiny_hooked_model("gemma3")
     saes = transcoders(model)
     ref = attribution_graph(model, saes, PROMPT, batch_size=16, max_feature_nodes=40)
@@ -212,9 +215,15 @@ def test_max_memory_batches_without_changing_edges():
                               max_memory="64GB")
     per = probe.stats["forward_bytes_per_copy"]
     assert per > 0 and probe.stats["batch_size"] == 16
-    edge_bytes = ref.edges.numel() * 4
+    # the budget starts from what the process holds (its resident set, the model included)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert weights < probe.stats["resident_bytes"] <= resident_bytes()
+    held = 1 << 30  # fixed from here, so the arithmetic below is exact
+    monkeypatch.setattr(build, "resident_bytes", lambda device: held)
+    edge_bytes = 2 * ref.edges.numel() * 4  # the edge rows and their normalised copy
+    final = 2 * ref.n_pos * model.cfg.d_vocab * 4  # the splice check's logits
     tight = attribution_graph(model, saes, PROMPT, batch_size=16, max_feature_nodes=40,
-                              max_memory=edge_bytes + int(3.5 * per / 0.75))
+                              max_memory=held + edge_bytes + int(3.5 * per / 0.75))
     assert tight.stats["batch_size"] == 3
     assert tight.stats["backward_passes"] > ref.stats["backward_passes"]
     # smaller batches make other rounds (influence is recomputed per round), so the chosen rows
@@ -224,10 +233,12 @@ def test_max_memory_batches_without_changing_edges():
     assert int(done[:ref.n_features].sum()) >= 30
     scale = float(ref.adjacency.abs().max())
     assert torch.allclose(tight.adjacency[done], ref.adjacency[done], atol=1e-6 * scale)
-    with pytest.raises(AttributionError, match="edge rows alone"):
-        attribution_graph(model, saes, PROMPT, max_feature_nodes=40, max_memory=1000)
+    with pytest.raises(AttributionError, match="without its passes.*1.00 GiB already resident"):
+        attribution_graph(model, saes, PROMPT, max_feature_nodes=40,
+                          max_memory=held + edge_bytes + final)
+    assert final < per  # so this budget leaves room for the check, not for one copy
     with pytest.raises(AttributionError, match="one copy"):
         attribution_graph(model, saes, PROMPT, max_feature_nodes=40,
-                          max_memory=edge_bytes + per // 4)
+                          max_memory=held + edge_bytes + final + per // 4)
     with pytest.raises(AttributionError, match="size like"):
         attribution_graph(model, saes, PROMPT, max_memory="lots")

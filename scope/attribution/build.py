@@ -32,6 +32,7 @@ from scope.attribution.rows import (
     run_rows,
     saved_bytes_per_copy,
 )
+from scope.base.resident import resident_bytes
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +137,11 @@ def attribution_graph(model: Any, saes: Any, prompt: str | torch.Tensor, *,
             reconstruction) or "zero" (circuit-tracer's convention: features and errors there
             are zero, only the token embedding remains; scores comparable with Neuronpedia's).
         require_all_layers: with transcoders only, refuse a set that misses a layer.
-        max_memory: a budget (bytes, or "8GB") for the edge rows and the batched forward pass
-            (its measured size per copy sets the batch, with 25% headroom); None =
-            `batch_size` copies. A budget below what one copy needs is refused by name.
+        max_memory: a budget (bytes, or "8GB") for the whole peak: what is resident when the
+            passes start (on a CPU the process's memory: model, SAEs, the clean run), the edge
+            rows and their normalised copy, and the batched forward pass (its measured size
+            per copy sets the batch, with 25% headroom); None = `batch_size` copies. A budget
+            below what one copy needs is refused by name.
         store: an open feature store; feature labels are read from it when it has them.
 
     Returns:
@@ -199,8 +202,14 @@ def attribution_graph(model: Any, saes: Any, prompt: str | torch.Tensor, *,
 
     B = max(1, min(batch_size, max(n_f, len(logit_ids))))
     budget = parse_memory(max_memory)
-    per_copy = 0 if budget is None else saved_bytes_per_copy(model, sites, clean, freezer, tokens)
-    B = memory_plan(budget, B, per_copy, graph.edges.numel() * 4)
+    per_copy = held = 0
+    if budget is not None:
+        per_copy = saved_bytes_per_copy(model, sites, clean, freezer, tokens)
+        held = resident_bytes(tokens.device)
+    # the edge rows and their normalised copy; the splice check's [pos, vocab] logits (the
+    # model's and a float32 copy)
+    B = memory_plan(budget, B, per_copy, 2 * graph.edges.numel() * 4, held,
+                    2 * clean["logits"].numel() * 4)
     gp = GraphPass(model, sites, clean, freezer, tokens, B)
     sources = Sources(graph, sites, clean, features, activations, bos)
     passes = run_rows(graph, gp, sites, sources, [("logit", k) for k in range(len(logit_ids))],
@@ -231,7 +240,7 @@ def attribution_graph(model: Any, saes: Any, prompt: str | torch.Tensor, *,
     graph.stats = {"backward_passes": passes, "batch_size": B, "seconds": time.time() - t0,
                    "feature_rows": int(graph.rows_done[:n_f].sum()), "active_features": n_f,
                    "max_feature_nodes": max_feature_nodes, "bos": bos,
-                   "forward_bytes_per_copy": per_copy,
+                   "forward_bytes_per_copy": per_copy, "resident_bytes": held,
                    "splice_max_rel_error": float(
                        (clean["logits"][-1] - _plain_logits(model, tokens)).abs().max()
                        / clean["logits"][-1].abs().max().clamp_min(1e-30))}

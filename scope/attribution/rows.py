@@ -144,9 +144,6 @@ def run_rows(graph: AttributionGraph, gp: GraphPass, sites: list[Site], src: Sou
     return passes
 
 
-
-
-
 def parse_memory(value: int | str | None) -> int | None:
     """Bytes from an int or a string like "8GB", "512MB" (None: no budget)."""
     if value is None:
@@ -183,20 +180,27 @@ def saved_bytes_per_copy(model: Any, sites: list[Site], clean: dict[str, torch.T
     return sum(seen.values())
 
 
-def memory_plan(budget: int | None, batch: int, per_copy: int, edge_bytes: int) -> int:
-    """The batch (copies of the prompt) so the pass and the edge rows fit `budget`."""
+def memory_plan(budget: int | None, batch: int, per_copy: int, edge_bytes: int,
+                held: int = 0, final: int = 0) -> int:
+    """The batch (copies of the prompt) so that the whole peak fits `budget`: what is `held`
+    already (model, SAEs, the clean run), the edge rows and their normalised copy
+    (`edge_bytes`), and either the batched pass (its measured `per_copy` bytes with 25%
+    headroom) or the `final` splice check (the plain model's logits), whichever is larger."""
     if budget is None:
         return batch
-    left = budget - edge_bytes
-    if left <= 0:
+    gib = 2**30
+    left = budget - held - edge_bytes
+    if left <= final:
         raise AttributionError(
-            f"max_memory {budget / 2**30:.2f} GiB is below the graph's edge rows alone "
-            f"({edge_bytes / 2**30:.2f} GiB): raise max_memory, lower max_feature_nodes or "
-            "shorten the prompt")
+            f"max_memory {budget / gib:.2f} GiB is below what the graph holds without its "
+            f"passes: {held / gib:.2f} GiB already resident (model, SAEs, clean run), the edge "
+            f"rows alone {edge_bytes / gib:.2f} GiB and {final / gib:.2f} GiB for the splice "
+            "check's logits: raise max_memory, lower max_feature_nodes or shorten the prompt")
     fit = int(left * 0.75 // max(per_copy, 1))
     if fit < 1:
         raise AttributionError(
-            f"max_memory {budget / 2**30:.2f} GiB leaves {left / 2**30:.2f} GiB after the edge "
-            f"rows, less than one copy of the prompt's forward pass ({per_copy / 2**30:.2f} "
-            "GiB) and 25% headroom: raise max_memory or shorten the prompt")
+            f"max_memory {budget / gib:.2f} GiB leaves {left / gib:.2f} GiB after what is "
+            f"resident and the edge rows, less than one copy of the prompt's forward pass "
+            f"({per_copy / gib:.2f} GiB) and 25% headroom: raise max_memory or shorten the "
+            "prompt")
     return max(1, min(batch, fit))

@@ -151,7 +151,8 @@ def attribute_costs(model: ModelShape, saes: list[SAEShape], dev: DeviceInfo, n_
     g = M.graph_bytes(model, saes, n_pos, batch_size, max_logits, max_feature_nodes)
     memory = {"runtime": M.RUNTIME_BYTES, "weights": model.params * model.bytes_per_param,
               "sae_weights": sum(s.params * 4 for s in saes), "edges": g.edges,
-              "autograd": g.autograd, "sites": g.sites}
+              "autograd": g.autograd, "sites": g.sites,
+              "logits": n_pos * model.d_vocab * 4}  # the clean run's, kept for the check
     B = max(1, min(batch_size, max(g.active_features, max_logits)))
     # feature rows run in rounds of B per SAE, chosen by influence (attribution/build.py):
     # each round runs every SAE's share as its own (partly filled) backward pass, which crosses
@@ -179,3 +180,23 @@ def attribute_costs(model: ModelShape, saes: list[SAEShape], dev: DeviceInfo, n_
          "influence": ranked * dev.matvec_s + g.rows * g.nodes * 2 * dev.elementwise_s,
          "overhead": (3 * model.n_layers + full * 3 * model.n_layers) * LAYER_OVERHEAD_S}
     return memory, t, fwd + bwd + fill, g
+
+
+def graph_batch(model: ModelShape, saes: list[SAEShape], n_pos: int, batch_size: int,
+                max_logits: int, max_feature_nodes: int | None, budget: int) -> int:
+    """The batch `attribution_graph(max_memory=budget)` will choose: `rows.memory_plan`'s rule
+    on the planned bytes (resident before the passes, edge rows, per copy, the final check).
+
+    Raises:
+        AttributionError: the budget cannot hold the graph (the figure and the way out).
+    """
+    from scope.attribution.rows import memory_plan
+
+    one, two = (M.graph_bytes(model, saes, n_pos, b, max_logits, max_feature_nodes)
+                for b in (1, 2))
+    per_copy = two.autograd + two.sites - one.autograd - one.sites
+    held = (M.RUNTIME_BYTES + model.params * model.bytes_per_param
+            + sum(s.params * 4 for s in saes) + one.autograd + one.sites - per_copy
+            + n_pos * model.d_vocab * 4)
+    return memory_plan(budget, batch_size, per_copy, one.edges, held,
+                       2 * n_pos * model.d_vocab * 4)

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from scope.base.atomic import atomic_write_text
-from scope.errors import ConfigError, ShapeMismatchError, WontFitError
+from scope.errors import AttributionError, ConfigError, ShapeMismatchError, WontFitError
 from scope.plan import costs as C
 from scope.plan import memory as M
 from scope.plan.device import device_info, disk_free_bytes
@@ -165,6 +165,7 @@ def plan(model: Any, saes: Any = (), *, task: str = "extract", tokens: int | Non
             f"({_gib(weights)} in {m.dtype}): raise max_memory, load in bfloat16 (half of "
             "float32), or spread the model over more devices")
     dev = device_info(dev_t, dtype=m.dtype)
+    refusal = ""
     settings: dict[str, Any] = {"ctx": ctx, "top_k": top_k, "dtype": m.dtype,
                                 "max_memory": max_memory}
     if task == "extract":
@@ -185,6 +186,14 @@ def plan(model: Any, saes: Any = (), *, task: str = "extract", tokens: int | Non
         settings["neighbours"] = [C.neighbour_mode(dev, x) for x in s]
     else:
         batch_size = batch_size or 32
+        if max_memory is not None:  # the batch the builder will choose under this budget
+            try:
+                batch_size = C.graph_batch(m, s, ctx, batch_size, max_logits,
+                                           max_feature_nodes, max_memory)
+            except AttributionError as exc:
+                if strict:
+                    raise WontFitError(str(exc)) from None
+                refusal, batch_size = str(exc), 1
         settings.update(prompt_tokens=ctx, batch_size=batch_size, max_logits=max_logits,
                         max_feature_nodes=max_feature_nodes)
         memory, t, flops, g = C.attribute_costs(m, s, dev, ctx, batch_size, max_logits,
@@ -204,6 +213,9 @@ def plan(model: Any, saes: Any = (), *, task: str = "extract", tokens: int | Non
                   seconds=float(sum(t.values())), flops=float(flops),
                   memory={k: int(v) for k, v in memory.items()},
                   time={k: float(v) for k, v in t.items()}, budget_bytes=budget)
+    if refusal:
+        result.fits = False
+        result.warnings.append(refusal)
     _judge(result, m, s, out, strict)
     return result
 
