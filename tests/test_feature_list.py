@@ -175,11 +175,23 @@ def _adversarial_rows(seed: int, F: int = 400, k: int = 8):
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("n", [1, 3, 10])
 @pytest.mark.parametrize("with_sketch", [True, False])
-def test_top_shares_equal_token_shares_row_by_row(seed, n, with_sketch):
+@pytest.mark.parametrize("shape", ["k8", "k1", "k20-wide-ids", "blocks-of-7"])
+def test_top_shares_equal_token_shares_row_by_row(seed, n, with_sketch, shape, monkeypatch):
+    """The block-wise, packed-key `top_shares` against `labels.token_shares`, one row at a time:
+    rows split into blocks (a ragged last one), one column, 20 columns, and ids too large for
+    the int32 key (the int64 one)."""
+    from scope.store import bulk_labels as B
     from scope.store import labels as L
     from scope.store.bulk_labels import AutoLabels, top_shares
 
-    tokens, values, counts, est = _adversarial_rows(seed)
+    k = {"k1": 1, "k20-wide-ids": 20}.get(shape, 8)
+    tokens, values, counts, est = _adversarial_rows(seed, k=k)
+    if shape == "k20-wide-ids":  # ids near 2**31: past the vocabulary, still "<id>" labels
+        tokens = tokens.astype(np.int64)
+        tokens = np.where(tokens >= 9, tokens - 9 + 2**31 - 4, tokens)
+        assert B._packing(int(tokens.max()), k).dtype is np.int64
+    if shape == "blocks-of-7":
+        monkeypatch.setattr(B, "_ROWS", 7)
     vocab = [f"t{i}" for i in range(9)]  # ids 9..11 are past it: named "<id>"
     shares = top_shares(tokens, values, counts, est if with_sketch else None, n)
     auto = AutoLabels(np.full(len(counts), 1e-3), counts.astype(np.int64), shares, vocab)

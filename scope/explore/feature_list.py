@@ -80,7 +80,7 @@ def bulk_fires_on(store, sae: str, n: int = L.LABEL_TOKENS) -> list[list[tuple[s
 def bulk_shares(store, sae: str, n: int = L.LABEL_TOKENS) -> TokenShares:
     """`bulk_labels.top_shares` of one SAE's summary (the arrays behind `bulk_fires_on`)."""
     summ = store._summary(sae)
-    tokens = np.asarray(summ["top_token"]).astype(np.int64)
+    tokens = np.asarray(summ["top_token"])  # int32 as stored: top_shares widens per block
     counts = np.asarray(store.firing_counts(sae), dtype=np.float64)
     return top_shares(tokens, summ["top_value"], counts, _sketch_estimates(store, sae, tokens), n)
 
@@ -106,6 +106,20 @@ def _sketch_estimates(store, sae: str, tokens: np.ndarray) -> np.ndarray | None:
     except (AttributeError, KeyError, ImportError) as exc:
         log.info("no token sketch for %s (%s): labels use top-context shares", sae, exc)
         return None
+
+
+def _word_flags(vocab: Sequence[str], top: np.ndarray) -> np.ndarray:
+    """`[d_sae]` bool: feature i's top token `top[i]` is a word (`word_tokens`); the vocabulary
+    strings are read only for the ids that occur, and "<id>" past the vocabulary is no word."""
+    known = (top >= 0) & (top < len(vocab))
+    seen = np.zeros(len(vocab), dtype=bool)
+    seen[top[known]] = True
+    ids = np.flatnonzero(seen)
+    is_word = np.zeros(len(vocab), dtype=bool)
+    is_word[ids] = word_tokens([vocab[t] for t in ids.tolist()])
+    word = np.zeros(len(top), dtype=bool)
+    word[known] = is_word[top[known]]
+    return word
 
 
 @dataclass
@@ -149,11 +163,7 @@ class FeatureTable:
                     score[i] = e.score
         autos = AutoLabels(density, count, shares, store.vocab)
         top = shares.ids[:, 0] if shares.ids.shape[1] else np.full(len(density), -1)
-        vocab = store.vocab
-        word = np.zeros(len(density), dtype=bool)
-        known = (top >= 0) & (top < len(vocab))  # "<id>" past the vocabulary is no word
-        ids, back = np.unique(top[known], return_inverse=True)
-        word[known] = word_tokens([vocab[t] for t in ids.tolist()])[back]
+        word = _word_flags(store.vocab, top)
         top_share = shares.shares[:, 0] if shares.ids.shape[1] else np.zeros(len(density))
         return cls(density, count, np.asarray(store.max_activations(sae), dtype=np.float64),
                    np.asarray(store.mean_activations(sae), dtype=np.float64),

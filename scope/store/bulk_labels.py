@@ -16,9 +16,6 @@ import numpy as np
 
 from scope.store import labels as L
 
-#: sorts after every real token id (ids are int32 in the store)
-_NO_TOKEN = np.iinfo(np.int64).max
-
 
 class TokenShares(NamedTuple):
     """Each feature's label tokens, best first: `ids [F, n]` int64 (-1 past the last) and
@@ -43,19 +40,59 @@ def top_shares(tokens, values, counts, est=None, n: int = L.LABEL_TOKENS) -> Tok
         `TokenShares`; row i equals `token_shares(tokens[i], values[i], counts[i], vocab,
         est[i], n)` with ids in place of strings (bit for bit the same shares).
     """
-    tokens = np.asarray(tokens).astype(np.int64)
+    tokens, values = np.asarray(tokens), np.asarray(values)
+    counts = np.asarray(counts, dtype=np.float64)
+    est = None if est is None else np.asarray(est, dtype=np.float64)
     F, k = tokens.shape
-    valid = (np.asarray(values) > 0) & (tokens >= 0)
-    key = np.where(valid, tokens, _NO_TOKEN)
-    # stable: the first of equal ids in sorted order is its first valid occurrence in the row,
-    # the index np.unique(return_index=True) gives token_shares
-    perm = np.argsort(key, axis=1, kind="stable")
-    ids = np.take_along_axis(key, perm, axis=1)
-    ok = ids != _NO_TOKEN
-    first = ok.copy()
-    first[:, 1:] &= ids[:, 1:] != ids[:, :-1]
-    n_valid = ok.sum(axis=1)
+    ids = np.full((F, n), -1, dtype=np.int64)
+    shares = np.zeros((F, n), dtype=np.float64)
+    size = np.zeros(F, dtype=np.int64)
+    if F == 0 or k == 0 or n == 0:
+        return TokenShares(ids, shares, size)
+    pack = _packing(int(tokens.max()), k)
+    for a in range(0, F, _ROWS):  # blocks of rows: temporaries stay small and in cache
+        z = slice(a, a + _ROWS)
+        _top_rows(pack, tokens[z], values[z], counts[z], None if est is None else est[z],
+                  ids[z], shares[z], size[z])
+    return TokenShares(ids, shares, size)
+
+
+#: rows per block of `top_shares`
+_ROWS = 1 << 15
+
+
+class _Packing(NamedTuple):
+    """One integer per summary entry: its token id (`none` for an invalid entry, after every
+    real id) shifted left by `bits`, or'ed with its position in the row. Sorting a row of them
+    orders it by id, then position (the keys are unique, so any sort is the stable one)."""
+
+    none: int
+    bits: int
+    dtype: type
+
+
+def _packing(max_token: int, k: int) -> _Packing:
+    none, bits = max(max_token, -1) + 1, max(1, (k - 1).bit_length())
+    return _Packing(none, bits, np.int32 if none < 2 ** (31 - bits) else np.int64)
+
+
+def _top_rows(pack: _Packing, tokens, values, counts, est, out_ids, out_shares, out_size) -> None:
+    """`top_shares` of one block of rows, written into the `out_*` views."""
+    (F, k), n = tokens.shape, out_ids.shape[1]
+    valid = (values > 0) & (tokens >= 0)
+    key = np.where(valid, tokens.astype(pack.dtype, copy=False), pack.dtype(pack.none))
+    key <<= pack.bits
+    key |= np.arange(k, dtype=pack.dtype)
+    key.sort(axis=1)
+    ids = key >> pack.bits
+    # the first of equal ids in sorted order is its first valid occurrence in the row, the
+    # index np.unique(return_index=True) gives token_shares
+    first = ids < pack.none
+    flat_first, flat_ids = first.reshape(-1), ids.reshape(-1)
+    flat_first[1:] &= flat_ids[1:] != flat_ids[:-1]
+    first[:, 0] = ids[:, 0] < pack.none  # the row before does not count
     if est is None:
+        n_valid = np.count_nonzero(valid, axis=1)
         # run length of each id: the next run's start (or the row's valid end) minus its own
         pos = np.arange(k)
         nxt = np.where(first, pos, n_valid[:, None])
@@ -65,22 +102,22 @@ def top_shares(tokens, values, counts, est=None, n: int = L.LABEL_TOKENS) -> Tok
         with np.errstate(invalid="ignore", divide="ignore"):
             share = run / n_valid[:, None]
     else:
-        e = np.take_along_axis(np.asarray(est, dtype=np.float64), perm, axis=1)
-        denom = np.maximum(np.asarray(counts, dtype=np.float64), 1.0)[:, None]
-        share = np.minimum(1.0, e / denom)
-    share = np.where(first, share, -np.inf)
-    # best first: share descending, then id ascending (ids are unique among a row's firsts)
-    order = np.lexsort((ids, -share), axis=1)[:, :n]
-    share = np.take_along_axis(share, order, axis=1)
-    ids = np.take_along_axis(ids, order, axis=1)
+        where = (key & ((1 << pack.bits) - 1)).astype(np.intp)
+        where += (np.arange(F, dtype=np.intp) * k)[:, None]
+        share = np.ascontiguousarray(est).reshape(-1)[where]
+        share /= np.maximum(counts, 1.0)[:, None]
+        np.minimum(share, 1.0, out=share)
+    share[~first] = -np.inf
+    # best first: share descending, then id ascending. Ids already ascend along the row, so a
+    # stable sort by share alone is that order (ids are unique among a row's firsts)
+    order = np.argsort(-share, axis=1, kind="stable")[:, :n]
+    order += (np.arange(F, dtype=np.intp) * k)[:, None]
+    share = share.reshape(-1)[order]
     keep = share > 0  # a sorted row: its positive shares come first
-    pad = n - keep.shape[1]
-    ids = np.where(keep, ids, -1)
-    share = np.where(keep, share, 0.0)
-    if pad > 0:
-        ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
-        share = np.pad(share, ((0, 0), (0, pad)))
-    return TokenShares(ids, share, keep.sum(axis=1))
+    m = keep.shape[1]  # min(n, k): columns past it stay padding
+    out_shares[:, :m] = np.where(keep, share, 0.0)
+    out_ids[:, :m] = np.where(keep, ids.reshape(-1)[order], -1)
+    out_size[:] = np.count_nonzero(keep, axis=1)
 
 
 def token_strings(vocab: Sequence[str], ids: np.ndarray) -> list[str]:
