@@ -42,7 +42,7 @@ def top_shares(tokens, values, counts, est=None, n: int = L.LABEL_TOKENS) -> Tok
     """
     tokens, values = np.asarray(tokens), np.asarray(values)
     counts = np.asarray(counts, dtype=np.float64)
-    est = None if est is None else np.asarray(est, dtype=np.float64)
+    est = None if est is None else np.ascontiguousarray(est, dtype=np.float64)
     F, k = tokens.shape
     ids = np.full((F, n), -1, dtype=np.int64)
     shares = np.zeros((F, n), dtype=np.float64)
@@ -77,47 +77,68 @@ def _packing(max_token: int, k: int) -> _Packing:
 
 
 def _top_rows(pack: _Packing, tokens, values, counts, est, out_ids, out_shares, out_size) -> None:
-    """`top_shares` of one block of rows, written into the `out_*` views."""
+    """`top_shares` of one block of rows, written into the `out_*` views. It works on the
+    block's columns (`[k, rows]`, k is small): a sorting network and a tournament over whole
+    columns cost a few array passes, where sorting each row costs a call per row."""
     (F, k), n = tokens.shape, out_ids.shape[1]
+    tokens, values = np.ascontiguousarray(tokens.T), np.ascontiguousarray(values.T)
     valid = (values > 0) & (tokens >= 0)
     key = np.where(valid, tokens.astype(pack.dtype, copy=False), pack.dtype(pack.none))
     key <<= pack.bits
-    key |= np.arange(k, dtype=pack.dtype)
-    key.sort(axis=1)
+    key |= np.arange(k, dtype=pack.dtype)[:, None]
+    _sort_columns(key)
     ids = key >> pack.bits
     # the first of equal ids in sorted order is its first valid occurrence in the row, the
     # index np.unique(return_index=True) gives token_shares
     first = ids < pack.none
-    flat_first, flat_ids = first.reshape(-1), ids.reshape(-1)
-    flat_first[1:] &= flat_ids[1:] != flat_ids[:-1]
-    first[:, 0] = ids[:, 0] < pack.none  # the row before does not count
+    first[1:] &= ids[1:] != ids[:-1]
     if est is None:
-        n_valid = np.count_nonzero(valid, axis=1)
+        n_valid = np.count_nonzero(valid, axis=0)
         # run length of each id: the next run's start (or the row's valid end) minus its own
-        pos = np.arange(k)
-        nxt = np.where(first, pos, n_valid[:, None])
-        nxt = np.minimum.accumulate(nxt[:, ::-1], axis=1)[:, ::-1]
-        nxt = np.concatenate([nxt[:, 1:], n_valid[:, None]], axis=1)
-        run = nxt - pos
+        pos = np.arange(k)[:, None]
+        nxt = np.where(first, pos, n_valid)
+        nxt = np.minimum.accumulate(nxt[::-1], axis=0)[::-1]
+        nxt = np.concatenate([nxt[1:], n_valid[None]], axis=0)
         with np.errstate(invalid="ignore", divide="ignore"):
-            share = run / n_valid[:, None]
+            share = (nxt - pos) / n_valid
     else:
         where = (key & ((1 << pack.bits) - 1)).astype(np.intp)
-        where += (np.arange(F, dtype=np.intp) * k)[:, None]
-        share = np.ascontiguousarray(est).reshape(-1)[where]
-        share /= np.maximum(counts, 1.0)[:, None]
+        where += np.arange(0, F * k, k, dtype=np.intp)
+        share = est.reshape(-1)[where]
+        share /= np.maximum(counts, 1.0)
         np.minimum(share, 1.0, out=share)
-    share[~first] = -np.inf
-    # best first: share descending, then id ascending. Ids already ascend along the row, so a
-    # stable sort by share alone is that order (ids are unique among a row's firsts)
-    order = np.argsort(-share, axis=1, kind="stable")[:, :n]
-    order += (np.arange(F, dtype=np.intp) * k)[:, None]
-    share = share.reshape(-1)[order]
-    keep = share > 0  # a sorted row: its positive shares come first
-    m = keep.shape[1]  # min(n, k): columns past it stay padding
-    out_shares[:, :m] = np.where(keep, share, 0.0)
-    out_ids[:, :m] = np.where(keep, ids.reshape(-1)[order], -1)
-    out_size[:] = np.count_nonzero(keep, axis=1)
+    share[~first | np.isnan(share)] = -np.inf  # never named (a NaN share sorts last too)
+    # best first: share descending, then id ascending. Ids ascend down the columns, so the
+    # first column holding a row's largest share holds its smallest id among equals
+    m = min(n, k)  # columns of the output past it stay padding
+    top, top_ids = np.empty((m, F)), np.empty((m, F), dtype=ids.dtype)
+    arg, flat_share, flat_ids = np.empty(F, dtype=np.intp), share.reshape(-1), ids.reshape(-1)
+    for r in range(m):
+        best = top[r]
+        best[:] = share[0]
+        arg[:] = 0
+        for j in range(1, k):
+            np.copyto(arg, j, where=share[j] > best)
+            np.maximum(best, share[j], out=best)
+        arg *= F
+        arg += np.arange(F)  # flat index of each row's winner
+        top_ids[r] = flat_ids[arg]
+        flat_share[arg] = -np.inf
+    keep = top > 0  # once a round finds no positive share, no later round does
+    out_shares[:, :m] = np.where(keep, top, 0.0).T
+    out_ids[:, :m] = np.where(keep, top_ids, -1).T
+    out_size[:] = np.count_nonzero(keep, axis=0)
+
+
+def _sort_columns(key: np.ndarray) -> None:
+    """Sort every column of `key` (`[k, rows]`) ascending, in place: an odd-even transposition
+    network (k rounds of compare-exchanges between neighbouring rows sort k values)."""
+    k = len(key)
+    for r in range(k):
+        lo, hi = key[r % 2:k - 1:2], key[r % 2 + 1:k:2]
+        small = np.minimum(lo, hi)
+        np.maximum(lo, hi, out=hi)
+        lo[...] = small
 
 
 def token_strings(vocab: Sequence[str], ids: np.ndarray) -> list[str]:
