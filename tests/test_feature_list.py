@@ -301,3 +301,23 @@ def test_stable_argsort_equals_numpy(case):
     got = stable_argsort(values)
     assert got.dtype == np.int64
     assert np.array_equal(got, np.argsort(values, kind="stable"))
+
+
+@pytest.mark.parametrize("depth, width", [(1, 8), (3, 16), (2, 1)])
+def test_sketch_rows_equal_sketch_estimates(depth, width):
+    """The uint32 twin of `labels.sketch_estimates` the feature list reads range files with,
+    on ids past 2**31 (int64 tokens), -1 tokens and feature offsets past 2**20."""
+    from scope.store import labels as L
+    from scope.store.bulk_labels import sketch_rows
+
+    rng = np.random.default_rng(depth * width)
+    m, k, start = 300, 7, 2**20 + 4096
+    sketch = rng.integers(0, 10**6, (m, depth, width))
+    tokens = rng.integers(-1, 300_000, (m, k))
+    tokens[:5] += 2**31
+    got = sketch_rows(sketch, tokens, start)
+    feats = np.arange(start, start + m, dtype=np.int64)[:, None]
+    want = L.sketch_estimates(sketch, tokens, feats)
+    assert got.dtype == np.float64 and np.array_equal(got, want)
+    for i in (0, 7, m - 1):  # and the per-feature call Feature.label makes
+        assert np.array_equal(got[i], L.sketch_estimates(sketch[i], tokens[i], start + i))

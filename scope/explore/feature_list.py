@@ -29,7 +29,14 @@ import numpy as np
 from scope.errors import StoreError
 from scope.explore.column_order import stable_argsort
 from scope.store import labels as L
-from scope.store.bulk_labels import AutoLabels, LabelColumn, TokenShares, top_shares, word_tokens
+from scope.store.bulk_labels import (
+    AutoLabels,
+    LabelColumn,
+    TokenShares,
+    sketch_rows,
+    top_shares,
+    word_tokens,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +92,10 @@ def bulk_shares(store, sae: str, n: int = L.LABEL_TOKENS) -> TokenShares:
     return top_shares(tokens, summ["top_value"], counts, _sketch_estimates(store, sae, tokens), n)
 
 
-def _sketch_estimates(store, sae: str, tokens: np.ndarray) -> np.ndarray | None:
-    """Count-min estimates `[d_sae, k]` of each feature's firings on each of `tokens`, or None
-    for a store without a token sketch (format 1)."""
+def _sketch_estimates(store, sae: str, tokens: np.ndarray):
+    """Count-min estimates of each feature's firings on each of its `tokens` (`[d_sae, k]`),
+    as `top_shares` takes them: a function of a row slice that reads the range files it
+    covers. None for a store without a token sketch (format 1, or a file without one)."""
     try:
         from scope.store import schema as S
 
@@ -95,17 +103,24 @@ def _sketch_estimates(store, sae: str, tokens: np.ndarray) -> np.ndarray | None:
             return None
         folder = store._sae_folder(sae)
         size = int(store.info.feature_shard_size)
-        est = np.zeros(tokens.shape, dtype=np.float64)
-        for start in range(0, len(tokens), size):
-            path, _ = store._range_file(folder, sae, start)
-            sketch = store._read(path, [S.TOKEN_SKETCH])[S.TOKEN_SKETCH]  # [m, depth, width]
-            m = sketch.shape[0]
-            feats = np.arange(start, start + m, dtype=np.int64)[:, None]
-            est[start:start + m] = L.sketch_estimates(sketch, tokens[start:start + m], feats)
-        return est
+        # every file first: one without a sketch leaves the whole SAE to top-context shares
+        files = [store._range_file(folder, sae, start)[0] for start in range(0, len(tokens), size)]
+        for path in files:
+            if S.TOKEN_SKETCH not in store._handle(path).keys():  # noqa: SIM118
+                raise KeyError(f"{path.name} has no {S.TOKEN_SKETCH}")
     except (AttributeError, KeyError, ImportError) as exc:
         log.info("no token sketch for %s (%s): labels use top-context shares", sae, exc)
         return None
+
+    def rows(z: slice) -> np.ndarray:
+        parts = []
+        for f in range(z.start // size, -(-z.stop // size)):
+            sketch = store._read(files[f], [S.TOKEN_SKETCH])[S.TOKEN_SKETCH]  # [m, depth, width]
+            a, b = max(z.start, f * size), min(z.stop, f * size + len(sketch))
+            parts.append(sketch_rows(sketch[a - f * size:b - f * size], tokens[a:b], a))
+        return np.concatenate(parts)
+
+    return rows
 
 
 def _word_flags(vocab: Sequence[str], top: np.ndarray) -> np.ndarray:

@@ -33,7 +33,8 @@ def top_shares(tokens, values, counts, est=None, n: int = L.LABEL_TOKENS) -> Tok
         tokens, values: the summary's `top_token` / `top_value`, `[F, k]`.
         counts: `[F]` firing counts.
         est: `[F, k]` count-min estimates of each row's firings on its `tokens` (format 2), or
-            None (shares among the top contexts).
+            a function of a row slice returning those rows' estimates (called block by block,
+            so the `[F, k]` array is never held), or None (shares among the top contexts).
         n: tokens kept per feature.
 
     Returns:
@@ -42,17 +43,17 @@ def top_shares(tokens, values, counts, est=None, n: int = L.LABEL_TOKENS) -> Tok
     """
     tokens, values = np.asarray(tokens), np.asarray(values)
     counts = np.asarray(counts, dtype=np.float64)
-    est = None if est is None else np.ascontiguousarray(est, dtype=np.float64)
     F, k = tokens.shape
-    ids = np.full((F, n), -1, dtype=np.int64)
-    shares = np.zeros((F, n), dtype=np.float64)
-    size = np.zeros(F, dtype=np.int64)
     if F == 0 or k == 0 or n == 0:
-        return TokenShares(ids, shares, size)
+        return TokenShares(np.full((F, n), -1), np.zeros((F, n)), np.zeros(F, dtype=np.int64))
+    ids, shares = np.empty((F, n), dtype=np.int64), np.empty((F, n), dtype=np.float64)
+    size = np.empty(F, dtype=np.int64)  # every element is written block by block
     pack = _packing(int(tokens.max()), k)
     for a in range(0, F, _ROWS):  # blocks of rows: temporaries stay small and in cache
-        z = slice(a, a + _ROWS)
-        _top_rows(pack, tokens[z], values[z], counts[z], None if est is None else est[z],
+        z = slice(a, min(a + _ROWS, F))
+        e = None if est is None else est(z) if callable(est) else est[z]
+        _top_rows(pack, tokens[z], values[z], counts[z],
+                  None if e is None else np.ascontiguousarray(e, dtype=np.float64),
                   ids[z], shares[z], size[z])
     return TokenShares(ids, shares, size)
 
@@ -127,6 +128,7 @@ def _top_rows(pack: _Packing, tokens, values, counts, est, out_ids, out_shares, 
     keep = top > 0  # once a round finds no positive share, no later round does
     out_shares[:, :m] = np.where(keep, top, 0.0).T
     out_ids[:, :m] = np.where(keep, top_ids, -1).T
+    out_shares[:, m:], out_ids[:, m:] = 0.0, -1  # n > k: padding
     out_size[:] = np.count_nonzero(keep, axis=0)
 
 
@@ -139,6 +141,30 @@ def _sort_columns(key: np.ndarray) -> None:
         small = np.minimum(lo, hi)
         np.maximum(lo, hi, out=hi)
         lo[...] = small
+
+
+def sketch_rows(sketch: np.ndarray, tokens: np.ndarray, start: int) -> np.ndarray:
+    """`labels.sketch_estimates(sketch, tokens, features)` of a range file's rows at once:
+    `sketch [m, depth, width]` and `tokens [m, k]` of features `start .. start + m - 1`, as
+    float64 `[m, k]`. `schema.token_sketch_buckets` keeps every value below 2**32 (it masks
+    after each step), so its mix is computed here in uint32, where the masks are free."""
+    m, depth, width = sketch.shape
+    tok = np.maximum(tokens, 0).astype(np.uint32)
+    feats = np.arange(start, start + m, dtype=np.int64)
+    flat = sketch.reshape(-1)
+    base = np.arange(0, m * depth * width, depth * width, dtype=np.intp)[:, None]
+    est = None
+    for r in range(depth):
+        salt = ((feats * 0x9E3779B1 + (r + 1) * 0x85EBCA6B) & 0xFFFFFFFF).astype(np.uint32)
+        x = tok ^ salt[:, None]
+        for _ in range(2):
+            x ^= x >> np.uint32(16)
+            x *= np.uint32(0x45D9F3B)
+        x ^= x >> np.uint32(16)
+        x &= np.uint32(width - 1)
+        got = flat[base + r * width + x]
+        est = got if est is None else np.minimum(est, got, out=est)
+    return est.astype(np.float64)
 
 
 def token_strings(vocab: Sequence[str], ids: np.ndarray) -> list[str]:
