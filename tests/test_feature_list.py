@@ -321,3 +321,13 @@ def test_sketch_rows_equal_sketch_estimates(depth, width):
     assert got.dtype == np.float64 and np.array_equal(got, want)
     for i in (0, 7, m - 1):  # and the per-feature call Feature.label makes
         assert np.array_equal(got[i], L.sketch_estimates(sketch[i], tokens[i], start + i))
+
+
+def test_word_flags_equal_the_per_feature_rule():
+    """`_word_flags` (one lookup table over the ids seen) against the rule row by row: no token
+    (-1), ids past the vocabulary ("<id>") and an empty vocabulary are no words."""
+    vocab = [" the", "a", "of", "!!", " x1y", "Ω", "ab"]
+    top = np.array([-1, 0, 1, 2, 3, 4, 5, 6, 7, 99, 2**31 - 1, 0, -1, 6])
+    want = [0 <= t < len(vocab) and sum(c.isalpha() for c in vocab[t]) >= 2 for t in top]
+    assert FL._word_flags(vocab, top).tolist() == want
+    assert not FL._word_flags([], top).any() and FL._word_flags(vocab, top[:0]).shape == (0,)

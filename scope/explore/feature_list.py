@@ -124,17 +124,17 @@ def _sketch_estimates(store, sae: str, tokens: np.ndarray):
 
 
 def _word_flags(vocab: Sequence[str], top: np.ndarray) -> np.ndarray:
-    """`[d_sae]` bool: feature i's top token `top[i]` is a word (`word_tokens`); the vocabulary
-    strings are read only for the ids that occur, and "<id>" past the vocabulary is no word."""
-    known = (top >= 0) & (top < len(vocab))
-    seen = np.zeros(len(vocab), dtype=bool)
-    seen[top[known]] = True
-    ids = np.flatnonzero(seen)
-    is_word = np.zeros(len(vocab), dtype=bool)
-    is_word[ids] = word_tokens([vocab[t] for t in ids.tolist()])
-    word = np.zeros(len(top), dtype=bool)
-    word[known] = is_word[top[known]]
-    return word
+    """`[d_sae]` bool: feature i's top token `top[i]` (-1: none) is a word (`word_tokens`). The
+    vocabulary strings are read only for the ids that occur; "<id>" past it is no word."""
+    slot = top + 1  # slot 0: no token; len(vocab) + 1: past the vocabulary
+    np.clip(slot, 0, len(vocab) + 1, out=slot)
+    seen = np.zeros(len(vocab) + 2, dtype=bool)
+    seen[slot] = True
+    seen[[0, -1]] = False
+    ids = np.flatnonzero(seen[1:-1])
+    is_word = np.zeros(len(vocab) + 2, dtype=bool)
+    is_word[ids + 1] = word_tokens([vocab[t] for t in ids.tolist()])
+    return is_word[slot]
 
 
 @dataclass

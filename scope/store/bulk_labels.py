@@ -82,8 +82,9 @@ def _top_rows(pack: _Packing, tokens, values, counts, est, out_ids, out_shares, 
     block's columns (`[k, rows]`, k is small): a sorting network and a tournament over whole
     columns cost a few array passes, where sorting each row costs a call per row."""
     (F, k), n = tokens.shape, out_ids.shape[1]
-    tokens, values = np.ascontiguousarray(tokens.T), np.ascontiguousarray(values.T)
-    valid = (values > 0) & (tokens >= 0)
+    tokens = np.ascontiguousarray(tokens.T)
+    valid = np.ascontiguousarray((values > 0).T)
+    valid &= tokens >= 0
     key = np.where(valid, tokens.astype(pack.dtype, copy=False), pack.dtype(pack.none))
     key <<= pack.bits
     key |= np.arange(k, dtype=pack.dtype)[:, None]
@@ -108,18 +109,21 @@ def _top_rows(pack: _Packing, tokens, values, counts, est, out_ids, out_shares, 
         share = est.reshape(-1)[where]
         share /= np.maximum(counts, 1.0)
         np.minimum(share, 1.0, out=share)
-    share[~first | np.isnan(share)] = -np.inf  # never named (a NaN share sorts last too)
+    never = np.logical_not(first, out=first)
+    never |= np.isnan(share)  # a NaN share sorts last in token_shares: never named either
+    np.copyto(share, -np.inf, where=never)
     # best first: share descending, then id ascending. Ids ascend down the columns, so the
     # first column holding a row's largest share holds its smallest id among equals
     m = min(n, k)  # columns of the output past it stay padding
     top, top_ids = np.empty((m, F)), np.empty((m, F), dtype=ids.dtype)
     arg, flat_share, flat_ids = np.empty(F, dtype=np.intp), share.reshape(-1), ids.reshape(-1)
+    wins = np.empty(F, dtype=bool)
     for r in range(m):
         best = top[r]
         best[:] = share[0]
         arg[:] = 0
         for j in range(1, k):
-            np.copyto(arg, j, where=share[j] > best)
+            np.copyto(arg, j, where=np.greater(share[j], best, out=wins))
             np.maximum(best, share[j], out=best)
         arg *= F
         arg += np.arange(F)  # flat index of each row's winner
