@@ -1,10 +1,12 @@
 """Automatic labels of every feature at once: the numpy twin of `labels.token_shares`.
 
-`top_shares` computes, for all `[d_sae, k]` summary rows in a few array passes, the same
-`(token, share)` lists that `labels.token_shares` computes one feature at a time (the feature
-list at 1,048,576 features cannot afford a Python loop per feature). `AutoLabels` turns them
-into `labels.auto_label` strings lazily, one per row asked for, so a page of 50 rows costs 50
-labels, not a million. Tests compare both against the per-feature functions element for element.
+`top_shares` computes, for all `[d_sae, k]` summary rows, the same `(token, share)` lists that
+`labels.token_shares` computes one feature at a time (the feature list at 1,048,576 features
+cannot afford a Python loop per feature): in blocks of 32,768 rows, each worked on by columns
+(k is small, so a sorting network over whole columns beats a sort call per row).
+`sketch_rows` is the same for `labels.sketch_estimates`. `AutoLabels` turns the lists into
+`labels.auto_label` strings lazily, one per row asked for, so a page of 50 rows costs 50 labels,
+not a million. Tests compare all three against the per-feature functions element for element.
 """
 
 from __future__ import annotations
