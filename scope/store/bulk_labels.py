@@ -48,7 +48,8 @@ def top_shares(tokens, values, counts, est=None, n: int = L.LABEL_TOKENS) -> Tok
     F, k = tokens.shape
     if F == 0 or k == 0 or n == 0:
         return TokenShares(np.full((F, n), -1), np.zeros((F, n)), np.zeros(F, dtype=np.int64))
-    ids, shares = np.empty((F, n), dtype=np.int64), np.empty((F, n), dtype=np.float64)
+    # [n, F] in memory, handed out as its [F, n] transpose: a block writes whole rows of it
+    ids, shares = np.empty((n, F), dtype=np.int64), np.empty((n, F), dtype=np.float64)
     size = np.empty(F, dtype=np.int64)  # every element is written block by block
     pack = _packing(int(tokens.max()), k)
     for a in range(0, F, _ROWS):  # blocks of rows: temporaries stay small and in cache
@@ -56,8 +57,8 @@ def top_shares(tokens, values, counts, est=None, n: int = L.LABEL_TOKENS) -> Tok
         e = None if est is None else est(z) if callable(est) else est[z]
         _top_rows(pack, tokens[z], values[z], counts[z],
                   None if e is None else np.ascontiguousarray(e, dtype=np.float64),
-                  ids[z], shares[z], size[z])
-    return TokenShares(ids, shares, size)
+                  ids[:, z], shares[:, z], size[z])
+    return TokenShares(ids.T, shares.T, size)
 
 
 #: rows per block of `top_shares`
@@ -80,10 +81,11 @@ def _packing(max_token: int, k: int) -> _Packing:
 
 
 def _top_rows(pack: _Packing, tokens, values, counts, est, out_ids, out_shares, out_size) -> None:
-    """`top_shares` of one block of rows, written into the `out_*` views. It works on the
+    """`top_shares` of one block of rows, written into the `out_*` views (`[n, rows]`,
+    `[n, rows]`, `[rows]`). It works on the
     block's columns (`[k, rows]`, k is small): a sorting network and a tournament over whole
     columns cost a few array passes, where sorting each row costs a call per row."""
-    (F, k), n = tokens.shape, out_ids.shape[1]
+    (F, k), n = tokens.shape, out_ids.shape[0]
     tokens = np.ascontiguousarray(tokens.T)
     valid = np.ascontiguousarray((values > 0).T)
     valid &= tokens >= 0
@@ -117,7 +119,7 @@ def _top_rows(pack: _Packing, tokens, values, counts, est, out_ids, out_shares, 
     # best first: share descending, then id ascending. Ids ascend down the columns, so the
     # first column holding a row's largest share holds its smallest id among equals
     m = min(n, k)  # columns of the output past it stay padding
-    top, top_ids = np.empty((m, F)), np.empty((m, F), dtype=ids.dtype)
+    top, top_ids = out_shares[:m], out_ids[:m]
     arg, flat_share, flat_ids = np.empty(F, dtype=np.intp), share.reshape(-1), ids.reshape(-1)
     wins = np.empty(F, dtype=bool)
     for r in range(m):
@@ -132,10 +134,11 @@ def _top_rows(pack: _Packing, tokens, values, counts, est, out_ids, out_shares, 
         top_ids[r] = flat_ids[arg]
         flat_share[arg] = -np.inf
     keep = top > 0  # once a round finds no positive share, no later round does
-    out_shares[:, :m] = np.where(keep, top, 0.0).T
-    out_ids[:, :m] = np.where(keep, top_ids, -1).T
-    out_shares[:, m:], out_ids[:, m:] = 0.0, -1  # n > k: padding
     out_size[:] = np.count_nonzero(keep, axis=0)
+    np.logical_not(keep, out=keep)
+    np.copyto(top, 0.0, where=keep)
+    np.copyto(top_ids, -1, where=keep)
+    out_shares[m:], out_ids[m:] = 0.0, -1  # n > k: padding
 
 
 def _sort_columns(key: np.ndarray) -> None:
