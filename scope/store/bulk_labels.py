@@ -115,29 +115,35 @@ def _top_rows(pack: _Packing, tokens, values, counts, est, out_ids, out_shares, 
         np.minimum(share, 1.0, out=share)
     never = np.logical_not(first, out=first)
     never |= np.isnan(share)  # a NaN share sorts last in token_shares: never named either
-    np.copyto(share, -np.inf, where=never)
+    np.putmask(share, never, -np.inf)
     # best first: share descending, then id ascending. Ids ascend down the columns, so the
     # first column holding a row's largest share holds its smallest id among equals
     m = min(n, k)  # columns of the output past it stay padding
     top, top_ids = out_shares[:m], out_ids[:m]
-    arg, flat_share, flat_ids = np.empty(F, dtype=np.intp), share.reshape(-1), ids.reshape(-1)
-    wins = np.empty(F, dtype=bool)
+    flat_share, flat_ids = share.reshape(-1), ids.reshape(-1)
+    small = np.uint8 if k <= 256 else np.intp
+    col, step = np.empty(F, dtype=small), np.empty(F, dtype=small)  # each row's winning column
+    wins, rows = np.empty(F, dtype=bool), np.arange(F)
     for r in range(m):
         best = top[r]
         best[:] = share[0]
-        arg[:] = 0
+        col[:] = 0
         for j in range(1, k):
-            np.copyto(arg, j, where=np.greater(share[j], best, out=wins))
+            # the last column that beats the best so far (strictly: among equal shares the
+            # first column, the smaller id, stays) is the largest j * wins_j
+            np.greater(share[j], best, out=wins)
+            np.maximum(col, np.multiply(wins, small(j), out=step), out=col)
             np.maximum(best, share[j], out=best)
-        arg *= F
-        arg += np.arange(F)  # flat index of each row's winner
-        top_ids[r] = flat_ids[arg]
-        flat_share[arg] = -np.inf
+        at = col.astype(np.intp)
+        at *= F
+        at += rows  # flat index of each row's winner
+        top_ids[r] = flat_ids[at]
+        flat_share[at] = -np.inf
     keep = top > 0  # once a round finds no positive share, no later round does
     out_size[:] = np.count_nonzero(keep, axis=0)
     np.logical_not(keep, out=keep)
-    np.copyto(top, 0.0, where=keep)
-    np.copyto(top_ids, -1, where=keep)
+    np.putmask(top, keep, 0.0)
+    np.putmask(top_ids, keep, -1)
     out_shares[m:], out_ids[m:] = 0.0, -1  # n > k: padding
 
 
