@@ -331,3 +331,41 @@ def test_word_flags_equal_the_per_feature_rule():
     want = [0 <= t < len(vocab) and sum(c.isalpha() for c in vocab[t]) >= 2 for t in top]
     assert FL._word_flags(vocab, top).tolist() == want
     assert not FL._word_flags([], top).any() and FL._word_flags(vocab, top[:0]).shape == (0,)
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory):
+    """A store whose 32 features lie in range files of 5 (the last one holds 2)."""
+    from explorer_helpers import build_store
+
+    import scope.pipeline.run as run
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(run, "FEATURE_SHARD_SIZE", 5)
+        store = scope.open_store(build_store(tmp_path_factory.mktemp("sharded"), tokens=1024))
+    assert store.info.feature_shard_size == 5
+    return store, store.sae_names[0]
+
+
+@pytest.mark.parametrize("rows", [3, 5, 8, 1 << 15])
+def test_table_over_range_files_equals_the_per_feature_computation(sharded, rows, monkeypatch):
+    """Blocks of `rows` rows inside one range file, on its bounds, and spanning several (the
+    sketch estimates are read block by block): every automatic label, top share and word flag
+    still equals `Feature.label`'s inputs, feature by feature."""
+    from scope.store import bulk_labels as B
+    from scope.store import labels as L
+
+    store, sae = sharded
+    monkeypatch.setattr(B, "_ROWS", rows)
+    table = FL.FeatureTable.build(store, sae)
+    summ, count, dens = store._summary(sae), store.firing_counts(sae), store.densities(sae)
+    for i in range(store.n_features(sae)):
+        est = L.sketch_estimates(store._feature_rows(sae, i)["token_sketch"],
+                                 summ["top_token"][i], i)
+        fires = L.token_shares(summ["top_token"][i], summ["top_value"][i], float(count[i]),
+                               store.vocab, est)
+        assert table.auto_labels[i] == L.auto_label(float(dens[i]), int(count[i]), fires), i
+        assert table.top_share[i] == (fires[0][1] if fires else 0.0)
+        top = fires[0][0] if fires else ""
+        assert table.top_word[i] == (sum(c.isalpha() for c in top) >= 2)
+    assert (table.auto_labels._shares.size > 0).sum() >= 10  # not vacuous: most features fired
