@@ -4,7 +4,12 @@
 label (its explanation, else the automatic label) once; `query` then sorts by any column,
 filters by density range and hides dense / rare features, ranks label text with BM25 (the
 `bm25s` library) and returns one page. Built once, a query over 131,072 features takes a few
-milliseconds to tens of milliseconds (benchmarks/bench_dashboard.py measures it).
+milliseconds to tens of milliseconds (benchmarks/bench_dashboard.py measures it). Building the
+table of a 1,048,576-feature SAE (`benchmarks/bench_scale.py --store`) measured 0.43-0.48 s of
+CPU on a 2-core machine shared with another benchmark, where the per-row sorts it replaced
+measured 1.13-1.24 s (0.65 s on the idle machine): close to half of it reads and checks the
+summary and opens and reads the 256 range files' token sketches; the rest labels every feature
+in blocks of rows.
 
 Rules a reader can rely on:
 - a text query ranks by relevance (BM25) unless another column is asked for;
