@@ -175,11 +175,23 @@ def _adversarial_rows(seed: int, F: int = 400, k: int = 8):
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("n", [1, 3, 10])
 @pytest.mark.parametrize("with_sketch", [True, False])
-def test_top_shares_equal_token_shares_row_by_row(seed, n, with_sketch):
+@pytest.mark.parametrize("shape", ["k8", "k1", "k20-wide-ids", "blocks-of-7"])
+def test_top_shares_equal_token_shares_row_by_row(seed, n, with_sketch, shape, monkeypatch):
+    """The block-wise, packed-key `top_shares` against `labels.token_shares`, one row at a time:
+    rows split into blocks (a ragged last one), one column, 20 columns, and ids too large for
+    the int32 key (the int64 one)."""
+    from scope.store import bulk_labels as B
     from scope.store import labels as L
     from scope.store.bulk_labels import AutoLabels, top_shares
 
-    tokens, values, counts, est = _adversarial_rows(seed)
+    k = {"k1": 1, "k20-wide-ids": 20}.get(shape, 8)
+    tokens, values, counts, est = _adversarial_rows(seed, k=k)
+    if shape == "k20-wide-ids":  # ids near 2**31: past the vocabulary, still "<id>" labels
+        tokens = tokens.astype(np.int64)
+        tokens = np.where(tokens >= 9, tokens - 9 + 2**31 - 4, tokens)
+        assert B._packing(int(tokens.max()), k).dtype is np.int64
+    if shape == "blocks-of-7":
+        monkeypatch.setattr(B, "_ROWS", 7)
     vocab = [f"t{i}" for i in range(9)]  # ids 9..11 are past it: named "<id>"
     shares = top_shares(tokens, values, counts, est if with_sketch else None, n)
     auto = AutoLabels(np.full(len(counts), 1e-3), counts.astype(np.int64), shares, vocab)
@@ -289,3 +301,71 @@ def test_stable_argsort_equals_numpy(case):
     got = stable_argsort(values)
     assert got.dtype == np.int64
     assert np.array_equal(got, np.argsort(values, kind="stable"))
+
+
+@pytest.mark.parametrize("depth, width", [(1, 8), (3, 16), (2, 1)])
+def test_sketch_rows_equal_sketch_estimates(depth, width):
+    """The uint32 twin of `labels.sketch_estimates` the feature list reads range files with,
+    on ids past 2**31 (int64 tokens), -1 tokens and feature offsets past 2**20."""
+    from scope.store import labels as L
+    from scope.store.bulk_labels import sketch_rows
+
+    rng = np.random.default_rng(depth * width)
+    m, k, start = 300, 7, 2**20 + 4096
+    sketch = rng.integers(0, 10**6, (m, depth, width))
+    tokens = rng.integers(-1, 300_000, (m, k))
+    tokens[:5] += 2**31
+    got = sketch_rows(sketch, tokens, start)
+    feats = np.arange(start, start + m, dtype=np.int64)[:, None]
+    want = L.sketch_estimates(sketch, tokens, feats)
+    assert got.dtype == np.float64 and np.array_equal(got, want)
+    for i in (0, 7, m - 1):  # and the per-feature call Feature.label makes
+        assert np.array_equal(got[i], L.sketch_estimates(sketch[i], tokens[i], start + i))
+
+
+def test_word_flags_equal_the_per_feature_rule():
+    """`_word_flags` (one lookup table over the ids seen) against the rule row by row: no token
+    (-1), ids past the vocabulary ("<id>") and an empty vocabulary are no words."""
+    vocab = [" the", "a", "of", "!!", " x1y", "Ω", "ab"]
+    top = np.array([-1, 0, 1, 2, 3, 4, 5, 6, 7, 99, 2**31 - 1, 0, -1, 6])
+    want = [0 <= t < len(vocab) and sum(c.isalpha() for c in vocab[t]) >= 2 for t in top]
+    assert FL._word_flags(vocab, top).tolist() == want
+    assert not FL._word_flags([], top).any() and FL._word_flags(vocab, top[:0]).shape == (0,)
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory):
+    """A store whose 32 features lie in range files of 5 (the last one holds 2)."""
+    from explorer_helpers import build_store
+
+    import scope.pipeline.run as run
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(run, "FEATURE_SHARD_SIZE", 5)
+        store = scope.open_store(build_store(tmp_path_factory.mktemp("sharded"), tokens=1024))
+    assert store.info.feature_shard_size == 5
+    return store, store.sae_names[0]
+
+
+@pytest.mark.parametrize("rows", [3, 5, 8, 1 << 15])
+def test_table_over_range_files_equals_the_per_feature_computation(sharded, rows, monkeypatch):
+    """Blocks of `rows` rows inside one range file, on its bounds, and spanning several (the
+    sketch estimates are read block by block): every automatic label, top share and word flag
+    still equals `Feature.label`'s inputs, feature by feature."""
+    from scope.store import bulk_labels as B
+    from scope.store import labels as L
+
+    store, sae = sharded
+    monkeypatch.setattr(B, "_ROWS", rows)
+    table = FL.FeatureTable.build(store, sae)
+    summ, count, dens = store._summary(sae), store.firing_counts(sae), store.densities(sae)
+    for i in range(store.n_features(sae)):
+        est = L.sketch_estimates(store._feature_rows(sae, i)["token_sketch"],
+                                 summ["top_token"][i], i)
+        fires = L.token_shares(summ["top_token"][i], summ["top_value"][i], float(count[i]),
+                               store.vocab, est)
+        assert table.auto_labels[i] == L.auto_label(float(dens[i]), int(count[i]), fires), i
+        assert table.top_share[i] == (fires[0][1] if fires else 0.0)
+        top = fires[0][0] if fires else ""
+        assert table.top_word[i] == (sum(c.isalpha() for c in top) >= 2)
+    assert (table.auto_labels._shares.size > 0).sum() >= 10  # not vacuous: most features fired

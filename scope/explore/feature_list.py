@@ -4,7 +4,12 @@
 label (its explanation, else the automatic label) once; `query` then sorts by any column,
 filters by density range and hides dense / rare features, ranks label text with BM25 (the
 `bm25s` library) and returns one page. Built once, a query over 131,072 features takes a few
-milliseconds to tens of milliseconds (benchmarks/bench_dashboard.py measures it).
+milliseconds to tens of milliseconds (benchmarks/bench_dashboard.py measures it). Building the
+table of a 1,048,576-feature SAE (`benchmarks/bench_scale.py --store`) measured 0.43-0.48 s of
+CPU on a 2-core machine shared with another benchmark, where the per-row sorts it replaced
+measured 1.13-1.24 s (0.65 s on the idle machine): close to half of it reads and checks the
+summary and opens and reads the 256 range files' token sketches; the rest labels every feature
+in blocks of rows.
 
 Rules a reader can rely on:
 - a text query ranks by relevance (BM25) unless another column is asked for;
@@ -29,7 +34,14 @@ import numpy as np
 from scope.errors import StoreError
 from scope.explore.column_order import stable_argsort
 from scope.store import labels as L
-from scope.store.bulk_labels import AutoLabels, LabelColumn, TokenShares, top_shares, word_tokens
+from scope.store.bulk_labels import (
+    AutoLabels,
+    LabelColumn,
+    TokenShares,
+    sketch_rows,
+    top_shares,
+    word_tokens,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +92,15 @@ def bulk_fires_on(store, sae: str, n: int = L.LABEL_TOKENS) -> list[list[tuple[s
 def bulk_shares(store, sae: str, n: int = L.LABEL_TOKENS) -> TokenShares:
     """`bulk_labels.top_shares` of one SAE's summary (the arrays behind `bulk_fires_on`)."""
     summ = store._summary(sae)
-    tokens = np.asarray(summ["top_token"]).astype(np.int64)
+    tokens = np.asarray(summ["top_token"])  # int32 as stored: top_shares widens per block
     counts = np.asarray(store.firing_counts(sae), dtype=np.float64)
     return top_shares(tokens, summ["top_value"], counts, _sketch_estimates(store, sae, tokens), n)
 
 
-def _sketch_estimates(store, sae: str, tokens: np.ndarray) -> np.ndarray | None:
-    """Count-min estimates `[d_sae, k]` of each feature's firings on each of `tokens`, or None
-    for a store without a token sketch (format 1)."""
+def _sketch_estimates(store, sae: str, tokens: np.ndarray):
+    """Count-min estimates of each feature's firings on each of its `tokens` (`[d_sae, k]`),
+    as `top_shares` takes them: a function of a row slice that reads the range files it
+    covers. None for a store without a token sketch (format 1, or a file without one)."""
     try:
         from scope.store import schema as S
 
@@ -95,17 +108,38 @@ def _sketch_estimates(store, sae: str, tokens: np.ndarray) -> np.ndarray | None:
             return None
         folder = store._sae_folder(sae)
         size = int(store.info.feature_shard_size)
-        est = np.zeros(tokens.shape, dtype=np.float64)
-        for start in range(0, len(tokens), size):
-            path, _ = store._range_file(folder, sae, start)
-            sketch = store._read(path, [S.TOKEN_SKETCH])[S.TOKEN_SKETCH]  # [m, depth, width]
-            m = sketch.shape[0]
-            feats = np.arange(start, start + m, dtype=np.int64)[:, None]
-            est[start:start + m] = L.sketch_estimates(sketch, tokens[start:start + m], feats)
-        return est
+        # every file first: one without a sketch leaves the whole SAE to top-context shares
+        files = [store._range_file(folder, sae, start)[0] for start in range(0, len(tokens), size)]
+        for path in files:
+            if S.TOKEN_SKETCH not in store._handle(path).keys():  # noqa: SIM118
+                raise KeyError(f"{path.name} has no {S.TOKEN_SKETCH}")
     except (AttributeError, KeyError, ImportError) as exc:
         log.info("no token sketch for %s (%s): labels use top-context shares", sae, exc)
         return None
+
+    def rows(z: slice) -> np.ndarray:
+        parts = []
+        for f in range(z.start // size, -(-z.stop // size)):
+            sketch = store._read(files[f], [S.TOKEN_SKETCH])[S.TOKEN_SKETCH]  # [m, depth, width]
+            a, b = max(z.start, f * size), min(z.stop, f * size + len(sketch))
+            parts.append(sketch_rows(sketch[a - f * size:b - f * size], tokens[a:b], a))
+        return np.concatenate(parts)
+
+    return rows
+
+
+def _word_flags(vocab: Sequence[str], top: np.ndarray) -> np.ndarray:
+    """`[d_sae]` bool: feature i's top token `top[i]` (-1: none) is a word (`word_tokens`). The
+    vocabulary strings are read only for the ids that occur; "<id>" past it is no word."""
+    slot = top + 1  # slot 0: no token; len(vocab) + 1: past the vocabulary
+    np.clip(slot, 0, len(vocab) + 1, out=slot)
+    seen = np.zeros(len(vocab) + 2, dtype=bool)
+    seen[slot] = True
+    seen[[0, -1]] = False
+    ids = np.flatnonzero(seen[1:-1])
+    is_word = np.zeros(len(vocab) + 2, dtype=bool)
+    is_word[ids + 1] = word_tokens([vocab[t] for t in ids.tolist()])
+    return is_word[slot]
 
 
 @dataclass
@@ -149,11 +183,7 @@ class FeatureTable:
                     score[i] = e.score
         autos = AutoLabels(density, count, shares, store.vocab)
         top = shares.ids[:, 0] if shares.ids.shape[1] else np.full(len(density), -1)
-        vocab = store.vocab
-        word = np.zeros(len(density), dtype=bool)
-        known = (top >= 0) & (top < len(vocab))  # "<id>" past the vocabulary is no word
-        ids, back = np.unique(top[known], return_inverse=True)
-        word[known] = word_tokens([vocab[t] for t in ids.tolist()])[back]
+        word = _word_flags(store.vocab, top)
         top_share = shares.shares[:, 0] if shares.ids.shape[1] else np.zeros(len(density))
         return cls(density, count, np.asarray(store.max_activations(sae), dtype=np.float64),
                    np.asarray(store.mean_activations(sae), dtype=np.float64),

@@ -1,10 +1,12 @@
 """Automatic labels of every feature at once: the numpy twin of `labels.token_shares`.
 
-`top_shares` computes, for all `[d_sae, k]` summary rows in a few array passes, the same
-`(token, share)` lists that `labels.token_shares` computes one feature at a time (the feature
-list at 1,048,576 features cannot afford a Python loop per feature). `AutoLabels` turns them
-into `labels.auto_label` strings lazily, one per row asked for, so a page of 50 rows costs 50
-labels, not a million. Tests compare both against the per-feature functions element for element.
+`top_shares` computes, for all `[d_sae, k]` summary rows, the same `(token, share)` lists that
+`labels.token_shares` computes one feature at a time (the feature list at 1,048,576 features
+cannot afford a Python loop per feature): in blocks of 32,768 rows, each worked on by columns
+(k is small, so a sorting network over whole columns beats a sort call per row).
+`sketch_rows` is the same for `labels.sketch_estimates`. `AutoLabels` turns the lists into
+`labels.auto_label` strings lazily, one per row asked for, so a page of 50 rows costs 50 labels,
+not a million. Tests compare all three against the per-feature functions element for element.
 """
 
 from __future__ import annotations
@@ -15,9 +17,6 @@ from typing import NamedTuple
 import numpy as np
 
 from scope.store import labels as L
-
-#: sorts after every real token id (ids are int32 in the store)
-_NO_TOKEN = np.iinfo(np.int64).max
 
 
 class TokenShares(NamedTuple):
@@ -36,51 +35,151 @@ def top_shares(tokens, values, counts, est=None, n: int = L.LABEL_TOKENS) -> Tok
         tokens, values: the summary's `top_token` / `top_value`, `[F, k]`.
         counts: `[F]` firing counts.
         est: `[F, k]` count-min estimates of each row's firings on its `tokens` (format 2), or
-            None (shares among the top contexts).
+            a function of a row slice returning those rows' estimates (called block by block,
+            so the `[F, k]` array is never held), or None (shares among the top contexts).
         n: tokens kept per feature.
 
     Returns:
         `TokenShares`; row i equals `token_shares(tokens[i], values[i], counts[i], vocab,
         est[i], n)` with ids in place of strings (bit for bit the same shares).
     """
-    tokens = np.asarray(tokens).astype(np.int64)
+    tokens, values = np.asarray(tokens), np.asarray(values)
+    counts = np.asarray(counts, dtype=np.float64)
     F, k = tokens.shape
-    valid = (np.asarray(values) > 0) & (tokens >= 0)
-    key = np.where(valid, tokens, _NO_TOKEN)
-    # stable: the first of equal ids in sorted order is its first valid occurrence in the row,
-    # the index np.unique(return_index=True) gives token_shares
-    perm = np.argsort(key, axis=1, kind="stable")
-    ids = np.take_along_axis(key, perm, axis=1)
-    ok = ids != _NO_TOKEN
-    first = ok.copy()
-    first[:, 1:] &= ids[:, 1:] != ids[:, :-1]
-    n_valid = ok.sum(axis=1)
+    if F == 0 or k == 0 or n == 0:
+        return TokenShares(np.full((F, n), -1), np.zeros((F, n)), np.zeros(F, dtype=np.int64))
+    # [n, F] in memory, handed out as its [F, n] transpose: a block writes whole rows of it
+    ids, shares = np.empty((n, F), dtype=np.int64), np.empty((n, F), dtype=np.float64)
+    size = np.empty(F, dtype=np.int64)  # every element is written block by block
+    pack = _packing(int(tokens.max()), k)
+    for a in range(0, F, _ROWS):  # blocks of rows: temporaries stay small and in cache
+        z = slice(a, min(a + _ROWS, F))
+        e = None if est is None else est(z) if callable(est) else est[z]
+        _top_rows(pack, tokens[z], values[z], counts[z],
+                  None if e is None else np.ascontiguousarray(e, dtype=np.float64),
+                  ids[:, z], shares[:, z], size[z])
+    return TokenShares(ids.T, shares.T, size)
+
+
+#: rows per block of `top_shares`
+_ROWS = 1 << 15
+
+
+class _Packing(NamedTuple):
+    """One integer per summary entry: its token id (`none` for an invalid entry, after every
+    real id) shifted left by `bits`, or'ed with its position in the row. Sorting a row of them
+    orders it by id, then position (the keys are unique, so any sort is the stable one)."""
+
+    none: int
+    bits: int
+    dtype: type
+
+
+def _packing(max_token: int, k: int) -> _Packing:
+    none, bits = max(max_token, -1) + 1, max(1, (k - 1).bit_length())
+    return _Packing(none, bits, np.int32 if none < 2 ** (31 - bits) else np.int64)
+
+
+def _top_rows(pack: _Packing, tokens, values, counts, est, out_ids, out_shares, out_size) -> None:
+    """`top_shares` of one block of rows, written into the `out_*` views (`[n, rows]`,
+    `[n, rows]`, `[rows]`). It works on the
+    block's columns (`[k, rows]`, k is small): a sorting network and a tournament over whole
+    columns cost a few array passes, where sorting each row costs a call per row."""
+    (F, k), n = tokens.shape, out_ids.shape[0]
+    tokens = np.ascontiguousarray(tokens.T)
+    valid = np.ascontiguousarray((values > 0).T)
+    valid &= tokens >= 0
+    key = np.where(valid, tokens.astype(pack.dtype, copy=False), pack.dtype(pack.none))
+    key <<= pack.bits
+    key |= np.arange(k, dtype=pack.dtype)[:, None]
+    _sort_columns(key)
+    ids = key >> pack.bits
+    # the first of equal ids in sorted order is its first valid occurrence in the row, the
+    # index np.unique(return_index=True) gives token_shares
+    first = ids < pack.none
+    first[1:] &= ids[1:] != ids[:-1]
     if est is None:
+        n_valid = np.count_nonzero(valid, axis=0)
         # run length of each id: the next run's start (or the row's valid end) minus its own
-        pos = np.arange(k)
-        nxt = np.where(first, pos, n_valid[:, None])
-        nxt = np.minimum.accumulate(nxt[:, ::-1], axis=1)[:, ::-1]
-        nxt = np.concatenate([nxt[:, 1:], n_valid[:, None]], axis=1)
-        run = nxt - pos
+        pos = np.arange(k)[:, None]
+        nxt = np.where(first, pos, n_valid)
+        nxt = np.minimum.accumulate(nxt[::-1], axis=0)[::-1]
+        nxt = np.concatenate([nxt[1:], n_valid[None]], axis=0)
         with np.errstate(invalid="ignore", divide="ignore"):
-            share = run / n_valid[:, None]
+            share = (nxt - pos) / n_valid
     else:
-        e = np.take_along_axis(np.asarray(est, dtype=np.float64), perm, axis=1)
-        denom = np.maximum(np.asarray(counts, dtype=np.float64), 1.0)[:, None]
-        share = np.minimum(1.0, e / denom)
-    share = np.where(first, share, -np.inf)
-    # best first: share descending, then id ascending (ids are unique among a row's firsts)
-    order = np.lexsort((ids, -share), axis=1)[:, :n]
-    share = np.take_along_axis(share, order, axis=1)
-    ids = np.take_along_axis(ids, order, axis=1)
-    keep = share > 0  # a sorted row: its positive shares come first
-    pad = n - keep.shape[1]
-    ids = np.where(keep, ids, -1)
-    share = np.where(keep, share, 0.0)
-    if pad > 0:
-        ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
-        share = np.pad(share, ((0, 0), (0, pad)))
-    return TokenShares(ids, share, keep.sum(axis=1))
+        where = (key & ((1 << pack.bits) - 1)).astype(np.intp)
+        where += np.arange(0, F * k, k, dtype=np.intp)
+        share = est.reshape(-1)[where]
+        share /= np.maximum(counts, 1.0)
+        np.minimum(share, 1.0, out=share)
+    never = np.logical_not(first, out=first)
+    never |= np.isnan(share)  # a NaN share sorts last in token_shares: never named either
+    np.putmask(share, never, -np.inf)
+    # best first: share descending, then id ascending. Ids ascend down the columns, so the
+    # first column holding a row's largest share holds its smallest id among equals
+    m = min(n, k)  # columns of the output past it stay padding
+    top, top_ids = out_shares[:m], out_ids[:m]
+    flat_share, flat_ids = share.reshape(-1), ids.reshape(-1)
+    small = np.uint8 if k <= 256 else np.intp
+    col, step = np.empty(F, dtype=small), np.empty(F, dtype=small)  # each row's winning column
+    wins, rows = np.empty(F, dtype=bool), np.arange(F)
+    for r in range(m):
+        best = top[r]
+        best[:] = share[0]
+        col[:] = 0
+        for j in range(1, k):
+            # the last column that beats the best so far (strictly: among equal shares the
+            # first column, the smaller id, stays) is the largest j * wins_j
+            np.greater(share[j], best, out=wins)
+            np.maximum(col, np.multiply(wins, small(j), out=step), out=col)
+            np.maximum(best, share[j], out=best)
+        at = col.astype(np.intp)
+        at *= F
+        at += rows  # flat index of each row's winner
+        top_ids[r] = flat_ids[at]
+        flat_share[at] = -np.inf
+    keep = top > 0  # once a round finds no positive share, no later round does
+    out_size[:] = np.count_nonzero(keep, axis=0)
+    np.logical_not(keep, out=keep)
+    np.putmask(top, keep, 0.0)
+    np.putmask(top_ids, keep, -1)
+    out_shares[m:], out_ids[m:] = 0.0, -1  # n > k: padding
+
+
+def _sort_columns(key: np.ndarray) -> None:
+    """Sort every column of `key` (`[k, rows]`) ascending, in place: an odd-even transposition
+    network (k rounds of compare-exchanges between neighbouring rows sort k values)."""
+    k = len(key)
+    for r in range(k):
+        lo, hi = key[r % 2:k - 1:2], key[r % 2 + 1:k:2]
+        small = np.minimum(lo, hi)
+        np.maximum(lo, hi, out=hi)
+        lo[...] = small
+
+
+def sketch_rows(sketch: np.ndarray, tokens: np.ndarray, start: int) -> np.ndarray:
+    """`labels.sketch_estimates(sketch, tokens, features)` of a range file's rows at once:
+    `sketch [m, depth, width]` and `tokens [m, k]` of features `start .. start + m - 1`, as
+    float64 `[m, k]`. `schema.token_sketch_buckets` keeps every value below 2**32 (it masks
+    after each step), so its mix is computed here in uint32, where the masks are free."""
+    m, depth, width = sketch.shape
+    tok = np.maximum(tokens, 0).astype(np.uint32)
+    feats = np.arange(start, start + m, dtype=np.int64)
+    flat = sketch.reshape(-1)
+    base = np.arange(0, m * depth * width, depth * width, dtype=np.intp)[:, None]
+    est = None
+    for r in range(depth):
+        salt = ((feats * 0x9E3779B1 + (r + 1) * 0x85EBCA6B) & 0xFFFFFFFF).astype(np.uint32)
+        x = tok ^ salt[:, None]
+        for _ in range(2):
+            x ^= x >> np.uint32(16)
+            x *= np.uint32(0x45D9F3B)
+        x ^= x >> np.uint32(16)
+        x &= np.uint32(width - 1)
+        got = flat[base + r * width + x]
+        est = got if est is None else np.minimum(est, got, out=est)
+    return est.astype(np.float64)
 
 
 def token_strings(vocab: Sequence[str], ids: np.ndarray) -> list[str]:
