@@ -17,6 +17,7 @@ from typing import NamedTuple
 import numpy as np
 
 from scope.store import labels as L
+from scope.store.schema import token_sketch_buckets
 
 
 class TokenShares(NamedTuple):
@@ -161,23 +162,15 @@ def _sort_columns(key: np.ndarray) -> None:
 def sketch_rows(sketch: np.ndarray, tokens: np.ndarray, start: int) -> np.ndarray:
     """`labels.sketch_estimates(sketch, tokens, features)` of a range file's rows at once:
     `sketch [m, depth, width]` and `tokens [m, k]` of features `start .. start + m - 1`, as
-    float64 `[m, k]`. `schema.token_sketch_buckets` keeps every value below 2**32 (it masks
-    after each step), so its mix is computed here in uint32, where the masks are free."""
+    float64 `[m, k]` (the buckets are `schema.token_sketch_buckets`', read as flat indices)."""
     m, depth, width = sketch.shape
-    tok = np.maximum(tokens, 0).astype(np.uint32)
-    feats = np.arange(start, start + m, dtype=np.int64)
+    tok = np.maximum(tokens, 0).astype(np.int64)
+    feats = np.arange(start, start + m, dtype=np.int64)[:, None]
     flat = sketch.reshape(-1)
     base = np.arange(0, m * depth * width, depth * width, dtype=np.intp)[:, None]
     est = None
     for r in range(depth):
-        salt = ((feats * 0x9E3779B1 + (r + 1) * 0x85EBCA6B) & 0xFFFFFFFF).astype(np.uint32)
-        x = tok ^ salt[:, None]
-        for _ in range(2):
-            x ^= x >> np.uint32(16)
-            x *= np.uint32(0x45D9F3B)
-        x ^= x >> np.uint32(16)
-        x &= np.uint32(width - 1)
-        got = flat[base + r * width + x]
+        got = flat[base + r * width + token_sketch_buckets(tok, feats, r, width)]
         est = got if est is None else np.minimum(est, got, out=est)
     return est.astype(np.float64)
 

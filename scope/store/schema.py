@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from scope.errors import StoreCorruptError, StoreError, StoreOutsideError
 
 #: version this scope writes; 1 is still read (read-only, histograms may be clipped at 1e3)
@@ -97,10 +99,13 @@ def token_sketch_buckets(tokens, features, row: int, width: int):
 
     A multiply-shift-xor mix of the token id salted by feature and row, in int64 with operators
     only, so numpy arrays (the reader) and torch tensors (the accumulator) give the same buckets.
-    `width` is a power of two.
+    Every step is masked to 32 bits, so numpy arrays are mixed in uint32 (where the masks are
+    free: the same buckets, about twice as fast). `width` is a power of two.
     """
     m = 0xFFFFFFFF
     x = (tokens & m) ^ ((features * 0x9E3779B1 + (row + 1) * 0x85EBCA6B) & m)
+    if isinstance(x, np.ndarray):
+        x = x.astype(np.uint32)
     for _ in range(2):
         x = x ^ (x >> 16)
         x = (x * 0x45D9F3B) & m
