@@ -43,7 +43,7 @@ def main() -> int:
     args = p.parse_args()
     F, d = args.features, args.d_in
     W = (torch.randn(F, d, generator=torch.Generator().manual_seed(0)) if args.gaussian
-         else planted(F, d)).to(getattr(torch, args.dtype))
+         else planted(F, d, dtype=getattr(torch, args.dtype))).to(getattr(torch, args.dtype))
     t0, c0 = time.perf_counter(), time.process_time()
     table = N.approximate_neighbours(W, 10)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0

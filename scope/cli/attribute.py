@@ -70,8 +70,8 @@ class Attribute:
     """graph: keep an error node at BOS, or zero BOS features and errors as circuit-tracer
     does (scores comparable with Neuronpedia's)"""
     max_memory: str | None = None
-    """graph: memory budget such as 8GB for the edge rows, the batched pass and its
-    temporaries (sets the batch; default: no budget)"""
+    """graph: memory budget such as 8GB for the whole peak (the model, the clean run, the edge
+    rows and the batched pass; sets the batch; default: no budget)"""
     dry_run: bool = False
     """print the plan of the attribution graph (memory, time) and exit: nothing is loaded"""
 

@@ -104,11 +104,14 @@ def dry_run_extract(cfg: Any) -> int:
 def dry_run_attribute(cfg: Any, specs: list[str]) -> int:
     """`scope attribute --graph ... --dry-run`: the plan of the graph (prompt length estimated
     at 4 characters per token, BOS included)."""
+    from scope.attribution.rows import parse_memory
     from scope.plan import plan
 
     n_pos = max(2, 1 + round(len(cfg.prompt) / 4))
+    # the graph of `attribute --graph` has the target's logit row only
     p = plan(cfg.model, specs, task="attribute", ctx=n_pos, device=_default_device(),
-             max_feature_nodes=cfg.max_feature_nodes or None, strict=False)
+             max_feature_nodes=cfg.max_feature_nodes or None, max_logits=1,
+             max_memory=parse_memory(cfg.max_memory), strict=False)
     return show(p, None)
 
 

@@ -90,11 +90,19 @@ def _stats_seconds(saes: Sequence[SAEShape], ctx: int, top_k: int, ew: float) ->
 def _backward_block_flops(model: ModelShape, ctx: int, mlp_replaced: bool) -> float:
     """FLOP per token of one block in a graph's backward pass: gradients of activations only
     (no weight gradients), attention patterns frozen (no Q/K path), and no MLP where a
-    transcoder's write (a leaf) replaces it."""
+    transcoder's write (a leaf) replaces it. The weights' products only: the attention over
+    `ctx` keys is `_backward_attention_flops` (with the patterns frozen, one product)."""
     d, h = model.d_model, model.d_head
     qk = 2 * d * h * (model.n_heads + model.n_kv_heads)
     mlp = 2 * 3 * d * model.d_mlp if mlp_replaced else 0
-    return _block_flops(model, ctx) - qk - mlp
+    return 2 * model.layer_params - qk - mlp
+
+
+def _backward_attention_flops(model: ModelShape, ctx: int) -> float:
+    """FLOP per token of one block's attention in a graph's backward pass: the frozen
+    pattern's transpose times the gradient over `ctx` keys (one large product, at the
+    device's matmul rate: no elementwise kernels beside it)."""
+    return 2 * ctx * model.n_heads * model.d_head
 
 
 def extract_costs(model: ModelShape, saes: list[SAEShape], dev: DeviceInfo, tokens: int, ctx: int,
@@ -167,7 +175,8 @@ def attribute_costs(model: ModelShape, saes: list[SAEShape], dev: DeviceInfo, n_
     replaced = {s.layer for s in saes if not s.residual}  # blocks whose MLP a transcoder replaces
     bwd_per_tok = sum(_backward_block_flops(model, n_pos, L in replaced)
                       for L in range(model.n_layers))
-    bwd = full * BACKWARD_FLOP_FACTOR * B * n_pos * bwd_per_tok
+    bwd = full * B * n_pos * (BACKWARD_FLOP_FACTOR * bwd_per_tok
+                              + model.n_layers * _backward_attention_flops(model, n_pos))
     fill = passes * B * g.active_features * 2 * max(s.d_out or s.d_in for s in saes)
     # ranking before each round: (distinct layers + 1) products of the influence vector with the
     # rows filled so far (on average half the feature rows), and each row normalised once (|.|
