@@ -16,16 +16,14 @@ import argparse
 import json
 import os
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _vmhwm() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    from scope.base.resident import peak_resident_bytes
+
+    return peak_resident_bytes()
 
 
 def main() -> int:

@@ -49,10 +49,9 @@ GEMMA_2_2B = dict(vocab_size=256000, hidden_size=2304, intermediate_size=9216,
 
 
 def _vmhwm() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    from scope.base.resident import peak_resident_bytes
+
+    return peak_resident_bytes()
 
 
 def _small() -> None:
@@ -150,7 +149,8 @@ def extract_child(args) -> dict:
     model = gemma_2_2b(layers=LAYERS)
     sae = random_sae(model, D_SAE, args.layer)
     hook = sae.cfg.hook_name
-    result = {"build_seconds": time.perf_counter() - t0, "tokens": args.tokens}
+    result = {"build_seconds": time.perf_counter() - t0, "tokens": args.tokens,
+              "threads": torch.get_num_threads()}
     batches = [t for _, t in iter_batches(None, model.tokenizer, args.ctx, args.batch_size,
                                           args.tokens)]
     if args.floor:
@@ -229,9 +229,11 @@ def bench_extract(args) -> int:
     for mult, run in ((1, one), (4, four)):
         p = plans[mult]
         loop = p.seconds - p.time["tables"]
+        threads = run["threads"]
         print(f"  planner / measured at {mult}x: peak RSS {_ratio(p.peak_memory_bytes, run['peak_rss_bytes'])}, "
-              f"store bytes {_ratio(p.disk_bytes, run['disk_bytes'])}, seconds (CPU time) "
-              f"{_ratio(loop, run['cpu_seconds'])}, seconds (wall) {_ratio(loop, run['seconds'])}")
+              f"store bytes {_ratio(p.disk_bytes, run['disk_bytes'])}, seconds {_ratio(loop, run['seconds'])} "
+              f"of wall ({_ratio(loop, run['cpu_seconds'] / threads)} of CPU time over {threads} "
+              "threads, what a busy machine does not inflate as much)")
     print(f"  decoder tables of {D_SAE:,} features, not run: the planner estimates "
           f"{plans[1].time['tables']:.0f} s of neighbours here")
     return 0

@@ -298,10 +298,9 @@ def test_gpu_check_cpu_smoke_runs_and_prints_its_table():
 
 
 def _vmhwm() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+    from scope.base.resident import peak_resident_bytes
+
+    return peak_resident_bytes()
 
 
 def _random_sae(model, d_sae: int, layer: int, l0: float, seed: int):

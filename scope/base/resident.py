@@ -31,9 +31,18 @@ def resident_bytes(device: str | torch.device = "cpu") -> int:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+    return _status_bytes("VmRSS")
+
+
+def peak_resident_bytes() -> int:
+    """The process's peak resident set so far (VmHWM of /proc/self/status; 0 where absent)."""
+    return _status_bytes("VmHWM")
+
+
+def _status_bytes(key: str) -> int:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
