@@ -37,9 +37,9 @@ from scope.store import labels as L
 from scope.store.bulk_labels import (
     AutoLabels,
     LabelColumn,
+    LazyShares,
     TokenShares,
     sketch_rows,
-    top_shares,
     word_tokens,
 )
 
@@ -91,28 +91,58 @@ def bulk_fires_on(store, sae: str, n: int = L.LABEL_TOKENS) -> list[list[tuple[s
 
 def bulk_shares(store, sae: str, n: int = L.LABEL_TOKENS) -> TokenShares:
     """`bulk_labels.top_shares` of one SAE's summary (the arrays behind `bulk_fires_on`)."""
+    return lazy_shares(store, sae, n).all()
+
+
+#: most rows of a `lazy_shares` block: a page's 50 rows, scattered over the SAE by a sort,
+#: compute about 50 blocks, so a block is kept small (a whole-SAE pass still computes
+#: `bulk_labels._ROWS` rows a call)
+LABEL_BLOCK = 1024
+
+
+def lazy_shares(store, sae: str, n: int = L.LABEL_TOKENS) -> LazyShares:
+    """`bulk_labels.LazyShares` of one SAE's summary: blocks that never straddle a range file
+    (the largest divisor of the range file size up to `LABEL_BLOCK` rows), each reading only
+    its own rows of its range file's token sketch."""
     summ = store._summary(sae)
     tokens = np.asarray(summ["top_token"])  # int32 as stored: top_shares widens per block
     counts = np.asarray(store.firing_counts(sae), dtype=np.float64)
-    return top_shares(tokens, summ["top_value"], counts, _sketch_estimates(store, sae, tokens), n)
+    size = int(getattr(getattr(store, "info", None), "feature_shard_size", 0) or LABEL_BLOCK)
+    block = next(b for b in range(min(size, LABEL_BLOCK), 0, -1) if size % b == 0)
+    return LazyShares(tokens, summ["top_value"], counts, _sketch_estimates(store, sae, tokens),
+                      n, block)
 
 
 def _sketch_estimates(store, sae: str, tokens: np.ndarray):
     """Count-min estimates of each feature's firings on each of its `tokens` (`[d_sae, k]`),
-    as `top_shares` takes them: a function of a row slice that reads the range files it
-    covers. None for a store without a token sketch (format 1, or a file without one)."""
+    as `top_shares` takes them: a function of a row slice that reads those rows of the range
+    files it covers. None for a store without a token sketch (format 1, or a file without
+    one: the whole SAE then uses top-context shares).
+
+    A manifest that declares the sketch promises it in every range file (the reader's header
+    check refuses a range file that lacks it), so no file is opened before its rows are asked
+    for, and one that lacks it raises `StoreCorruptError` then. Without the declaration every
+    file is opened now to see whether all of them hold one.
+    """
     try:
         from scope.store import schema as S
+        from scope.store import validate as V
 
         if getattr(store, "format_version", 1) < 2:
             return None
         folder = store._sae_folder(sae)
         size = int(store.info.feature_shard_size)
-        # every file first: one without a sketch leaves the whole SAE to top-context shares
-        files = [store._range_file(folder, sae, start)[0] for start in range(0, len(tokens), size)]
-        for path in files:
-            if S.TOKEN_SKETCH not in store._handle(path).keys():  # noqa: SIM118
-                raise KeyError(f"{path.name} has no {S.TOKEN_SKETCH}")
+        paths: dict[int, object] = {}
+
+        def path(f: int):
+            if f not in paths:
+                paths[f] = store._range_file(folder, sae, f * size)[0]
+            return paths[f]
+
+        if store.info.token_sketch is None:
+            for f in range(-(-len(tokens) // size)):
+                if S.TOKEN_SKETCH not in store._handle(path(f)).keys():  # noqa: SIM118
+                    raise KeyError(f"{path(f).name} has no {S.TOKEN_SKETCH}")
     except (AttributeError, KeyError, ImportError) as exc:
         log.info("no token sketch for %s (%s): labels use top-context shares", sae, exc)
         return None
@@ -120,9 +150,12 @@ def _sketch_estimates(store, sae: str, tokens: np.ndarray):
     def rows(z: slice) -> np.ndarray:
         parts = []
         for f in range(z.start // size, -(-z.stop // size)):
-            sketch = store._read(files[f], [S.TOKEN_SKETCH])[S.TOKEN_SKETCH]  # [m, depth, width]
-            a, b = max(z.start, f * size), min(z.stop, f * size + len(sketch))
-            parts.append(sketch_rows(sketch[a - f * size:b - f * size], tokens[a:b], a))
+            a, b = max(z.start, f * size), min(z.stop, (f + 1) * size)
+            got = store._read(path(f), [S.TOKEN_SKETCH], slice(a - f * size, b - f * size))
+            if S.TOKEN_SKETCH not in got:
+                raise V.corrupt(store.path, path(f), f"lacks the arrays {[S.TOKEN_SKETCH]}")
+            sketch = got[S.TOKEN_SKETCH]  # [b - a, depth, width]
+            parts.append(sketch_rows(sketch, tokens[a:b], a))
         return np.concatenate(parts)
 
     return rows
@@ -147,8 +180,11 @@ class FeatureTable:
     """Columns of one SAE's features (numpy arrays, `[d_sae]`) plus their label texts.
 
     `labels`, `explanations` and `auto_labels` are sequences indexed by feature; automatic
-    labels are made when a row is read (scope.store.bulk_labels), so building the table of a
-    1,048,576-feature SAE reads arrays and never loops over features in Python.
+    labels are made when a row is read (scope.store.bulk_labels), and the label token shares
+    behind them (`shares`) block by block when a row of the block is first needed: building
+    the table of a 1,048,576-feature SAE reads arrays, a page computes the blocks of its rows,
+    and only what reads every row (the text index, `top_share` / `top_word` and so
+    `specificity` / `most_specific`) computes them all, once.
     """
 
     density: np.ndarray
@@ -159,8 +195,9 @@ class FeatureTable:
     explanations: Sequence[str | None]
     auto_labels: Sequence[str]
     score: np.ndarray  # nan where unscored
-    top_share: np.ndarray = field(default=None, repr=False)  # [d_sae] share of its top token
-    top_word: np.ndarray = field(default=None, repr=False)  # [d_sae] that token is a word
+    shares: LazyShares | None = field(default=None, repr=False)  # the labels' token shares
+    vocab: Sequence[str] = field(default=(), repr=False)  # the store's, to name top tokens
+    _top: tuple | None = field(default=None, repr=False)  # (top_share, top_word) once made
     _bm25: object = field(default=None, repr=False)
     _orders: dict = field(default_factory=dict, repr=False)
 
@@ -169,7 +206,7 @@ class FeatureTable:
         """Read one SAE's columns and labels from an open store."""
         density = np.asarray(store.densities(sae), dtype=np.float64)
         count = np.asarray(store.firing_counts(sae), dtype=np.int64)
-        shares = bulk_shares(store, sae)
+        shares = lazy_shares(store, sae)
         try:
             exps = L.labels_for(store.path).for_sae(sae)
         except StoreError as exc:  # a damaged labels.json: automatic labels stand, data is fine
@@ -182,13 +219,34 @@ class FeatureTable:
                 if e.score is not None:
                     score[i] = e.score
         autos = AutoLabels(density, count, shares, store.vocab)
-        top = shares.ids[:, 0] if shares.ids.shape[1] else np.full(len(density), -1)
-        word = _word_flags(store.vocab, top)
-        top_share = shares.shares[:, 0] if shares.ids.shape[1] else np.zeros(len(density))
         return cls(density, count, np.asarray(store.max_activations(sae), dtype=np.float64),
                    np.asarray(store.mean_activations(sae), dtype=np.float64),
                    LabelColumn(texts, autos), LabelColumn(texts, autos, texts_only=True), autos,
-                   score, top_share, word)
+                   score, shares, store.vocab)
+
+    @property
+    def top_share(self) -> np.ndarray:
+        """`[d_sae]` each feature's top label token's share of its firings (0: none)."""
+        return self._top_columns()[0]
+
+    @property
+    def top_word(self) -> np.ndarray:
+        """`[d_sae]` bool: that token is a word (`bulk_labels.word_tokens`)."""
+        return self._top_columns()[1]
+
+    def _top_columns(self) -> tuple[np.ndarray, np.ndarray]:
+        """`(top_share, top_word)`, made from every row's shares the first time (a table
+        without `shares` knows no top tokens: zeros and False)."""
+        if self._top is None:
+            n = len(self)
+            if self.shares is None:
+                self._top = (np.zeros(n), np.zeros(n, dtype=bool))
+            else:
+                sh = self.shares.all()
+                top = sh.ids[:, 0] if sh.ids.shape[1] else np.full(n, -1)
+                top_share = sh.shares[:, 0] if sh.ids.shape[1] else np.zeros(n)
+                self._top = (top_share, _word_flags(self.vocab, top))
+        return self._top
 
     def __len__(self) -> int:
         return len(self.density)
@@ -295,6 +353,8 @@ class FeatureTable:
         hits = order[keep[order]]
         page = max(0, int(page))
         chosen = hits[page * page_size:(page + 1) * page_size]
+        if self.shares is not None:
+            self.shares.need(chosen)  # the page's blocks only, consecutive ones together
         return Page([self.row(int(i), None if rel is None else float(rel[i])) for i in chosen],
                     int(hits.size), page, page_size)
 
