@@ -384,12 +384,13 @@ def test_table_over_range_files_equals_the_per_feature_computation(sharded, rows
     range file, on its bounds, and spanning several (the sketch estimates are read call by
     call): every automatic label, top share and word flag still equals `Feature.label`'s
     inputs, feature by feature."""
+    from scope.explore import list_shares
     from scope.store import bulk_labels as B
     from scope.store import labels as L
 
     store, sae = sharded
     monkeypatch.setattr(B, "_ROWS", rows)
-    monkeypatch.setattr(FL, "LABEL_BLOCK", block)
+    monkeypatch.setattr(list_shares, "LABEL_BLOCK", block)
     table = FL.FeatureTable.build(store, sae)
     summ, count, dens = store._summary(sae), store.firing_counts(sae), store.densities(sae)
     for i in range(store.n_features(sae)):
