@@ -1,15 +1,19 @@
 """The feature list: every feature of one SAE as a table to sort, filter and search by label.
 
-`FeatureTable.build(store, sae)` reads the store's `[d_sae]` summary arrays and every feature's
-label (its explanation, else the automatic label) once; `query` then sorts by any column,
-filters by density range and hides dense / rare features, ranks label text with BM25 (the
-`bm25s` library) and returns one page. Built once, a query over 131,072 features takes a few
-milliseconds to tens of milliseconds (benchmarks/bench_dashboard.py measures it). Building the
-table of a 1,048,576-feature SAE (`benchmarks/bench_scale.py --store`) measured 0.43-0.48 s of
-CPU on a 2-core machine shared with another benchmark, where the per-row sorts it replaced
-measured 1.13-1.24 s (0.65 s on the idle machine): close to half of it reads and checks the
-summary and opens and reads the 256 range files' token sketches; the rest labels every feature
-in blocks of rows.
+`FeatureTable.build(store, sae)` reads the store's `[d_sae]` summary arrays and explanations;
+`query` then sorts by any column, filters by density range and hides dense / rare features,
+ranks label text with BM25 (the `bm25s` library) and returns one page. Automatic labels and
+the token shares behind them are computed lazily (`bulk_labels.LazyShares`, blocks of up to
+1,024 rows inside one range file): a page computes the blocks its rows fall in, reading only
+those rows' token sketches; the text index, `specificity` and `most_specific` compute every
+block once. Built once, a query over 131,072 features takes a few milliseconds to tens of
+milliseconds (benchmarks/bench_dashboard.py). At 1,048,576 features (bench_scale's synthetic
+store, 2-core machine shared and CPU-steal heavy, CPU time of a fresh process, paired runs)
+open + build measured 96-136 ms and build + first page (any sort) 206-318 ms, mostly under
+300 ms, where the eager build measured 364-602 ms and build + first page 482-872 ms. A first
+page costs its sort (~100 ms at 1M) plus ~50 blocks (~70 ms: opening ~50 range files is most
+of it); page 1000 of a sorted list 30-60 ms. The first text query stays far above 300 ms: it
+labels every feature and builds the BM25 index (~40 s at 1M, once per table and server).
 
 Rules a reader can rely on:
 - a text query ranks by relevance (BM25) unless another column is asked for;
@@ -120,7 +124,8 @@ class FeatureTable:
 
     @classmethod
     def build(cls, store, sae: str) -> FeatureTable:
-        """Read one SAE's columns and labels from an open store."""
+        """Read one SAE's columns and explanations from an open store (automatic labels and
+        their token shares are computed when their rows are first read)."""
         density = np.asarray(store.densities(sae), dtype=np.float64)
         count = np.asarray(store.firing_counts(sae), dtype=np.int64)
         shares = lazy_shares(store, sae)
@@ -178,9 +183,11 @@ class FeatureTable:
     def _order(self, column: str, descending: bool) -> np.ndarray:
         key = (column, descending)
         if key not in self._orders:  # stable; unscored (nan) last either way
-            col = self._column(column).astype(np.float64)
-            col = np.where(np.isnan(col), -np.inf if descending else np.inf, col)
-            self._orders[key] = stable_argsort(-col if descending else col)
+            col = self._column(column).astype(np.float64)  # a copy: changed in place below
+            col[np.isnan(col)] = -np.inf if descending else np.inf
+            if descending:
+                np.negative(col, out=col)
+            self._orders[key] = stable_argsort(col)
         return self._orders[key]
 
     def search_scores(self, text: str) -> np.ndarray:
