@@ -335,6 +335,11 @@ def store_child(args) -> dict:
         with _Clock() as c:
             table = FeatureTable.build(store, name)
         out["list_build_ms"] = c.ms
+        # what the user waits for: the default page's sort and the label shares of its rows'
+        # blocks are computed on first use, not at build
+        with _Clock() as c:
+            table.query("")
+        out["list_first_page_ms"] = c.ms
         queries = {}
         for col in COLUMNS:
             runs = []
@@ -380,9 +385,12 @@ def bench_store(args) -> int:
     print(f"\nsynthetic store of {N_STORE:,} features ({r['disk_bytes'] / 2**30:.2f} GiB, "
           f"written in {r['write_seconds']:.0f} s); ratios to the {TARGET_MS:.0f} ms target, "
           f"wall (CPU time); peak RSS {r['peak_rss_bytes'] / 2**30:.2f} GiB:")
+    build_page = [a + b for a, b in zip(r["list_build_ms"], r["list_first_page_ms"], strict=True)]
     print(f"  open_store {_r(r['open_ms'])}; feature list build (once per SAE) "
-          f"{_r(r['list_build_ms'])}")
-    worst = 0.0
+          f"{_r(r['list_build_ms'])}; build + first page (default sort) {_r(build_page)}")
+    print("  (each sort's first query below re-sorts; label blocks computed by earlier pages "
+          "stay computed)")
+    worst = build_page[1]
     for label, (first, then) in r["queries"].items():
         worst = max(worst, first[1])
         print(f"  list {label:<24} first {_r(first)}, then {_r(then)}")

@@ -204,6 +204,35 @@ def test_top_shares_equal_token_shares_row_by_row(seed, n, with_sketch, shape, m
     assert shares.ids.shape == (len(counts), n) and (shares.ids[shares.shares == 0] == -1).all()
 
 
+@pytest.mark.parametrize("block", [1, 3, 7, 400, 1000])
+def test_lazy_shares_in_any_block_order_equal_top_shares(block, monkeypatch):
+    """`LazyShares` asked for scattered rows, then a run, then everything, holds exactly what
+    one `top_shares` pass gives, and computes only the blocks asked for (the sketch callable
+    is asked for those rows only)."""
+    from scope.store import bulk_labels as B
+
+    monkeypatch.setattr(B, "_ROWS", 16)  # runs of blocks split into several calls
+    tokens, values, counts, est = _adversarial_rows(3)
+    want = B.top_shares(tokens, values, counts, est, 3)
+    asked = []
+    lazy = B.LazyShares(tokens, values, counts, lambda z: (asked.append(z), est[z])[1], 3, block)
+    n_blocks = -(-len(counts) // block)
+    rows = np.array([399, 5, 6, 250, 5])
+    lazy.need(rows)
+    assert lazy.blocks_done == len(set((rows // block).tolist()))
+    assert {r // block for z in asked for r in range(z.start, z.stop)} == set(rows // block)
+    for i in rows.tolist():
+        ids, shares = lazy.row(i)
+        assert ids.tolist() == want.ids[i, :want.size[i]].tolist()
+        assert shares.tobytes() == want.shares[i, :want.size[i]].tobytes()
+    lazy.need(np.arange(100, 140))
+    got = lazy.all()
+    assert lazy.blocks_done == n_blocks
+    assert sum(z.stop - z.start for z in asked) == len(counts)  # every row read once
+    for a, b in zip(got, want, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
 def test_table_columns_equal_the_per_feature_computation(built, tmp_path):
     """Every label, explanation, score, top share and word flag of `FeatureTable.build` equals
     the plain per-feature loop the table used before it was vectorised."""
@@ -347,16 +376,21 @@ def sharded(tmp_path_factory):
     return store, store.sae_names[0]
 
 
+@pytest.mark.parametrize("block", [1, 5])
 @pytest.mark.parametrize("rows", [3, 5, 8, 1 << 15])
-def test_table_over_range_files_equals_the_per_feature_computation(sharded, rows, monkeypatch):
-    """Blocks of `rows` rows inside one range file, on its bounds, and spanning several (the
-    sketch estimates are read block by block): every automatic label, top share and word flag
-    still equals `Feature.label`'s inputs, feature by feature."""
+def test_table_over_range_files_equals_the_per_feature_computation(sharded, rows, block,
+                                                                   monkeypatch):
+    """Lazy blocks of one row or one range file, computed `rows` rows a call: calls inside one
+    range file, on its bounds, and spanning several (the sketch estimates are read call by
+    call): every automatic label, top share and word flag still equals `Feature.label`'s
+    inputs, feature by feature."""
+    from scope.explore import list_shares
     from scope.store import bulk_labels as B
     from scope.store import labels as L
 
     store, sae = sharded
     monkeypatch.setattr(B, "_ROWS", rows)
+    monkeypatch.setattr(list_shares, "LABEL_BLOCK", block)
     table = FL.FeatureTable.build(store, sae)
     summ, count, dens = store._summary(sae), store.firing_counts(sae), store.densities(sae)
     for i in range(store.n_features(sae)):
@@ -368,4 +402,49 @@ def test_table_over_range_files_equals_the_per_feature_computation(sharded, rows
         assert table.top_share[i] == (fires[0][1] if fires else 0.0)
         top = fires[0][0] if fires else ""
         assert table.top_word[i] == (sum(c.isalpha() for c in top) >= 2)
-    assert (table.auto_labels._shares.size > 0).sum() >= 10  # not vacuous: most features fired
+    assert table.shares.block == block
+    assert (table.shares.all().size > 0).sum() >= 10  # not vacuous: most features fired
+
+
+def test_lazy_table_equals_the_eager_one_and_a_page_computes_only_its_blocks(sharded,
+                                                                             monkeypatch):
+    """A page computes the label shares of the blocks its rows fall in (reading only those
+    range files' token sketches), and nothing else; its labels, and after `all()` every row,
+    equal the eager `top_shares` pass bit for bit."""
+    from scope.store import labels as L
+    from scope.store import schema as S
+    from scope.store.bulk_labels import AutoLabels, top_shares
+
+    store, sae = sharded
+    summ, n = store._summary(sae), store.n_features(sae)
+    est = np.stack([L.sketch_estimates(store._feature_rows(sae, i)[S.TOKEN_SKETCH],
+                                       summ[S.TOP_TOKEN][i], i) for i in range(n)])
+    # the eager pass: every row at once, the sketch estimates read feature by feature
+    eager = top_shares(summ[S.TOP_TOKEN], summ[S.TOP_VALUE], store.firing_counts(sae), est)
+    eager_auto = AutoLabels(store.densities(sae), store.firing_counts(sae), eager, store.vocab)
+    read = []
+    real_read = store._read
+    monkeypatch.setattr(store, "_read", lambda path, keys=None, *a, **k: (
+        read.append(path.name) if keys == [S.TOKEN_SKETCH] else None,
+        real_read(path, keys, *a, **k))[1])
+    table = FL.FeatureTable.build(store, sae)
+    lazy = table.shares
+    assert lazy.block == 5 and lazy.blocks_done == 0 and read == []  # range files of 5
+    shown_blocks: set[int] = set()
+    for sort in ("firing_count", "index"):
+        page = table.query(sort=sort, descending=sort != "index", page_size=3,
+                           hide_dense=False, hide_rare=False)
+        shown_blocks |= {r.index // 5 for r in page.rows}
+        assert lazy.blocks_done == len(shown_blocks) < -(-n // 5)
+        assert sorted(set(read)) == sorted(S.features_filename(5 * b, min(5 * b + 5, n))
+                                           for b in shown_blocks)
+        for r in page.rows:
+            assert r.label == eager_auto[r.index] == table.auto_labels[r.index]
+            assert table.auto_labels.fires_on(r.index) == eager_auto.fires_on(r.index)
+    got = lazy.all()  # the rest, after a page computed some blocks
+    assert lazy.blocks_done == -(-n // 5)
+    for a, b in zip(got, eager, strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+    assert table.top_share.tobytes() == eager.shares[:, 0].tobytes()
+    assert table.top_word.tolist() == FL._word_flags(store.vocab, eager.ids[:, 0]).tolist()
+    assert list(table.auto_labels) == list(eager_auto)

@@ -1,15 +1,19 @@
 """The feature list: every feature of one SAE as a table to sort, filter and search by label.
 
-`FeatureTable.build(store, sae)` reads the store's `[d_sae]` summary arrays and every feature's
-label (its explanation, else the automatic label) once; `query` then sorts by any column,
-filters by density range and hides dense / rare features, ranks label text with BM25 (the
-`bm25s` library) and returns one page. Built once, a query over 131,072 features takes a few
-milliseconds to tens of milliseconds (benchmarks/bench_dashboard.py measures it). Building the
-table of a 1,048,576-feature SAE (`benchmarks/bench_scale.py --store`) measured 0.43-0.48 s of
-CPU on a 2-core machine shared with another benchmark, where the per-row sorts it replaced
-measured 1.13-1.24 s (0.65 s on the idle machine): close to half of it reads and checks the
-summary and opens and reads the 256 range files' token sketches; the rest labels every feature
-in blocks of rows.
+`FeatureTable.build(store, sae)` reads the store's `[d_sae]` summary arrays and explanations;
+`query` then sorts by any column, filters by density range and hides dense / rare features,
+ranks label text with BM25 (the `bm25s` library) and returns one page. Automatic labels and
+the token shares behind them are computed lazily (`bulk_labels.LazyShares`, blocks of up to
+1,024 rows inside one range file): a page computes the blocks its rows fall in, reading only
+those rows' token sketches; the text index, `specificity` and `most_specific` compute every
+block once. Built once, a query over 131,072 features takes a few milliseconds to tens of
+milliseconds (benchmarks/bench_dashboard.py). At 1,048,576 features (bench_scale's synthetic
+store, 2-core machine shared and CPU-steal heavy, CPU time of a fresh process, paired runs)
+open + build measured 96-136 ms and build + first page (any sort) 206-318 ms, mostly under
+300 ms, where the eager build measured 364-602 ms and build + first page 482-872 ms. A first
+page costs its sort (~100 ms at 1M) plus ~50 blocks (~70 ms: opening ~50 range files is most
+of it); page 1000 of a sorted list 30-60 ms. The first text query stays far above 300 ms: it
+labels every feature and builds the BM25 index (~40 s at 1M, once per table and server).
 
 Rules a reader can rely on:
 - a text query ranks by relevance (BM25) unless another column is asked for;
@@ -33,15 +37,13 @@ import numpy as np
 
 from scope.errors import StoreError
 from scope.explore.column_order import stable_argsort
-from scope.store import labels as L
-from scope.store.bulk_labels import (
-    AutoLabels,
-    LabelColumn,
-    TokenShares,
-    sketch_rows,
-    top_shares,
-    word_tokens,
+from scope.explore.list_shares import (  # noqa: F401 (bulk_*: kept importable from here)
+    bulk_fires_on,
+    bulk_shares,
+    lazy_shares,
 )
+from scope.store import labels as L
+from scope.store.bulk_labels import AutoLabels, LabelColumn, LazyShares, word_tokens
 
 log = logging.getLogger(__name__)
 
@@ -80,54 +82,6 @@ class Page:
         return max(1, -(-self.total // self.page_size))
 
 
-def bulk_fires_on(store, sae: str, n: int = L.LABEL_TOKENS) -> list[list[tuple[str, float]]]:
-    """Per feature, `(token, share of its firings)` best first, for labelling every feature at
-    once: `labels.token_shares` over the summary's peak tokens, with the token sketch's counts
-    read one range file at a time (format 2), exactly as `Feature.label` computes them."""
-    auto = AutoLabels(np.zeros(store.n_features(sae)), np.zeros(store.n_features(sae)),
-                      bulk_shares(store, sae, n), store.vocab)
-    return [auto.fires_on(i) for i in range(len(auto))]
-
-
-def bulk_shares(store, sae: str, n: int = L.LABEL_TOKENS) -> TokenShares:
-    """`bulk_labels.top_shares` of one SAE's summary (the arrays behind `bulk_fires_on`)."""
-    summ = store._summary(sae)
-    tokens = np.asarray(summ["top_token"])  # int32 as stored: top_shares widens per block
-    counts = np.asarray(store.firing_counts(sae), dtype=np.float64)
-    return top_shares(tokens, summ["top_value"], counts, _sketch_estimates(store, sae, tokens), n)
-
-
-def _sketch_estimates(store, sae: str, tokens: np.ndarray):
-    """Count-min estimates of each feature's firings on each of its `tokens` (`[d_sae, k]`),
-    as `top_shares` takes them: a function of a row slice that reads the range files it
-    covers. None for a store without a token sketch (format 1, or a file without one)."""
-    try:
-        from scope.store import schema as S
-
-        if getattr(store, "format_version", 1) < 2:
-            return None
-        folder = store._sae_folder(sae)
-        size = int(store.info.feature_shard_size)
-        # every file first: one without a sketch leaves the whole SAE to top-context shares
-        files = [store._range_file(folder, sae, start)[0] for start in range(0, len(tokens), size)]
-        for path in files:
-            if S.TOKEN_SKETCH not in store._handle(path).keys():  # noqa: SIM118
-                raise KeyError(f"{path.name} has no {S.TOKEN_SKETCH}")
-    except (AttributeError, KeyError, ImportError) as exc:
-        log.info("no token sketch for %s (%s): labels use top-context shares", sae, exc)
-        return None
-
-    def rows(z: slice) -> np.ndarray:
-        parts = []
-        for f in range(z.start // size, -(-z.stop // size)):
-            sketch = store._read(files[f], [S.TOKEN_SKETCH])[S.TOKEN_SKETCH]  # [m, depth, width]
-            a, b = max(z.start, f * size), min(z.stop, f * size + len(sketch))
-            parts.append(sketch_rows(sketch[a - f * size:b - f * size], tokens[a:b], a))
-        return np.concatenate(parts)
-
-    return rows
-
-
 def _word_flags(vocab: Sequence[str], top: np.ndarray) -> np.ndarray:
     """`[d_sae]` bool: feature i's top token `top[i]` (-1: none) is a word (`word_tokens`). The
     vocabulary strings are read only for the ids that occur; "<id>" past it is no word."""
@@ -147,8 +101,11 @@ class FeatureTable:
     """Columns of one SAE's features (numpy arrays, `[d_sae]`) plus their label texts.
 
     `labels`, `explanations` and `auto_labels` are sequences indexed by feature; automatic
-    labels are made when a row is read (scope.store.bulk_labels), so building the table of a
-    1,048,576-feature SAE reads arrays and never loops over features in Python.
+    labels are made when a row is read (scope.store.bulk_labels), and the label token shares
+    behind them (`shares`) block by block when a row of the block is first needed: building
+    the table of a 1,048,576-feature SAE reads arrays, a page computes the blocks of its rows,
+    and only what reads every row (the text index, `top_share` / `top_word` and so
+    `specificity` / `most_specific`) computes them all, once.
     """
 
     density: np.ndarray
@@ -159,17 +116,19 @@ class FeatureTable:
     explanations: Sequence[str | None]
     auto_labels: Sequence[str]
     score: np.ndarray  # nan where unscored
-    top_share: np.ndarray = field(default=None, repr=False)  # [d_sae] share of its top token
-    top_word: np.ndarray = field(default=None, repr=False)  # [d_sae] that token is a word
+    shares: LazyShares | None = field(default=None, repr=False)  # the labels' token shares
+    vocab: Sequence[str] = field(default=(), repr=False)  # the store's, to name top tokens
+    _top: tuple | None = field(default=None, repr=False)  # (top_share, top_word) once made
     _bm25: object = field(default=None, repr=False)
     _orders: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(cls, store, sae: str) -> FeatureTable:
-        """Read one SAE's columns and labels from an open store."""
+        """Read one SAE's columns and explanations from an open store (automatic labels and
+        their token shares are computed when their rows are first read)."""
         density = np.asarray(store.densities(sae), dtype=np.float64)
         count = np.asarray(store.firing_counts(sae), dtype=np.int64)
-        shares = bulk_shares(store, sae)
+        shares = lazy_shares(store, sae)
         try:
             exps = L.labels_for(store.path).for_sae(sae)
         except StoreError as exc:  # a damaged labels.json: automatic labels stand, data is fine
@@ -182,13 +141,34 @@ class FeatureTable:
                 if e.score is not None:
                     score[i] = e.score
         autos = AutoLabels(density, count, shares, store.vocab)
-        top = shares.ids[:, 0] if shares.ids.shape[1] else np.full(len(density), -1)
-        word = _word_flags(store.vocab, top)
-        top_share = shares.shares[:, 0] if shares.ids.shape[1] else np.zeros(len(density))
         return cls(density, count, np.asarray(store.max_activations(sae), dtype=np.float64),
                    np.asarray(store.mean_activations(sae), dtype=np.float64),
                    LabelColumn(texts, autos), LabelColumn(texts, autos, texts_only=True), autos,
-                   score, top_share, word)
+                   score, shares, store.vocab)
+
+    @property
+    def top_share(self) -> np.ndarray:
+        """`[d_sae]` each feature's top label token's share of its firings (0: none)."""
+        return self._top_columns()[0]
+
+    @property
+    def top_word(self) -> np.ndarray:
+        """`[d_sae]` bool: that token is a word (`bulk_labels.word_tokens`)."""
+        return self._top_columns()[1]
+
+    def _top_columns(self) -> tuple[np.ndarray, np.ndarray]:
+        """`(top_share, top_word)`, made from every row's shares the first time (a table
+        without `shares` knows no top tokens: zeros and False)."""
+        if self._top is None:
+            n = len(self)
+            if self.shares is None:
+                self._top = (np.zeros(n), np.zeros(n, dtype=bool))
+            else:
+                sh = self.shares.all()
+                top = sh.ids[:, 0] if sh.ids.shape[1] else np.full(n, -1)
+                top_share = sh.shares[:, 0] if sh.ids.shape[1] else np.zeros(n)
+                self._top = (top_share, _word_flags(self.vocab, top))
+        return self._top
 
     def __len__(self) -> int:
         return len(self.density)
@@ -203,9 +183,11 @@ class FeatureTable:
     def _order(self, column: str, descending: bool) -> np.ndarray:
         key = (column, descending)
         if key not in self._orders:  # stable; unscored (nan) last either way
-            col = self._column(column).astype(np.float64)
-            col = np.where(np.isnan(col), -np.inf if descending else np.inf, col)
-            self._orders[key] = stable_argsort(-col if descending else col)
+            col = self._column(column).astype(np.float64)  # a copy: changed in place below
+            col[np.isnan(col)] = -np.inf if descending else np.inf
+            if descending:
+                np.negative(col, out=col)
+            self._orders[key] = stable_argsort(col)
         return self._orders[key]
 
     def search_scores(self, text: str) -> np.ndarray:
@@ -295,6 +277,8 @@ class FeatureTable:
         hits = order[keep[order]]
         page = max(0, int(page))
         chosen = hits[page * page_size:(page + 1) * page_size]
+        if self.shares is not None:
+            self.shares.need(chosen)  # the page's blocks only, consecutive ones together
         return Page([self.row(int(i), None if rel is None else float(rel[i])) for i in chosen],
                     int(hits.size), page, page_size)
 

@@ -3,10 +3,12 @@
 `top_shares` computes, for all `[d_sae, k]` summary rows, the same `(token, share)` lists that
 `labels.token_shares` computes one feature at a time (the feature list at 1,048,576 features
 cannot afford a Python loop per feature): in blocks of 32,768 rows, each worked on by columns
-(k is small, so a sorting network over whole columns beats a sort call per row).
-`sketch_rows` is the same for `labels.sketch_estimates`. `AutoLabels` turns the lists into
-`labels.auto_label` strings lazily, one per row asked for, so a page of 50 rows costs 50 labels,
-not a million. Tests compare all three against the per-feature functions element for element.
+(k is small, so a sorting network over whole columns beats a sort call per row). `LazyShares`
+owns the same computation done block by block on demand (a page of 50 rows computes the
+blocks those rows fall in, not a million rows). `sketch_rows` is the same for
+`labels.sketch_estimates`. `AutoLabels` turns the lists into `labels.auto_label` strings
+lazily, one per row asked for. Tests compare all of them against the per-feature functions
+element for element.
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ class TokenShares(NamedTuple):
     shares: np.ndarray
     size: np.ndarray
 
+    def row(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Row i's ids and shares, `size[i]` of each."""
+        m = int(self.size[i])
+        return self.ids[i, :m], self.shares[i, :m]
+
 
 def top_shares(tokens, values, counts, est=None, n: int = L.LABEL_TOKENS) -> TokenShares:
     """`labels.token_shares` of every row at once.
@@ -44,26 +51,107 @@ def top_shares(tokens, values, counts, est=None, n: int = L.LABEL_TOKENS) -> Tok
         `TokenShares`; row i equals `token_shares(tokens[i], values[i], counts[i], vocab,
         est[i], n)` with ids in place of strings (bit for bit the same shares).
     """
-    tokens, values = np.asarray(tokens), np.asarray(values)
-    counts = np.asarray(counts, dtype=np.float64)
-    F, k = tokens.shape
-    if F == 0 or k == 0 or n == 0:
-        return TokenShares(np.full((F, n), -1), np.zeros((F, n)), np.zeros(F, dtype=np.int64))
-    # [n, F] in memory, handed out as its [F, n] transpose: a block writes whole rows of it
-    ids, shares = np.empty((n, F), dtype=np.int64), np.empty((n, F), dtype=np.float64)
-    size = np.empty(F, dtype=np.int64)  # every element is written block by block
-    pack = _packing(int(tokens.max()), k)
-    for a in range(0, F, _ROWS):  # blocks of rows: temporaries stay small and in cache
-        z = slice(a, min(a + _ROWS, F))
-        e = None if est is None else est(z) if callable(est) else est[z]
-        _top_rows(pack, tokens[z], values[z], counts[z],
-                  None if e is None else np.ascontiguousarray(e, dtype=np.float64),
-                  ids[:, z], shares[:, z], size[z])
-    return TokenShares(ids.T, shares.T, size)
+    return LazyShares(tokens, values, counts, est, n).all()
 
 
-#: rows per block of `top_shares`
+#: rows per block of `top_shares`, and the most rows `LazyShares` computes in one call
 _ROWS = 1 << 15
+
+
+class LazyShares:
+    """`top_shares` of every row, computed block by block (`block` rows each) the first time
+    a row of the block is asked for, and kept.
+
+    Rows are independent of each other and every block packs its keys as the whole array
+    would (`_packing` of the global largest id), so whichever blocks are computed, in whatever
+    order, each row holds what `top_shares` gives it, bit for bit. Runs of consecutive blocks
+    still to do are computed together, up to `_ROWS` rows a call, so `all()` on a fresh
+    instance costs what one `top_shares` call costs. `est` is `top_shares`' (a callable is
+    asked only for the rows of the blocks computed).
+    """
+
+    def __init__(self, tokens, values, counts, est=None, n: int = L.LABEL_TOKENS,
+                 block: int | None = None) -> None:
+        self._tokens, self._values = np.asarray(tokens), np.asarray(values)
+        self._counts = np.asarray(counts, dtype=np.float64)
+        self._est, self._pack = est, None
+        F, k = self._tokens.shape
+        self.block = max(1, int(block or _ROWS))
+        self._done = np.zeros(-(-F // self.block), dtype=bool)
+        # [n, F] in memory, handed out as its [F, n] transpose: a block writes whole rows of it
+        if F == 0 or k == 0 or n == 0:
+            self._ids, self._shares = np.full((n, F), -1, dtype=np.int64), np.zeros((n, F))
+            self._size = np.zeros(F, dtype=np.int64)
+            self._done[:] = True
+        else:  # every element is written when its block is computed
+            self._ids, self._shares = np.empty((n, F), np.int64), np.empty((n, F), np.float64)
+            self._size = np.empty(F, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self._size)
+
+    @property
+    def blocks_done(self) -> int:
+        """How many blocks have been computed (of `ceil(len / block)`)."""
+        return int(np.count_nonzero(self._done))
+
+    def need(self, rows) -> None:
+        """Compute the blocks that the row numbers `rows` fall in, those not done yet."""
+        want = np.zeros(len(self._done), dtype=bool)  # not np.unique: it imports numpy.ma
+        want[np.asarray(rows, dtype=np.int64).reshape(-1) // self.block] = True
+        want &= ~self._done
+        self._compute(np.flatnonzero(want))
+
+    def row(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Row i's ids and shares (as `TokenShares.row`), computing its block if needed."""
+        if not self._done[i // self.block]:
+            self._compute(np.array([i // self.block]))
+        m = int(self._size[i])
+        return self._ids[:m, i], self._shares[:m, i]
+
+    def all(self) -> TokenShares:
+        """Every row (the blocks not done yet are computed now)."""
+        self._compute(np.flatnonzero(~self._done))
+        return TokenShares(self._ids.T, self._shares.T, self._size)
+
+    def _compute(self, blocks: np.ndarray) -> None:
+        """Compute `blocks` (ascending block numbers, none done), up to `_ROWS` rows a call:
+        consecutive blocks in place, scattered ones (a sorted page's) gathered into one call
+        and written back."""
+        if blocks.size == 0:
+            return
+        (F, k), B, n = self._tokens.shape, self.block, len(self._ids)
+        if self._pack is None:
+            self._pack = _packing(int(self._tokens.max()), k)
+        per = max(1, _ROWS // B)  # blocks per call
+        for c in range(0, len(blocks), per):
+            part = blocks[c:c + per].tolist()
+            zs = [slice(b * B, min(b * B + B, F)) for b in part]
+            if part[-1] - part[0] == len(part) - 1:  # one run: its rows as views
+                z = slice(zs[0].start, zs[-1].stop)
+                self._rows(z, self._est_of([z]), self._ids[:, z], self._shares[:, z],
+                           self._size[z])
+            else:
+                at = np.concatenate([np.arange(z.start, z.stop) for z in zs])
+                ids, shares = np.empty((n, len(at)), np.int64), np.empty((n, len(at)))
+                size = np.empty(len(at), dtype=np.int64)
+                self._rows(at, self._est_of(zs), ids, shares, size)
+                self._ids[:, at], self._shares[:, at], self._size[at] = ids, shares, size
+            self._done[part] = True
+
+    def _est_of(self, zs: list[slice]) -> np.ndarray | None:
+        """The sketch estimates of the rows of `zs`, float64, one after another."""
+        e = self._est
+        if e is None:
+            return None
+        parts = [e(z) if callable(e) else e[z] for z in zs]
+        return np.ascontiguousarray(parts[0] if len(parts) == 1 else np.concatenate(parts),
+                                    dtype=np.float64)
+
+    def _rows(self, at, est, out_ids, out_shares, out_size) -> None:
+        """`_top_rows` of the rows `at` (a slice or row numbers) into the `out_*` arrays."""
+        _top_rows(self._pack, self._tokens[at], self._values[at], self._counts[at], est,
+                  out_ids, out_shares, out_size)
 
 
 class _Packing(NamedTuple):
@@ -189,9 +277,11 @@ def word_tokens(vocab: Sequence[str]) -> np.ndarray:
 
 class AutoLabels(Sequence):
     """`labels.auto_label` of every feature, computed when a row is read (and kept once the
-    whole column has been read, e.g. for the text index)."""
+    whole column has been read, e.g. for the text index). With `LazyShares`, reading a row
+    computes only its block's shares; iterating computes them all."""
 
-    def __init__(self, density, count, shares: TokenShares, vocab: Sequence[str]) -> None:
+    def __init__(self, density, count, shares: TokenShares | LazyShares,
+                 vocab: Sequence[str]) -> None:
         self._density, self._count = density, count
         self._shares, self._vocab = shares, vocab
         self._all: list[str] | None = None
@@ -201,10 +291,8 @@ class AutoLabels(Sequence):
 
     def fires_on(self, i: int) -> list[tuple[str, float]]:
         """Row i's `(token, share)` list, as `labels.token_shares` returns it."""
-        m = int(self._shares.size[i])
-        ids = self._shares.ids[i, :m].tolist()
-        return list(zip(token_strings(self._vocab, ids), self._shares.shares[i, :m].tolist(),
-                        strict=True))
+        ids, shares = self._shares.row(_row(i, len(self)))
+        return list(zip(token_strings(self._vocab, ids), shares.tolist(), strict=True))
 
     def _one(self, i: int) -> str:
         return L.auto_label(float(self._density[i]), int(self._count[i]), self.fires_on(i))
@@ -217,6 +305,8 @@ class AutoLabels(Sequence):
 
     def __iter__(self):
         if self._all is None:
+            if isinstance(self._shares, LazyShares):
+                self._shares.all()  # in runs of `_ROWS` rows, not block by block
             self._all = [self._one(i) for i in range(len(self))]
         return iter(self._all)
 
