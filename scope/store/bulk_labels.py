@@ -13,6 +13,7 @@ element for element.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -75,6 +76,9 @@ class LazyShares:
         self._tokens, self._values = np.asarray(tokens), np.asarray(values)
         self._counts = np.asarray(counts, dtype=np.float64)
         self._est, self._pack = est, None
+        # one table serves every dashboard session (threads): blocks are computed under a lock,
+        # so no reader sees a block another thread is still writing
+        self._lock = threading.Lock()
         F, k = self._tokens.shape
         self.block = max(1, int(block or _ROWS))
         self._done = np.zeros(-(-F // self.block), dtype=bool)
@@ -99,23 +103,28 @@ class LazyShares:
         """Compute the blocks that the row numbers `rows` fall in, those not done yet."""
         want = np.zeros(len(self._done), dtype=bool)  # not np.unique: it imports numpy.ma
         want[np.asarray(rows, dtype=np.int64).reshape(-1) // self.block] = True
-        want &= ~self._done
-        self._compute(np.flatnonzero(want))
+        with self._lock:
+            want &= ~self._done
+            self._compute(np.flatnonzero(want))
 
     def row(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Row i's ids and shares (as `TokenShares.row`), computing its block if needed."""
         if not self._done[i // self.block]:
-            self._compute(np.array([i // self.block]))
+            with self._lock:
+                if not self._done[i // self.block]:
+                    self._compute(np.array([i // self.block]))
         m = int(self._size[i])
         return self._ids[:m, i], self._shares[:m, i]
 
     def all(self) -> TokenShares:
         """Every row (the blocks not done yet are computed now)."""
-        self._compute(np.flatnonzero(~self._done))
+        with self._lock:
+            self._compute(np.flatnonzero(~self._done))
         return TokenShares(self._ids.T, self._shares.T, self._size)
 
     def _compute(self, blocks: np.ndarray) -> None:
-        """Compute `blocks` (ascending block numbers, none done), up to `_ROWS` rows a call:
+        """Compute `blocks` (ascending block numbers, none done; the lock held), up to `_ROWS`
+        rows a call:
         consecutive blocks in place, scattered ones (a sorted page's) gathered into one call
         and written back."""
         if blocks.size == 0:
