@@ -71,13 +71,12 @@ def main() -> int:
 
 def approximate_seconds(F: int, d: int) -> float:
     """What `scope plan` estimates for this decoder's approximate tables on this CPU."""
-    from scope.plan import plan
+    from scope.plan.costs import neighbour_costs
+    from scope.plan.device import device_info
+    from scope.plan.shapes import SAEShape
 
-    model = {"layers": 1, "d_model": d, "vocab": 256, "d_mlp": 4 * d, "n_heads": 1,
-             "n_kv_heads": 1, "d_head": d}
-    p = plan(model, [{"d_in": d, "d_sae": F, "layer": 0, "l0": 64}], tokens=128, ctx=128,
-             logits=False, strict=False)
-    return p.time["tables"]
+    return neighbour_costs(device_info("cpu"), SAEShape(name="bench", d_in=d, d_sae=F, layer=0),
+                           "approximate")[1]
 
 
 if __name__ == "__main__":

@@ -47,6 +47,10 @@ CONCAT_PASSES = 2.0
 #: serialisation and the atomic folder's fsyncs; measured on this machine's disk: 0.33 GB/s)
 VOCAB_S_PER_TOKEN = 4e-6
 WRITE_BYTES_PER_S = 0.35e9
+#: the approximate neighbours' products over the probe's matmul time: each cell's is thin
+#: (its members are ~sqrt(d_sae / 8) rows); measured 1.8x at 65,536 and 2.3x at 1,048,576
+#: features x 2304 (benchmarks/bench_neighbours.py, one core)
+APPROX_MATMUL_FACTOR = 2.0
 #: seconds to start a run (store lock, corpus, first windows, opening the finished store)
 START_S = 0.5
 
@@ -78,6 +82,16 @@ def neighbour_mode(dev: DeviceInfo, sae: SAEShape) -> str:
     exact = dev.device.startswith("cuda") or exact_flop(
         sae.d_sae, sae.d_out or sae.d_in) <= EXACT_CPU_FLOP
     return "exact" if exact else "approximate"
+
+
+def neighbour_costs(dev: DeviceInfo, sae: SAEShape, mode: str) -> tuple[float, float]:
+    """`(FLOP, seconds)` of one SAE's neighbour table in `mode` ("exact" or "approximate")."""
+    d = sae.d_out or sae.d_in
+    if mode == "exact":  # symmetric cosines, each tile ranked both ways
+        return sae.d_sae**2 * d, sae.d_sae**2 * d / dev.flops + sae.d_sae**2 * dev.topk_s
+    flop, scanned = approximate_cost(sae.d_sae, d)
+    return flop, (APPROX_MATMUL_FACTOR * flop / dev.flops
+                  + scanned * (dev.topk_s + 2 * dev.elementwise_s))  # ranked and masked
 
 
 def _stats_seconds(saes: Sequence[SAEShape], ctx: int, top_k: int, ew: float) -> float:
@@ -124,16 +138,10 @@ def extract_costs(model: ModelShape, saes: list[SAEShape], dev: DeviceInfo, toke
     enc_flops = n_tok * sum(2 * s.d_in * s.d_sae for s in saes)
     table_flops, table_s = 0.0, 0.0
     for s in saes:  # neighbours: exact or approximate, as decoder_tables' "auto" will choose
-        d = s.d_out or s.d_in
-        if neighbour_mode(dev, s) == "exact":
-            table_flops += s.d_sae**2 * d  # symmetric cosines, each tile ranked both ways
-            table_s += s.d_sae**2 * dev.topk_s
-        else:
-            flop, scanned = approximate_cost(s.d_sae, d)
-            table_flops += flop
-            table_s += scanned * (dev.topk_s + 2 * dev.elementwise_s)  # ranked and masked
-    if logits:
-        table_flops += sum(2 * s.d_sae * model.d_model * model.d_vocab for s in saes)
+        flop, secs = neighbour_costs(dev, s, neighbour_mode(dev, s))
+        table_flops, table_s = table_flops + flop, table_s + secs
+    logit_flops = sum(2 * s.d_sae * model.d_model * model.d_vocab for s in saes) if logits else 0
+    table_flops += logit_flops
     st = M.store_bytes(model, saes, n_windows, ctx, top_k)
     ew = dev.elementwise_s
     t = {"forward": fwd_flops / dev.flops
@@ -141,7 +149,7 @@ def extract_costs(model: ModelShape, saes: list[SAEShape], dev: DeviceInfo, toke
          "encode": enc_flops / dev.flops + n_tok * F * ENCODE_PASSES * ew,
          "accumulate": (n_tok * F * FEATURE_PASSES + n_batches * F * batch_size * KEY_PASSES) * ew,
          "overhead": n_batches * (layers * LAYER_OVERHEAD_S + BATCH_OVERHEAD_S),
-         "tables": (table_flops / dev.flops + table_s
+         "tables": (logit_flops / dev.flops + table_s
                     + st.tables / WRITE_BYTES_PER_S),
          "vocab": model.d_vocab * VOCAB_S_PER_TOKEN,
          "setup": START_S + F * M.accumulator_bytes_per_feature(ctx, top_k) / 4 * ew}
