@@ -20,7 +20,8 @@ from scope.pipeline import neighbours as N
 from scope.store import schema as S
 
 #: recall@10 the approximate mode must reach on `planted` (measured 0.99 at 4,096 x 256 with a
-#: 128-direction projection; 0.988 at 65,536 x 2304 on full rows, bench_neighbours.py)
+#: 128-direction projection; 0.986 at 65,536 x 2304 and 0.965 at 1,048,576 x 2304 on full
+#: rows, bench_neighbours.py)
 RECALL_BOUND = 0.9
 
 

@@ -191,7 +191,9 @@ def attribute_costs(model: ModelShape, saes: list[SAEShape], dev: DeviceInfo, n_
     # into a fresh row, then divided in place)
     iters = len({s.layer for s in saes}) + 1
     ranked = rounds * iters * (max_logits + (g.rows - max_logits) / 2) * g.nodes
-    t = {"forward": fwd / dev.flops, "backward": bwd / dev.flops, "edges": fill / dev.flops
+    fwd_ew = (3 + B) * n_pos * model.n_layers * _forward_block_elements(model, n_pos)
+    t = {"forward": fwd / dev.flops + fwd_ew * dev.elementwise_s,
+         "backward": bwd / dev.flops, "edges": fill / dev.flops
          + passes * B * g.active_features * dev.elementwise_s
          + passes * len(saes) * n_pos * PRODUCT_OVERHEAD_S,
          "influence": ranked * dev.matvec_s + g.rows * g.nodes * 2 * dev.elementwise_s,
