@@ -17,10 +17,11 @@ from scope.plan.shapes import ModelShape, SAEShape
 
 #: seconds of Python per block per forward pass (bridge hook points, norms, eager attention)
 LAYER_OVERHEAD_S = 1.5e-3
-#: a graph's backward pass over its forward FLOP (activation gradients only, plus the
-#: elementwise backward kernels), fitted on three measured graphs: the plan test's tiny one,
-#: and the bundled model's with its 18 transcoders and with the four demo SAEs
-BACKWARD_FLOP_FACTOR = 1.5
+#: a graph's backward pass over its weights' forward FLOP (activation gradients only, plus the
+#: elementwise backward kernels), fitted on four measured graphs: the plan test's tiny one,
+#: the bundled model's with its 18 transcoders and with the four demo SAEs (planned / measured
+#: in one process: 0.92 and 1.03), and the 1,024-token one of benchmarks/bench_long_graph.py
+BACKWARD_FLOP_FACTOR = 1.3
 #: seconds of Python per (position, SAE) product when a batch of graph rows is filled
 PRODUCT_OVERHEAD_S = 5e-6
 #: seconds per batch outside the blocks (tokenising, the accumulator's ~40 small kernels, tqdm)
@@ -171,13 +172,18 @@ def attribute_costs(model: ModelShape, saes: list[SAEShape], dev: DeviceInfo, n_
               "logits": n_pos * model.d_vocab * 4}  # the clean run's, kept for the check
     B = max(1, min(batch_size, max(g.active_features, max_logits)))
     # feature rows run in rounds of B per SAE, chosen by influence (attribution/build.py):
-    # each round runs every SAE's share as its own (partly filled) backward pass, which crosses
-    # only the blocks below that SAE's read site; the logit rows cross every block
-    rounds = -(-(g.rows - max_logits) // (B * max(1, len(saes))))
+    # each round runs every SAE's share in batches of B, each batch a backward pass that
+    # crosses only the blocks below that SAE's read site (the logit rows cross every block).
+    # The shares are uneven, so an SAE's last batch of a round is on average (B - 1) / 2B
+    # short of full: measured 52 passes for the bundled transcoders' graph and 44 for the four
+    # demo SAEs', where whole batches alone would be 34 and 33
+    n_saes, feature_rows = max(1, len(saes)), g.rows - max_logits
+    rounds = -(-feature_rows // (B * n_saes))
+    per_sae = feature_rows / (B * n_saes) + rounds * (B - 1) / (2 * B)  # passes per SAE
     logit_passes = -(-max_logits // B)
-    passes = logit_passes + rounds * max(1, len(saes))
+    passes = logit_passes + per_sae * n_saes
     depth = sum(_backward_blocks(s, saes) / model.n_layers for s in saes)
-    full = logit_passes + rounds * depth  # backward passes, in whole-model units
+    full = logit_passes + per_sae * depth  # backward passes, in whole-model units
     per_tok = model.n_layers * _block_flops(model, n_pos)
     fwd = n_pos * per_tok * 3 + B * n_pos * per_tok  # clean, splice check, plain; the graph pass
     replaced = {s.layer for s in saes if not s.residual}  # blocks whose MLP a transcoder replaces
