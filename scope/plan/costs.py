@@ -20,7 +20,7 @@ LAYER_OVERHEAD_S = 1.5e-3
 #: a graph's backward pass over its weights' forward FLOP (activation gradients only, plus the
 #: elementwise backward kernels), fitted on four measured graphs: the plan test's tiny one,
 #: the bundled model's with its 18 transcoders and with the four demo SAEs (planned / measured
-#: in one process: 0.92 and 1.03), and the 1,024-token one of benchmarks/bench_long_graph.py
+#: 0.77 and 0.97), and the 1,024-token one of benchmarks/bench_long_graph.py
 BACKWARD_FLOP_FACTOR = 1.3
 #: seconds of Python per (position, SAE) product when a batch of graph rows is filled
 PRODUCT_OVERHEAD_S = 5e-6
