@@ -217,9 +217,12 @@ def neighbour_mode(W_dec: torch.Tensor, mode: str = "auto") -> str:
     if mode != "auto":
         return mode
     F, d = W_dec.shape
-    if neighbour_device(W_dec).type == "cuda" or exact_flop(F, d) <= EXACT_CPU_FLOP:
-        return "exact"
-    return "approximate"
+    return auto_mode(F, d, neighbour_device(W_dec).type == "cuda")
+
+
+def auto_mode(d_sae: int, d_in: int, on_gpu: bool) -> str:
+    """`neighbour_mode`'s "auto" rule from the shapes (what the planner asks)."""
+    return "exact" if on_gpu or exact_flop(d_sae, d_in) <= EXACT_CPU_FLOP else "approximate"
 
 
 def decoder_tables(model: Any, sae: Any, logits: bool = True, *, neighbours: str = "auto"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from scope.pipeline.decoder_tables import EXACT_CPU_FLOP, exact_flop
+from scope.pipeline.decoder_tables import auto_mode
 from scope.pipeline.feature_blocks import FEATURE_BLOCK
 from scope.pipeline.neighbours import approximate_cost
 from scope.plan import memory as M
@@ -80,9 +80,7 @@ def _forward_block_elements(model: ModelShape, ctx: int) -> float:
 
 def neighbour_mode(dev: DeviceInfo, sae: SAEShape) -> str:
     """The mode `decoder_tables(neighbours="auto")` will choose (`neighbour_mode`'s rule)."""
-    exact = dev.device.startswith("cuda") or exact_flop(
-        sae.d_sae, sae.d_out or sae.d_in) <= EXACT_CPU_FLOP
-    return "exact" if exact else "approximate"
+    return auto_mode(sae.d_sae, sae.d_out or sae.d_in, dev.device.startswith("cuda"))
 
 
 def neighbour_costs(dev: DeviceInfo, sae: SAEShape, mode: str) -> tuple[float, float]:
