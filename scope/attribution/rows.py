@@ -168,12 +168,18 @@ def parse_memory(value: int | str | None) -> int | None:
 
 def saved_bytes_per_copy(model: Any, sites: list[Site], clean: dict[str, torch.Tensor],
                          freezer: Freezer, tokens: torch.Tensor) -> int:
-    """Bytes autograd keeps for one copy of the prompt in the graph's forward pass (measured)."""
+    """Bytes autograd keeps for one copy of the prompt in the graph's forward pass (measured).
+
+    The pack hook keeps a detached view: the storage stays alive until the pass is dropped (no
+    address is reused and counted twice), but no saved tensor holds its own `grad_fn`. Returning
+    the tensor itself makes a C++ reference cycle for outputs saved by their own node (tanh,
+    softmax), which Python's collector cannot free: 1.6 GiB stayed live per call at 1,024
+    tokens."""
     seen: dict[int, int] = {}
 
     def pack(t):
         seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
+        return t.detach()
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         GraphPass(model, sites, clean, freezer, tokens, 1)
