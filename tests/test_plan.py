@@ -379,13 +379,19 @@ def child(spec: dict) -> dict:
         from scope.attribution.build import attribution_graph
 
         prompt = _prompt(model, spec["n_pos"])
-        start, cpu = time.perf_counter(), time.process_time()
-        g = attribution_graph(model, saes, prompt, batch_size=spec["batch"],
-                              max_logits=spec["max_logits"],
-                              max_feature_nodes=spec["max_feature_nodes"])
-        result["seconds"] = time.perf_counter() - start
-        result["cpu_seconds"] = time.process_time() - cpu
-        result["active_features"] = int(g.stats["active_features"])
+        # the best of three graphs: the planner's probes are best-of-five, what the work takes
+        # undisturbed; one graph's fresh pages (its edge rows and their normalised copy) cost
+        # 2-13 us each on this kind of virtual machine, from one run to the next
+        result["seconds"] = result["cpu_seconds"] = float("inf")
+        for _ in range(3):
+            start, cpu = time.perf_counter(), time.process_time()
+            g = attribution_graph(model, saes, prompt, batch_size=spec["batch"],
+                                  max_logits=spec["max_logits"],
+                                  max_feature_nodes=spec["max_feature_nodes"])
+            result["seconds"] = min(result["seconds"], time.perf_counter() - start)
+            result["cpu_seconds"] = min(result["cpu_seconds"], time.process_time() - cpu)
+            result["active_features"] = int(g.stats["active_features"])
+            del g  # freed before the next: the peak is one graph's
     result["peak_rss_bytes"] = _vmhwm()
     return result
 

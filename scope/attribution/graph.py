@@ -154,7 +154,7 @@ class AttributionGraph:
         """
         n = int((self.row_nodes >= 0).sum())
         if n > done:
-            normalized[done:n] = normalize_rows(self.edges[done:n])
+            normalize_rows(self.edges[done:n], out=normalized[done:n])
         return row_influence(normalized[:n], self.row_nodes[:n], self.logit_weights()), n
 
     def logit_weights(self) -> torch.Tensor:
@@ -231,9 +231,10 @@ class Pruned:
     """[n_rows] the target node of each row of `edge_mask` ([n_rows, n_nodes])."""
 
 
-def normalize_rows(A: torch.Tensor) -> torch.Tensor:
-    """|A| with each row scaled to sum to 1 (rows of zeros stay zero)."""
-    B = A.abs()
+def normalize_rows(A: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """|A| with each row scaled to sum to 1 (rows of zeros stay zero), into `out` if given
+    (a buffer of A's shape: no temporary, so no fresh pages beyond the buffer's own)."""
+    B = A.abs() if out is None else torch.abs(A, out=out)
     return B.div_(B.sum(1, keepdim=True).clamp_min(1e-30))  # in place: one copy of A, not two
 
 

@@ -17,11 +17,22 @@ from scope.plan.shapes import ModelShape, SAEShape
 
 #: seconds of Python per block per forward pass (bridge hook points, norms, eager attention)
 LAYER_OVERHEAD_S = 1.5e-3
-#: a graph's backward pass over its weights' forward FLOP (activation gradients only, plus the
-#: elementwise backward kernels), fitted on four measured graphs: the plan test's tiny one,
-#: the bundled model's with its 18 transcoders and with the four demo SAEs (planned / measured
-#: 0.77 and 0.97), and the 1,024-token one of benchmarks/bench_long_graph.py
-BACKWARD_FLOP_FACTOR = 1.3
+#: a graph's backward pass, per token and block it crosses: the weights' activation-gradient
+#: FLOP at the probe's matmul rate (no weight gradients, no Q/K path, no MLP where a
+#: transcoder's write replaces it), plus elementwise passes (in `elementwise_s`) over d_model
+#: (norm scales, residual adds, RoPE, the hooks' casts) and over d_mlp (tanh-GELU's backward and
+#: the gate's products). Fitted on per-pass profiles of the bundled model at 512 token rows: a
+#: whole block 65 ms, an attention-only one (MLP replaced) 17.5 ms
+BACKWARD_MODEL_PASSES = 3.0
+BACKWARD_MLP_PASSES = 1.5
+#: a matmul of M token rows runs at M / (M + SKINNY_ROWS) of the probe's square rate (measured
+#: on one core: 0.69 at 16 rows, 0.88 at 64, 0.99 at 512); the unembedding of a short prompt
+#: and the logit directions' single row are such products
+SKINNY_ROWS = 8
+#: elementwise passes over a [tokens, d_vocab] logit block (the float copy, the softmax)
+FORWARD_LOGIT_PASSES = 3
+#: seconds of Python per graph row filled (its target's read vector, the row bookkeeping)
+ROW_OVERHEAD_S = 4e-5
 #: seconds of Python per (position, SAE) product when a batch of graph rows is filled
 PRODUCT_OVERHEAD_S = 5e-6
 #: seconds per batch outside the blocks (tokenising, the accumulator's ~40 small kernels, tqdm)
@@ -60,11 +71,24 @@ def _stop_layers(model: ModelShape, saes: Sequence[SAEShape]) -> int:
     return min(model.n_layers, max(s.layer for s in saes) + 1)
 
 
-def _backward_blocks(sae: SAEShape, saes: Sequence[SAEShape]) -> int:
-    """Blocks a feature row of `sae` runs backward through: down to the nearest shallower SAE
-    that rewrites the residual stream (its write is a leaf), else to the embedding."""
-    below = [s.layer for s in saes if s.residual and s.layer < sae.layer]
-    return sae.layer - max(below, default=-1)
+def _backward_span(sae: SAEShape | None, model: ModelShape, saes: Sequence[SAEShape]
+                   ) -> tuple[range, list[SAEShape]]:
+    """What one backward pass of `sae`'s feature rows (None: the logit rows) crosses: the blocks
+    down to the nearest shallower SAE that rewrites the residual stream (its write is a leaf),
+    else to the embedding; and the sites whose writes it reaches (that SAE's, and transcoders
+    within the span), whose active features get edges from it."""
+    top = model.n_layers if sae is None else sae.layer  # the read sits after block `top - 1`
+    below = [s for s in saes if s.residual and (s.layer < top or (
+        sae is not None and not sae.residual and s.layer < sae.layer))]
+    floor = max((s.layer for s in below), default=-1)
+    top_block = top if sae is not None and not sae.residual else top - 1
+    if sae is not None and sae.residual:
+        top_block = sae.layer  # a residual SAE reads block `layer`'s output
+    reached = [s for s in saes if s is not sae and (
+        (s.residual and s.layer == floor)
+        or (not s.residual and floor < s.layer <= top_block
+            and (sae is None or sae.residual or s.layer < sae.layer)))]
+    return range(floor + 1, top_block + 1), reached
 
 
 def _block_flops(model: ModelShape, ctx: int) -> float:
@@ -100,22 +124,23 @@ def _stats_seconds(saes: Sequence[SAEShape], ctx: int, top_k: int, ew: float) ->
                for s in saes)
 
 
-def _backward_block_flops(model: ModelShape, ctx: int, mlp_replaced: bool) -> float:
-    """FLOP per token of one block in a graph's backward pass: gradients of activations only
-    (no weight gradients), attention patterns frozen (no Q/K path), and no MLP where a
-    transcoder's write (a leaf) replaces it. The weights' products only: the attention over
-    `ctx` keys is `_backward_attention_flops` (with the patterns frozen, one product)."""
+def _backward_block(model: ModelShape, ctx: int, mlp_replaced: bool, dev: DeviceInfo
+                    ) -> tuple[float, float]:
+    """`(FLOP, seconds)` per token of one block in a graph's backward pass: gradients of activations only
+    (no weight gradients), attention patterns frozen (no Q/K path: one product with the
+    pattern's transpose over `ctx` keys), and no MLP where a transcoder's write (a leaf)
+    replaces it; plus the elementwise kernels (`BACKWARD_*_PASSES`)."""
     d, h = model.d_model, model.d_head
     qk = 2 * d * h * (model.n_heads + model.n_kv_heads)
     mlp = 2 * 3 * d * model.d_mlp if mlp_replaced else 0
-    return 2 * model.layer_params - qk - mlp
+    flop = 2 * model.layer_params - qk - mlp + 2 * ctx * model.n_heads * h
+    ew = BACKWARD_MODEL_PASSES * d + (0 if mlp_replaced else BACKWARD_MLP_PASSES * model.d_mlp)
+    return flop, flop / dev.flops + ew * dev.elementwise_s
 
 
-def _backward_attention_flops(model: ModelShape, ctx: int) -> float:
-    """FLOP per token of one block's attention in a graph's backward pass: the frozen
-    pattern's transpose times the gradient over `ctx` keys (one large product, at the
-    device's matmul rate: no elementwise kernels beside it)."""
-    return 2 * ctx * model.n_heads * model.d_head
+def _skinny(rows: int) -> float:
+    """The share of the probe's matmul rate a product of `rows` token rows reaches."""
+    return rows / (rows + SKINNY_ROWS)
 
 
 def extract_costs(model: ModelShape, saes: list[SAEShape], dev: DeviceInfo, tokens: int, ctx: int,
@@ -161,48 +186,60 @@ def extract_costs(model: ModelShape, saes: list[SAEShape], dev: DeviceInfo, toke
 
 
 def attribute_costs(model: ModelShape, saes: list[SAEShape], dev: DeviceInfo, n_pos: int,
-               batch_size: int, max_logits: int, max_feature_nodes: int | None
-               ) -> tuple[dict, dict, float, M.GraphBytes]:
+               batch_size: int, max_logits: int, max_feature_nodes: int | None,
+               probe: bool = False) -> tuple[dict, dict, float, M.GraphBytes]:
+    """Memory, seconds by part, FLOP and bytes of one graph; `probe`: a `max_memory` budget
+    is set, so one extra forward copy measures what a copy of the pass keeps."""
     g = M.graph_bytes(model, saes, n_pos, batch_size, max_logits, max_feature_nodes)
     memory = {"runtime": M.RUNTIME_BYTES, "weights": model.params * model.bytes_per_param,
               "sae_weights": sum(s.params * 4 for s in saes), "edges": g.edges,
               "autograd": g.autograd, "sites": g.sites,
               "logits": n_pos * model.d_vocab * 4}  # the clean run's, kept for the check
     B = max(1, min(batch_size, max(g.active_features, max_logits)))
-    # feature rows run in rounds of B per SAE, chosen by influence (attribution/build.py):
-    # each round runs every SAE's share in batches of B, each batch a backward pass that
-    # crosses only the blocks below that SAE's read site (the logit rows cross every block).
-    # The shares are uneven, so an SAE's last batch of a round is on average (B - 1) / 2B
-    # short of full: measured 52 passes for the bundled transcoders' graph and 44 for the four
-    # demo SAEs', where whole batches alone would be 34 and 33
+    ew, L = dev.elementwise_s, model.n_layers
+    # forward: the clean run (with its SAE encodes) and the final splice check, one copy each
+    # through the unembedding over the whole vocabulary; the logit directions (one row through
+    # the unembedding, and back once per logit row and once for the mean); the budget's probe
+    # copy; then the graph pass of B copies, which stops at the final norm
+    vocab = 2 * model.d_model * model.d_vocab  # FLOP per row of the unembedding
+    one = n_pos * L * (2 * model.layer_params + 4 * n_pos * model.n_heads * model.d_head)
+    encode = n_pos * sum(2 * s.d_sae * (s.d_in + (s.d_out or s.d_in)) for s in saes)
+    short = (2 + probe) * one + 2 * n_pos * vocab + encode  # products of n_pos rows
+    directions = (2 + max_logits) * vocab
+    fwd_s = (short / (dev.flops * _skinny(n_pos)) + B * one / (dev.flops * _skinny(B * n_pos))
+             + directions / (dev.flops * _skinny(1))
+             + ((2 + probe + B) * n_pos * L * _forward_block_elements(model, n_pos)
+                + 2 * n_pos * model.d_vocab * FORWARD_LOGIT_PASSES) * ew
+             + (3 + probe) * L * LAYER_OVERHEAD_S)
+    # backward: feature rows run in rounds of B per SAE, chosen by influence (attribution/
+    # build.py): each round runs every SAE's share in batches of B, each batch one backward pass
+    # through the blocks below that SAE's read site (`_backward_span`); the logit rows cross the
+    # blocks above the deepest residual SAE. The shares are uneven, so an SAE's last batch of a
+    # round is on average (B - 1) / 2B short of full
     n_saes, feature_rows = max(1, len(saes)), g.rows - max_logits
     rounds = -(-feature_rows // (B * n_saes))
     per_sae = feature_rows / (B * n_saes) + rounds * (B - 1) / (2 * B)  # passes per SAE
     logit_passes = -(-max_logits // B)
-    passes = logit_passes + per_sae * n_saes
-    depth = sum(_backward_blocks(s, saes) / model.n_layers for s in saes)
-    full = logit_passes + per_sae * depth  # backward passes, in whole-model units
-    per_tok = model.n_layers * _block_flops(model, n_pos)
-    fwd = n_pos * per_tok * 3 + B * n_pos * per_tok  # clean, splice check, plain; the graph pass
     replaced = {s.layer for s in saes if not s.residual}  # blocks whose MLP a transcoder replaces
-    bwd_per_tok = sum(_backward_block_flops(model, n_pos, L in replaced)
-                      for L in range(model.n_layers))
-    bwd = full * B * n_pos * (BACKWARD_FLOP_FACTOR * bwd_per_tok
-                              + model.n_layers * _backward_attention_flops(model, n_pos))
-    fill = passes * B * g.active_features * 2 * max(s.d_out or s.d_in for s in saes)
+    block = {r: _backward_block(model, n_pos, r, dev) for r in (False, True)}
+    d_src = max(s.d_out or s.d_in for s in saes)
+    bwd_flops = bwd_s = fill = products = 0.0
+    for sae, n in [(None, logit_passes)] + [(s, per_sae) for s in saes]:
+        blocks, reached = _backward_span(sae, model, saes)
+        bwd_flops += n * B * n_pos * sum(block[b in replaced][0] for b in blocks)
+        bwd_s += n * B * n_pos * sum(block[b in replaced][1] for b in blocks)
+        fill += n * B * n_pos * sum(s.l0 for s in reached) * 2 * d_src
+        products += n * len(reached) * n_pos
     # ranking before each round: (distinct layers + 1) products of the influence vector with the
     # rows filled so far (on average half the feature rows), and each row normalised once (|.|
-    # into a fresh row, then divided in place)
+    # into the buffer, then divided in place)
     iters = len({s.layer for s in saes}) + 1
     ranked = rounds * iters * (max_logits + (g.rows - max_logits) / 2) * g.nodes
-    fwd_ew = (3 + B) * n_pos * model.n_layers * _forward_block_elements(model, n_pos)
-    t = {"forward": fwd / dev.flops + fwd_ew * dev.elementwise_s,
-         "backward": bwd / dev.flops, "edges": fill / dev.flops
-         + passes * B * g.active_features * dev.elementwise_s
-         + passes * len(saes) * n_pos * PRODUCT_OVERHEAD_S,
-         "influence": ranked * dev.matvec_s + g.rows * g.nodes * 2 * dev.elementwise_s,
-         "overhead": (3 * model.n_layers + full * 3 * model.n_layers) * LAYER_OVERHEAD_S}
-    return memory, t, fwd + bwd + fill, g
+    t = {"forward": fwd_s, "backward": bwd_s,
+         "edges": fill / dev.flops + products * PRODUCT_OVERHEAD_S + g.rows * ROW_OVERHEAD_S,
+         "influence": ranked * dev.matvec_s + g.rows * g.nodes * ew,
+         "overhead": g.rows * g.nodes * ew}  # the zeroed edge rows' fresh pages
+    return memory, t, short + B * one + directions + bwd_flops + fill, g
 
 
 def graph_batch(model: ModelShape, saes: list[SAEShape], n_pos: int, batch_size: int,

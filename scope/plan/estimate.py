@@ -197,7 +197,7 @@ def plan(model: Any, saes: Any = (), *, task: str = "extract", tokens: int | Non
         settings.update(prompt_tokens=ctx, batch_size=batch_size, max_logits=max_logits,
                         max_feature_nodes=max_feature_nodes)
         memory, t, flops, g = C.attribute_costs(m, s, dev, ctx, batch_size, max_logits,
-                                         max_feature_nodes)
+                                                max_feature_nodes, probe=max_memory is not None)
         settings.update(active_features=g.active_features, rows=g.rows, nodes=g.nodes)
         disk = disk_peak = 0
     peak = int(sum(memory.values()))
