@@ -21,10 +21,14 @@ LAYER_OVERHEAD_S = 1.5e-3
 #: FLOP at the probe's matmul rate (no weight gradients, no Q/K path, no MLP where a
 #: transcoder's write replaces it), plus elementwise passes (in `elementwise_s`) over d_model
 #: (norm scales, residual adds, RoPE, the hooks' casts) and over d_mlp (tanh-GELU's backward and
-#: the gate's products). Fitted on per-pass profiles of the bundled model at 512 token rows: a
-#: whole block 65 ms, an attention-only one (MLP replaced) 17.5 ms
+#: the gate's products). Fitted on per-phase profiles of three graphs: the plan test's tiny one
+#: (96 tokens x 32 copies, d_model 64), the bundled model's with its four demo SAEs (a whole
+#: block 65 ms per pass at 16 tokens x 32 copies) and with its 18 transcoders (attention only)
 BACKWARD_MODEL_PASSES = 3.0
 BACKWARD_MLP_PASSES = 1.5
+#: more passes over d_model in a block whose MLP a transcoder replaces: the gradient runs on
+#: through its write (the hook's add and cast) and its skip, where a residual SAE's leaf stops it
+BACKWARD_TRANSCODER_PASSES = 3.0
 #: a matmul of M token rows runs at M / (M + SKINNY_ROWS) of the probe's square rate (measured
 #: on one core: 0.69 at 16 rows, 0.88 at 64, 0.99 at 512); the unembedding of a short prompt
 #: and the logit directions' single row are such products
@@ -52,7 +56,9 @@ FORWARD_SCORE_PASSES = 10
 #: passes (in `elementwise_s` per 4 bytes) over an SAE's accumulator state when a checkpoint
 #: snapshots it (`BlockedAccumulator.stats`: the slots sorted by key into fresh arrays, the
 #: bands stacked) and, for an SAE of several feature blocks, their concatenation; fitted on
-#: the Gemma-2-2B-shaped run of benchmarks/bench_scale.py (65,536 features: 2 blocks)
+#: the Gemma-2-2B-shaped run of benchmarks/bench_scale.py (65,536 features: 2 blocks). Mostly
+#: fresh pages, whose cost drifts on a virtual machine: 0.1-2 GB/s here from hour to hour,
+#: where the probe's recycled 32 MiB reads the fast end
 STATS_PASSES = 2.0
 CONCAT_PASSES = 2.0
 #: seconds to write the vocabulary, per token string, and a store's bytes, per byte (safetensors
@@ -134,7 +140,8 @@ def _backward_block(model: ModelShape, ctx: int, mlp_replaced: bool, dev: Device
     qk = 2 * d * h * (model.n_heads + model.n_kv_heads)
     mlp = 2 * 3 * d * model.d_mlp if mlp_replaced else 0
     flop = 2 * model.layer_params - qk - mlp + 2 * ctx * model.n_heads * h
-    ew = BACKWARD_MODEL_PASSES * d + (0 if mlp_replaced else BACKWARD_MLP_PASSES * model.d_mlp)
+    ew = d * (BACKWARD_MODEL_PASSES + (BACKWARD_TRANSCODER_PASSES if mlp_replaced else 0)) + (
+        0 if mlp_replaced else BACKWARD_MLP_PASSES * model.d_mlp)
     return flop, flop / dev.flops + ew * dev.elementwise_s
 
 
