@@ -137,6 +137,27 @@ def test_the_plan_times_the_neighbour_mode_extraction_will_use():
     assert narrow.time["tables"] > exact_flop(1 << 16, 2304) / 2 / flops
 
 
+def test_a_graph_pass_crosses_the_blocks_down_to_the_nearest_residual_sae():
+    """The backward spans of a mixed set (residual SAE at 2, transcoders at 1, 3, 4 of a
+    6-block model), derived by hand from the splices: a residual SAE's write is a leaf that
+    stops the gradient, a transcoder's lets it run on through the stream."""
+    from scope.plan.costs import _backward_span
+    from scope.plan.shapes import ModelShape, SAEShape
+
+    m = ModelShape(name="m", n_layers=6, d_model=8, d_vocab=16, d_mlp=16, n_heads=2,
+                   n_kv_heads=1, d_head=4)
+    r2 = SAEShape(name="r2", d_in=8, d_sae=16, layer=2)
+    t1, t3, t4 = (SAEShape(name=f"t{L}", d_in=8, d_sae=16, layer=L, residual=False)
+                  for L in (1, 3, 4))
+    saes = [r2, t1, t3, t4]
+    spans = {("logits" if s is None else s.name): (list(b), [x.name for x in reached])
+             for s in [None, *saes] for b, reached in [_backward_span(s, m, saes)]}
+    assert spans == {"logits": ([3, 4, 5], ["r2", "t3", "t4"]), "r2": ([0, 1, 2], ["t1"]),
+                     "t1": ([0, 1], []), "t3": ([3], ["r2"]), "t4": ([3, 4], ["r2", "t3"])}
+    last = SAEShape(name="r5", d_in=8, d_sae=16, layer=5)  # at the last block: logits cross none
+    assert _backward_span(None, m, [last]) == (range(6, 6), [last])
+
+
 def test_disk_too_small_is_refused(tmp_path):
     """A store larger than the free disk under --out (64M features: ~1.5 TB) is refused."""
     saes = [{"d_in": 64, "d_sae": 1 << 26, "layer": 1}]

@@ -83,18 +83,15 @@ def _backward_span(sae: SAEShape | None, model: ModelShape, saes: Sequence[SAESh
     down to the nearest shallower SAE that rewrites the residual stream (its write is a leaf),
     else to the embedding; and the sites whose writes it reaches (that SAE's, and transcoders
     within the span), whose active features get edges from it."""
-    top = model.n_layers if sae is None else sae.layer  # the read sits after block `top - 1`
-    below = [s for s in saes if s.residual and (s.layer < top or (
-        sae is not None and not sae.residual and s.layer < sae.layer))]
-    floor = max((s.layer for s in below), default=-1)
-    top_block = top if sae is not None and not sae.residual else top - 1
-    if sae is not None and sae.residual:
-        top_block = sae.layer  # a residual SAE reads block `layer`'s output
+    top = model.n_layers - 1 if sae is None else sae.layer  # the block the read sits in
+    leaves = [s.layer for s in saes if s.residual and s is not sae
+              and (s.layer < top or (sae is None and s.layer == top))]
+    floor = max(leaves, default=-1)
     reached = [s for s in saes if s is not sae and (
         (s.residual and s.layer == floor)
-        or (not s.residual and floor < s.layer <= top_block
+        or (not s.residual and floor < s.layer <= top
             and (sae is None or sae.residual or s.layer < sae.layer)))]
-    return range(floor + 1, top_block + 1), reached
+    return range(floor + 1, top + 1), reached
 
 
 def _block_flops(model: ModelShape, ctx: int) -> float:
