@@ -2,9 +2,9 @@
 
 `FeatureTable.build(store, sae)` reads the store's `[d_sae]` summary arrays and explanations;
 `query` then sorts by any column, filters by density range and hides dense / rare features,
-ranks label text with BM25 (the `bm25s` library) and returns one page. Automatic labels and
-the token shares behind them are computed lazily (`bulk_labels.LazyShares`, blocks of up to
-1,024 rows inside one range file): a page computes the blocks its rows fall in, reading only
+ranks label text with BM25 (bm25s's scores, indexed from the labels' pieces: `label_search`)
+and returns one page. Automatic labels and the token shares behind them are computed lazily
+(`bulk_labels.LazyShares`, blocks of up to 1,024 rows inside one range file): a page computes the blocks its rows fall in, reading only
 those rows' token sketches; the text index, `specificity` and `most_specific` compute every
 block once. Built once, a query over 131,072 features takes a few milliseconds to tens of
 milliseconds (benchmarks/bench_dashboard.py). At 1,048,576 features (bench_scale's synthetic
@@ -12,8 +12,9 @@ store, 2-core machine shared and CPU-steal heavy, CPU time of a fresh process, p
 open + build measured 96-136 ms and build + first page (any sort) 206-318 ms, mostly under
 300 ms, where the eager build measured 364-602 ms and build + first page 482-872 ms. A first
 page costs its sort (~100 ms at 1M) plus ~50 blocks (~70 ms: opening ~50 range files is most
-of it); page 1000 of a sorted list 30-60 ms. The first text query stays far above 300 ms: it
-labels every feature and builds the BM25 index (~40 s at 1M, once per table and server).
+of it); page 1000 of a sorted list 30-60 ms. The first text query computes every block's shares
+and builds the BM25 index from the labels' pieces (2.5 s at 1M, once per table and server;
+writing every label out and indexing the texts with bm25s took 26 s); later queries ~4 ms.
 
 Rules a reader can rely on:
 - a text query ranks by relevance (BM25) unless another column is asked for;
@@ -37,6 +38,7 @@ import numpy as np
 
 from scope.errors import StoreError
 from scope.explore.column_order import stable_argsort
+from scope.explore.label_search import LabelIndex
 from scope.explore.list_shares import (  # noqa: F401 (bulk_*: kept importable from here)
     bulk_fires_on,
     bulk_shares,
@@ -119,7 +121,7 @@ class FeatureTable:
     shares: LazyShares | None = field(default=None, repr=False)  # the labels' token shares
     vocab: Sequence[str] = field(default=(), repr=False)  # the store's, to name top tokens
     _top: tuple | None = field(default=None, repr=False)  # (top_share, top_word) once made
-    _bm25: object = field(default=None, repr=False)
+    _index: object = field(default=None, repr=False)  # the text index, built on first search
     _orders: dict = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -191,22 +193,11 @@ class FeatureTable:
         return self._orders[key]
 
     def search_scores(self, text: str) -> np.ndarray:
-        """BM25 relevance of every feature's label (and explanation) to `text`, `[d_sae]`."""
-        import bm25s
-
-        if self._bm25 is None:
-            corpus = [f"{exp or ''} {auto}" for exp, auto in zip(self.explanations,
-                                                                 self.auto_labels, strict=True)]
-            tok = bm25s.tokenize(corpus, stopwords=None, show_progress=False)
-            model = bm25s.BM25()
-            model.index(tok, show_progress=False)
-            self._bm25 = (model, tok.vocab)
-        model, vocab = self._bm25
-        words = [w for w in bm25s.tokenize([text], stopwords=None, show_progress=False,
-                                           return_ids=False)[0] if w in vocab]
-        if not words:
-            return np.zeros(len(self))
-        return np.asarray(model.get_scores(words), dtype=np.float64)
+        """BM25 relevance of every feature's label (and explanation) to `text`, `[d_sae]` (the
+        index is built on the first search: `label_search.LabelIndex`)."""
+        if self._index is None:
+            self._index = LabelIndex.of_labels(self.auto_labels, self.explanations)
+        return self._index.scores(text)
 
     def specificity(self, max_density: float = L.DENSE) -> np.ndarray:
         """`[d_sae]`: the top token's share of each feature's firings, shrunk for few firings

@@ -312,6 +312,12 @@ class AutoLabels(Sequence):
         i = _row(i, len(self))
         return self._all[i] if self._all is not None else self._one(i)
 
+    def inputs(self) -> tuple[np.ndarray, np.ndarray, TokenShares, Sequence[str]]:
+        """What every label is made of: densities, firing counts, every row's token shares
+        (computed now where lazy) and the vocabulary (for the text index)."""
+        shares = self._shares.all() if isinstance(self._shares, LazyShares) else self._shares
+        return self._density, self._count, shares, self._vocab
+
     def __iter__(self):
         if self._all is None:
             if isinstance(self._shares, LazyShares):

@@ -18,6 +18,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
 from scope.base.atomic import atomic_write_text
 from scope.errors import StoreError
 
@@ -33,8 +35,9 @@ SINGLE_TOKEN = 0.9
 #: share of top contexts peaking in the first POSITION_LIKE_MAX positions -> "start-of-context"
 POSITION_LIKE_SHARE = 0.8
 POSITION_LIKE_MAX = 2
-#: tokens named in an automatic label
+#: tokens named in an automatic label; the labels of dead features and of those without any
 LABEL_TOKENS = 3
+DEAD_LABEL, NO_TOKENS_LABEL = "never fired on the store's corpus", "no token statistics"
 
 
 @dataclass(frozen=True)
@@ -137,29 +140,25 @@ def flags(
     fires_on: Sequence[tuple[str, float]] = (),
     peak_positions: Sequence[int] = (),
 ) -> list[str]:
-    """Flags that warn a reader: "dead", "dense", "rare", "start-of-context", "single-token".
-
-    Args:
-        density: the feature's firing fraction.
-        firing_count: how many tokens it fired on.
-        fires_on: `(token, share of firings)` best first.
-        peak_positions: positions of the peak token in its top contexts (0 is BOS or the first
-            token of a window).
-    """
+    """Flags that warn a reader: "dead", "dense", "rare", "start-of-context", "single-token",
+    from the firing fraction `density`, `firing_count`, `fires_on` (`(token, share)` best
+    first) and `peak_positions` (the peak token's in each top context; 0 is BOS or a window's
+    first token)."""
     if firing_count <= 0:
         return ["dead"]
-    out = []
-    if density > DENSE:
-        out.append("dense")
-    if firing_count < RARE:
-        out.append("rare")
+    live = live_flags(density, firing_count, fires_on[0][1] if fires_on else 0.0)
+    out = [name for name in ("dense", "rare") if live[name]]
     if peak_positions:
         early = sum(1 for p in peak_positions if p <= POSITION_LIKE_MAX) / len(peak_positions)
         if early >= POSITION_LIKE_SHARE:
             out.append("start-of-context")
-    if fires_on and fires_on[0][1] >= SINGLE_TOKEN and firing_count >= RARE:
-        out.append("single-token")
-    return out
+    return out + ["single-token"] * bool(live["single-token"])
+
+
+def live_flags(density, firing_count, top_share) -> dict:
+    """A live feature's flags from its density, count and top share (numbers or arrays)."""
+    return {"dense": density > DENSE, "rare": firing_count < RARE,
+            "single-token": (top_share >= SINGLE_TOKEN) & (firing_count >= RARE)}
 
 
 def auto_label(
@@ -176,15 +175,20 @@ def auto_label(
     """
     marks = flags(density, firing_count, fires_on, peak_positions)
     if marks == ["dead"]:
-        return "never fired on the store's corpus"
-    toks = " · ".join(f"{show_token(t)} {_pct(s)}" for t, s in list(fires_on)[:n_tokens] if s > 0)
-    text = toks or "no token statistics"
+        return DEAD_LABEL
+    toks = " · ".join(f"{show_token(t)} {share_text(s)}" for t, s in list(fires_on)[:n_tokens] if s > 0)
+    text = toks or NO_TOKENS_LABEL
     return f"{text} [{', '.join(marks)}]" if marks else text
 
 
-def _pct(share: float) -> str:
-    p = 100.0 * float(share)
-    return f"{p:.0f}%" if p >= 1 else "<1%"
+def percent(share):
+    """A share as a label prints it, in whole percent (-1: under 1%), for a number or array."""
+    p = 100.0 * np.asarray(share, dtype=np.float64)
+    return np.where(p >= 1, np.rint(p), -1).astype(np.int64)
+
+
+def share_text(share: float) -> str:
+    return f"{v}%" if (v := int(percent(float(share)))) >= 0 else "<1%"
 
 
 def token_shares(tokens, values, count: float, vocab: Sequence[str], est=None,
@@ -197,8 +201,6 @@ def token_shares(tokens, values, count: float, vocab: Sequence[str], est=None,
     `est / count`; without it, the token's share of the top contexts. The feature list labels
     every feature with this same function, so its labels match `Feature.label`.
     """
-    import numpy as np
-
     tokens = np.asarray(tokens).astype(np.int64)
     valid = (np.asarray(values) > 0) & (tokens >= 0)
     cand = tokens[valid]
@@ -218,8 +220,6 @@ def token_shares(tokens, values, count: float, vocab: Sequence[str], est=None,
 def sketch_estimates(sketch, tokens, features):
     """Count-min estimates `[..., k]` of firings of `features` on `tokens` from a token sketch
     `[..., depth, width]` (format 2 stores)."""
-    import numpy as np
-
     from scope.store.schema import token_sketch_buckets
 
     sketch = np.asarray(sketch)
