@@ -6,8 +6,9 @@ A 1,048,576-feature SAE cannot take the whole `[batch, pos, d_sae]` activation t
 its offset, so hashes use the SAE's feature index) and encodes the SAE one block at a time:
 the activations that exist at once are `[batch, pos, block]`, whatever the width. Every
 statistic is per feature and exact, so the blocked state equals the unblocked one bit for bit
-(`stats()` concatenates the blocks), whatever the block size; the state stays on the device
-it was given (top-k included) and only `stats()` (a checkpoint) moves it to the host.
+(`stats()` copies each block's rows into the whole-SAE arrays), whatever the block size; the
+state stays on the device it was given (top-k included) and only `stats()` (a checkpoint)
+moves it to the host.
 
 Memory, stated (`state_bytes`, `batch_bytes`): the state is, per feature,
 `28 + 8 * n_bins + 8 * depth * width + (top_k + n_bands * band_samples) * (24 + 2 * ctx)` bytes
@@ -109,13 +110,24 @@ class BlockedAccumulator:
             mine.merge(theirs)
 
     def stats(self) -> FeatureStats:
-        """The numpy snapshot of the whole SAE (the blocks' rows, concatenated)."""
-        parts = [b.stats() for b in self.blocks]
-        if len(parts) == 1:
-            return parts[0]
-        arrays = {f.name: np.concatenate([getattr(p, f.name) for p in parts])
-                  for f in fields(FeatureStats) if f.name != "tokens"}
-        return FeatureStats(tokens=parts[0].tokens, **arrays)
+        """The numpy snapshot of the whole SAE: each block's rows copied into the whole-SAE
+        arrays as soon as they are made, so one block's snapshot at most is held beside them
+        (a concatenation of every block's would hold the snapshot twice)."""
+        if len(self.blocks) == 1:
+            return self.blocks[0].stats()
+        names = [f.name for f in fields(FeatureStats) if f.name != "tokens"]
+        arrays: dict[str, np.ndarray] = {}
+        for acc in self.blocks:
+            part = acc.stats()
+            rows = slice(acc.offset, acc.offset + acc.d_sae)
+            for name in names:
+                a = getattr(part, name)
+                if name not in arrays:
+                    arrays[name] = np.empty((self.d_sae, *a.shape[1:]), dtype=a.dtype)
+                arrays[name][rows] = a
+            tokens = part.tokens
+            del part, a
+        return FeatureStats(tokens=tokens, **arrays)
 
     @classmethod
     def from_stats(cls, st: FeatureStats, ctx: int, device: str | torch.device = "cpu", *,

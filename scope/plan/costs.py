@@ -55,8 +55,9 @@ FORWARD_MODEL_PASSES = 22
 FORWARD_SCORE_PASSES = 10
 #: passes (in `elementwise_s` per 4 bytes) over an SAE's accumulator state when a checkpoint
 #: snapshots it (`BlockedAccumulator.stats`: the slots sorted by key into fresh arrays, the
-#: bands stacked) and, for an SAE of several feature blocks, their concatenation; fitted on
-#: the Gemma-2-2B-shaped run of benchmarks/bench_scale.py (65,536 features: 2 blocks). Mostly
+#: bands stacked) and, for an SAE of several feature blocks, the copy of each block's rows into
+#: the whole-SAE arrays; fitted on the Gemma-2-2B-shaped run of benchmarks/bench_scale.py
+#: (65,536 features: 2 blocks), when the blocks were concatenated (the same copy). Mostly
 #: fresh pages, whose cost drifts on a virtual machine: 0.1-2 GB/s here from hour to hour,
 #: where the probe's recycled 32 MiB reads the fast end
 STATS_PASSES = 2.0

@@ -157,9 +157,9 @@ def extraction_bytes(model: ModelShape, saes: list[SAEShape], ctx: int, batch_si
     acc = sum(s.d_sae for s in saes) * accumulator_bytes_per_feature(ctx, top_k)
     kept, transient = checkpoint_copy_bytes_per_feature(ctx, top_k)
     largest = max(s.d_sae for s in saes)
-    ckpt = sum(s.d_sae for s in saes) * kept + largest * transient
-    # an SAE of several feature blocks: its blocks' snapshots beside their concatenation
-    ckpt += max((s.d_sae * kept for s in saes if s.d_sae > FEATURE_BLOCK), default=0)
+    ckpt = sum(s.d_sae for s in saes) * kept + min(largest, FEATURE_BLOCK) * transient
+    # an SAE of several feature blocks: one block's snapshot beside the whole-SAE arrays
+    ckpt += max((FEATURE_BLOCK * kept for s in saes if s.d_sae > FEATURE_BLOCK), default=0)
     shard = min(largest, FEATURE_SHARD_SIZE) * feature_disk_bytes(ctx, top_k)
     ckpt += 2 * shard  # safetensors serialises one feature file at a time
     neighbours = (largest * max(s.d_out or s.d_in for s in saes) * 4
