@@ -4,8 +4,8 @@
 `query` then sorts by any column, filters by density range and hides dense / rare features,
 ranks label text with BM25 (bm25s's scores, indexed from the labels' pieces: `label_search`)
 and returns one page. Automatic labels and the token shares behind them are computed lazily
-(`bulk_labels.LazyShares`, blocks of up to 1,024 rows inside one range file): a page computes the blocks its rows fall in, reading only
-those rows' token sketches; the text index, `specificity` and `most_specific` compute every
+(`bulk_labels.LazyShares`, blocks of up to 1,024 rows inside one range file): a page computes
+the blocks its rows fall in, reading only those rows' token sketches; the text index, `specificity` and `most_specific` compute every
 block once. Built once, a query over 131,072 features takes a few milliseconds to tens of
 milliseconds (benchmarks/bench_dashboard.py). At 1,048,576 features (bench_scale's synthetic
 store, 2-core machine shared and CPU-steal heavy, CPU time of a fresh process, paired runs)

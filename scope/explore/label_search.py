@@ -67,7 +67,10 @@ class LabelIndex:
         density, count, shares, vocab = auto.inputs()
         density, count = np.asarray(density), np.asarray(count)
         n, vocab_ids = len(count), {}
-        ids = lambda text: [vocab_ids.setdefault(w, len(vocab_ids)) for w in words(text)]  # noqa: E731
+
+        def ids(text: str) -> list[int]:  # word ids, new words numbered as they come
+            return [vocab_ids.setdefault(w, len(vocab_ids)) for w in words(text)]
+
         docs: list[np.ndarray] = []
         wids: list[np.ndarray] = []
 

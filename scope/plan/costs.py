@@ -130,10 +130,10 @@ def _stats_seconds(saes: Sequence[SAEShape], ctx: int, top_k: int, ew: float) ->
 
 def _backward_block(model: ModelShape, ctx: int, mlp_replaced: bool, dev: DeviceInfo
                     ) -> tuple[float, float]:
-    """`(FLOP, seconds)` per token of one block in a graph's backward pass: gradients of activations only
-    (no weight gradients), attention patterns frozen (no Q/K path: one product with the
-    pattern's transpose over `ctx` keys), and no MLP where a transcoder's write (a leaf)
-    replaces it; plus the elementwise kernels (`BACKWARD_*_PASSES`)."""
+    """`(FLOP, seconds)` per token of one block in a graph's backward pass: gradients of
+    activations only (no weight gradients), attention patterns frozen (no Q/K path: one product
+    with the pattern's transpose over `ctx` keys), and no MLP where a transcoder's write (a
+    leaf) replaces it; plus the elementwise kernels (`BACKWARD_*_PASSES`)."""
     d, h = model.d_model, model.d_head
     qk = 2 * d * h * (model.n_heads + model.n_kv_heads)
     mlp = 2 * 3 * d * model.d_mlp if mlp_replaced else 0
@@ -207,7 +207,7 @@ def attribute_costs(model: ModelShape, saes: list[SAEShape], dev: DeviceInfo, n_
     # the unembedding, and back once per logit row and once for the mean); the budget's probe
     # copy; then the graph pass of B copies, which stops at the final norm
     vocab = 2 * model.d_model * model.d_vocab  # FLOP per row of the unembedding
-    one = n_pos * L * (2 * model.layer_params + 4 * n_pos * model.n_heads * model.d_head)
+    one = n_pos * L * _block_flops(model, n_pos)  # one copy of the prompt through the blocks
     encode = n_pos * sum(2 * s.d_sae * (s.d_in + (s.d_out or s.d_in)) for s in saes)
     short = (2 + probe) * one + 2 * n_pos * vocab + encode  # products of n_pos rows
     directions = (2 + max_logits) * vocab

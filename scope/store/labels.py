@@ -140,10 +140,9 @@ def flags(
     fires_on: Sequence[tuple[str, float]] = (),
     peak_positions: Sequence[int] = (),
 ) -> list[str]:
-    """Flags that warn a reader: "dead", "dense", "rare", "start-of-context", "single-token",
-    from the firing fraction `density`, `firing_count`, `fires_on` (`(token, share)` best
-    first) and `peak_positions` (the peak token's in each top context; 0 is BOS or a window's
-    first token)."""
+    """Flags that warn a reader ("dead", "dense", "rare", "start-of-context", "single-token")
+    from `density` (firing fraction), `firing_count`, `fires_on` (`(token, share)` best first)
+    and `peak_positions` (the peak token's in each top context; 0: BOS or a window's first)."""
     if firing_count <= 0:
         return ["dead"]
     live = live_flags(density, firing_count, fires_on[0][1] if fires_on else 0.0)
@@ -176,7 +175,8 @@ def auto_label(
     marks = flags(density, firing_count, fires_on, peak_positions)
     if marks == ["dead"]:
         return DEAD_LABEL
-    toks = " · ".join(f"{show_token(t)} {share_text(s)}" for t, s in list(fires_on)[:n_tokens] if s > 0)
+    toks = " · ".join(f"{show_token(t)} {share_text(s)}"
+                      for t, s in list(fires_on)[:n_tokens] if s > 0)
     text = toks or NO_TOKENS_LABEL
     return f"{text} [{', '.join(marks)}]" if marks else text
 
