@@ -35,10 +35,12 @@ BACKWARD_TRANSCODER_PASSES = 3.0
 SKINNY_ROWS = 8
 #: elementwise passes over a [tokens, d_vocab] logit block (the float copy, the softmax)
 FORWARD_LOGIT_PASSES = 3
-#: seconds of Python per graph row filled (its target's read vector, the row bookkeeping)
-ROW_OVERHEAD_S = 4e-5
-#: seconds of Python per (position, SAE) product when a batch of graph rows is filled
-PRODUCT_OVERHEAD_S = 5e-6
+#: small ops (in the device's measured `dispatch_s`) per graph row filled (its target's read
+#: vector and the row's bookkeeping) and per (position, SAE) product when a batch of rows is
+#: filled (the slices, the product, the scatter into the rows); measured 14-16 per product on
+#: one core, where `dispatch_s` itself read 1.2-2.2 us from one process to the next
+ROW_DISPATCHES = 6
+PRODUCT_DISPATCHES = 15
 #: seconds per batch outside the blocks (tokenising, the accumulator's ~40 small kernels, tqdm)
 BATCH_OVERHEAD_S = 0.02
 #: elementwise passes (in units of the device's measured `elementwise_s`) over the batch's
@@ -214,7 +216,8 @@ def attribute_costs(model: ModelShape, saes: list[SAEShape], dev: DeviceInfo, n_
     fwd_s = (short / (dev.flops * _skinny(n_pos)) + B * one / (dev.flops * _skinny(B * n_pos))
              + directions / (dev.flops * _skinny(1))
              + ((2 + probe + B) * n_pos * L * _forward_block_elements(model, n_pos)
-                + 2 * n_pos * model.d_vocab * FORWARD_LOGIT_PASSES) * ew
+                + 2 * n_pos * model.d_vocab * FORWARD_LOGIT_PASSES
+                + (g.autograd + g.sites) / 4) * ew  # the pass's saved tensors: new pages
              + (3 + probe) * L * LAYER_OVERHEAD_S)
     # backward: feature rows run in rounds of B per SAE, chosen by influence (attribution/
     # build.py): each round runs every SAE's share in batches of B, each batch one backward pass
@@ -235,13 +238,15 @@ def attribute_costs(model: ModelShape, saes: list[SAEShape], dev: DeviceInfo, n_
         bwd_s += n * B * n_pos * sum(block[b in replaced][1] for b in blocks)
         fill += n * B * n_pos * sum(s.l0 for s in reached) * 2 * d_src
         products += n * len(reached) * n_pos
-    # ranking before each round: (distinct layers + 1) products of the influence vector with the
-    # rows filled so far (on average half the feature rows), and each row normalised once (|.|
-    # into the buffer, then divided in place)
-    iters = len({s.layer for s in saes}) + 1
+    # ranking before each round: (distinct layers + 2) products of the influence vector with the
+    # rows filled so far (on average half the feature rows): one per layer of the paths from the
+    # logits down to the sources, one more that finds nothing left; and each row normalised once
+    # (|.| into the buffer, then divided in place)
+    iters = len({s.layer for s in saes}) + 2
     ranked = rounds * iters * (max_logits + (g.rows - max_logits) / 2) * g.nodes
     t = {"forward": fwd_s, "backward": bwd_s,
-         "edges": fill / dev.flops + products * PRODUCT_OVERHEAD_S + g.rows * ROW_OVERHEAD_S,
+         "edges": fill / dev.flops
+         + (products * PRODUCT_DISPATCHES + g.rows * ROW_DISPATCHES) * dev.dispatch_s,
          "influence": ranked * dev.matvec_s + g.rows * g.nodes * ew,
          "overhead": g.rows * g.nodes * ew}  # the zeroed edge rows' fresh pages
     return memory, t, short + B * one + directions + bwd_flops + fill, g

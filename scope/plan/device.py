@@ -2,8 +2,10 @@
 
 `device_info` checks the device before anything is planned (an absent GPU is a `DeviceError`),
 reads its memory (CPU: `MemAvailable` of /proc/meminfo; CUDA: free memory of that GPU) and
-measures three throughputs with short probes: a square matmul in the run's dtype (FLOP/s), a
-JumpReLU-like elementwise op into a fresh tensor and a row-wise top-k (seconds per element). Each probe takes well under a second; results are cached per process.
+measures its throughputs with short probes: a square matmul in the run's dtype (FLOP/s), a
+JumpReLU-like elementwise op into a fresh tensor, a row-wise top-k and a vector-matrix product
+(seconds per element), and one small op's dispatch (seconds per op). Each probe takes well under
+a second; results are cached per process.
 """
 
 from __future__ import annotations
@@ -22,7 +24,12 @@ from scope.errors import DeviceError
 PROBE_N = 1024  # side of the probe matmul (2 GFLOP)
 PROBE_ELEMENTS = 2048 * 4096  # a [tokens, d_sae]-like float32 tensor (32 MiB) per op
 PROBE_TOPK = 2048  # side of the [block, block] cosine tile decoder_neighbours ranks
-PROBE_MATVEC_ROWS = 2048  # the probe tensor as a [2048, 4096] matrix times a vector
+PROBE_MATVEC = 4096  # a vector times a [4096, 4096] matrix (64 MiB: past a 32 MiB L3, as a
+                    # graph's [rows, nodes] edge rows are where their ranking takes time)
+#: runs per probe, the best kept: this VM's matmul rate dips for ~0.1 s at a time (one best-of-5
+#: read 63 GFLOP/s among 83-99 over 12 s), so the runs span ~0.3 s to step over a dip
+PROBE_REPS = 12
+PROBE_DISPATCH_LOOP = 1024  # iterations of a slice, a transpose and a matmul of 8 x 8 tensors
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,9 @@ class DeviceInfo:
     """Seconds per element of a row-wise top-16 (the neighbour tables' ranking)."""
     matvec_s: float
     """Seconds per matrix element of a vector-matrix product (the graph's influence ranking)."""
+    dispatch_s: float
+    """Seconds per small op (a view or a matmul of 8 x 8 tensors): the framework's and the
+    interpreter's cost of one call, which a graph pays per edge product and per row."""
     host_memory_bytes: int
     threads: int
 
@@ -95,7 +105,7 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def _best_of(fn, dev: torch.device, reps: int = 5) -> float:
+def _best_of(fn, dev: torch.device, reps: int = PROBE_REPS) -> float:
     """Best seconds of `fn` over `reps` runs. On CPU this is process CPU time over the thread
     count: what the work takes on an idle machine, however busy a shared one is right now."""
     clock = time.process_time if dev.type == "cpu" else time.perf_counter
@@ -112,7 +122,7 @@ def _best_of(fn, dev: torch.device, reps: int = 5) -> float:
 
 
 @functools.lru_cache(maxsize=8)
-def _probe(device: str, dtype: str, threads: int) -> tuple[float, float, float, float]:
+def _probe(device: str, dtype: str, threads: int) -> tuple[float, float, float, float, float]:
     dev = torch.device(device)
     dt = getattr(torch, dtype)
     g = torch.Generator(device=dev).manual_seed(0)
@@ -126,10 +136,13 @@ def _probe(device: str, dtype: str, threads: int) -> tuple[float, float, float, 
     # decoder_neighbours ranks each tile by rows and by columns (the transposed view)
     topk = _best_of(lambda: (tile.topk(16, dim=1), tile.T.topk(16, dim=1)), dev) / (
         2 * PROBE_TOPK**2)
-    m = x.reshape(PROBE_MATVEC_ROWS, -1)
-    v = torch.randn(PROBE_MATVEC_ROWS, device=dev, generator=g)
+    m = torch.full((PROBE_MATVEC, PROBE_MATVEC), 0.5, device=dev)
+    v = torch.randn(PROBE_MATVEC, device=dev, generator=g)
     matvec = _best_of(lambda: v @ m, dev) / m.numel()
-    return flops, elementwise, topk, matvec
+    s = torch.randn(8, 8, device=dev, generator=g)
+    dispatch = _best_of(lambda: [s[1:3] @ s.T for _ in range(PROBE_DISPATCH_LOOP)], dev) / (
+        3 * PROBE_DISPATCH_LOOP)
+    return flops, elementwise, topk, matvec, dispatch
 
 
 def device_info(device: str | torch.device = "cpu", dtype: str = "float32") -> DeviceInfo:
@@ -142,8 +155,8 @@ def device_info(device: str | torch.device = "cpu", dtype: str = "float32") -> D
         memory = torch.cuda.mem_get_info(index)[0]
     else:
         memory = host
-    flops, elementwise, topk, matvec = _probe(str(dev), dtype, torch.get_num_threads())
+    flops, elementwise, topk, matvec, dispatch = _probe(str(dev), dtype, torch.get_num_threads())
     return DeviceInfo(device=str(dev), memory_bytes=int(memory), flops=flops,
                       elementwise_s=elementwise, topk_s=topk, matvec_s=matvec,
-                      host_memory_bytes=int(host),
+                      dispatch_s=dispatch, host_memory_bytes=int(host),
                       threads=torch.get_num_threads())
