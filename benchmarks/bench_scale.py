@@ -179,8 +179,8 @@ def extract_child(args) -> dict:
 
 
 def _child(part: str, args, **extra) -> dict:
-    cmd = [sys.executable, __file__, "--child", part] + (["--small"] if args.small else []) + [ "--tokens", str(extra.get("tokens",
-                                                                          args.tokens)),
+    cmd = [sys.executable, __file__, "--child", part] + (["--small"] if args.small else []) + [
+           "--tokens", str(extra.get("tokens", args.tokens)),
            "--ctx", str(args.ctx), "--batch-size", str(args.batch_size), "--layer",
            str(args.layer)] + (["--floor"] if extra.get("floor") else [])
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -242,65 +242,6 @@ def bench_extract(args) -> int:
 # -- the 1M-feature store ------------------------------------------------------------------------
 
 
-def write_synthetic_store(root: Path, n: int | None = None, ctx: int = 16, k: int = 5,
-                          seed: int = 0) -> Path:
-    """A complete format-2 store of `n` features with random statistics (the real writer)."""
-    import numpy as np
-    from builders import tiny_tokenizer
-
-    from scope.pipeline.accumulators import BAND_EDGES, FeatureStats
-    from scope.pipeline.corpus import token_strings
-    from scope.store import schema as S
-    from scope.store.writer import write_generation, write_manifest, write_tables, write_vocab
-
-    n = n or N_STORE
-    rng = np.random.default_rng(seed)
-    n_bands, s, n_windows, vocab = len(BAND_EDGES) - 1, 1, 4096, 360
-    edges = np.logspace(-3, 6, 11)
-    tokens = 10_000_000
-    density = np.where(rng.random(n) < 0.05, 0.0, 10 ** rng.uniform(-6, -1, n))
-    count = np.round(density * tokens).astype(np.int64)
-    fired = count > 0
-    top_value = np.sort(rng.uniform(0.1, 50, (n, k)).astype(np.float32), axis=1)[:, ::-1]
-    top_value = np.where(fired[:, None], top_value, 0).astype(np.float32)
-    top_window = np.where(fired[:, None], rng.integers(0, n_windows, (n, k)), -1)
-    band_window = np.where(fired[:, None, None], rng.integers(0, n_windows, (n, n_bands, s)), -1)
-    hist = rng.multinomial(1, np.ones(10) / 10, n).astype(np.int64) * count[:, None]
-    st = FeatureStats(
-        tokens=tokens, firing_count=count,
-        act_sum_fixed=(count * top_value[:, 0] * 0.3 * 2**20).astype(np.int64),
-        max_activation=top_value[:, 0].copy(), histogram=hist, top_window=top_window,
-        top_value=top_value, top_pos=rng.integers(1, ctx, (n, k)).astype(np.int32),
-        top_acts=rng.random((n, k, ctx)).astype(np.float16), band_window=band_window,
-        band_value=rng.uniform(0.01, 50, (n, n_bands, s)).astype(np.float32),
-        band_pos=rng.integers(1, ctx, (n, n_bands, s)).astype(np.int32),
-        band_acts=rng.random((n, n_bands, s, ctx)).astype(np.float16),
-        token_sketch=rng.integers(0, 50, (n, 1, 8)))
-    win_index = np.arange(n_windows, dtype=np.int64)
-    win_tokens = rng.integers(5, vocab, (n_windows, ctx)).astype(np.int32)
-    win_tokens[:, 0] = 2
-    entry = S.SAEEntry(name="synthetic-1m", dir="00-synthetic-1m", hook_name="blocks.12.hook_resid_post",
-                       d_in=2304, d_sae=n)
-    manifest = S.Manifest(
-        saes=[entry], config={"synthetic": True}, model={"name": "synthetic", "spec": None},
-        corpus={"source": "synthetic"}, ctx=ctx, top_k=k, band_samples=s,
-        histogram_edges=edges.tolist(), band_edges=BAND_EDGES.tolist(), feature_shard_size=4096,
-        token_sketch={"depth": 1, "width": 8}, tokens=tokens, windows=n_windows)
-    root.mkdir(parents=True, exist_ok=True)
-    write_vocab(root, token_strings(tiny_tokenizer(), vocab))
-    tables = {S.LOGIT_POS_IDS: rng.integers(5, vocab, (n, 10)).astype(np.int32),
-              S.LOGIT_POS_VALS: rng.random((n, 10)).astype(np.float32),
-              S.LOGIT_NEG_IDS: rng.integers(5, vocab, (n, 10)).astype(np.int32),
-              S.LOGIT_NEG_VALS: -rng.random((n, 10)).astype(np.float32),
-              S.NEIGHBOUR_INDEX: rng.integers(0, n, (n, 10)).astype(np.int32),
-              S.NEIGHBOUR_COSINE: rng.random((n, 10)).astype(np.float32)}
-    write_tables(root, manifest, {entry.dir: tables})
-    manifest.status = S.STATUS_COMPLETE
-    write_generation(root, manifest, {entry.dir: st}, win_index, win_tokens)
-    write_manifest(root, manifest)
-    return root
-
-
 def _ms(t: float) -> float:
     return 1000 * t
 
@@ -319,13 +260,14 @@ class _Clock:
 
 def store_child(args) -> dict:
     import numpy as np
+    from synthetic_store import write_synthetic_store
 
     from scope.explore.feature_list import COLUMNS, FeatureTable
     from scope.store.reader import open_store
 
     with tempfile.TemporaryDirectory(prefix="scope-bench-1m-") as tmp:
         t0 = time.perf_counter()
-        root = write_synthetic_store(Path(tmp) / "store")
+        root = write_synthetic_store(Path(tmp) / "store", N_STORE)
         out = {"write_seconds": time.perf_counter() - t0,
                "disk_bytes": sum(f.stat().st_size for f in root.rglob("*") if f.is_file())}
         with _Clock() as c:
