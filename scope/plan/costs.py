@@ -38,7 +38,7 @@ FORWARD_LOGIT_PASSES = 3
 #: small ops (in the device's measured `dispatch_s`) per graph row filled (its target's read
 #: vector and the row's bookkeeping) and per (position, SAE) product when a batch of rows is
 #: filled (the slices, the product, the scatter into the rows); measured 14-16 per product on
-#: one core, where `dispatch_s` itself read 1.2-2.2 us from one process to the next
+#: one core, where `dispatch_s` itself read 1.2-2.4 us from one process to the next
 ROW_DISPATCHES = 6
 PRODUCT_DISPATCHES = 15
 #: seconds per batch outside the blocks (tokenising, the accumulator's ~40 small kernels, tqdm)
